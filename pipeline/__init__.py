@@ -1,0 +1,1 @@
+"""tierflow library: settings, contracts in use, state store, pure tiering core, CLI."""

@@ -1,0 +1,137 @@
+"""Runtime settings: where services live and how to reach them.
+
+Everything comes from environment variables with local defaults, so the same
+code runs on a laptop (`tierflow up`) and against managed Kafka/Redis/ClickHouse.
+Domain rules (windows, RFM tables, tiers, rewards) live in the TOML config
+(`pipeline.config`), not here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+INPUT_TYPES = ("browse", "cart", "purchase", "interaction")
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_ca_location: str | None = None
+
+    @classmethod
+    def from_env(cls) -> KafkaSettings:
+        return cls(
+            bootstrap=_env("KAFKA_BOOTSTRAP", cls.bootstrap),
+            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
+            sasl_mechanism=os.environ.get("KAFKA_SASL_MECHANISM") or None,
+            sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,
+            sasl_password=os.environ.get("KAFKA_SASL_PASSWORD") or None,
+            ssl_ca_location=os.environ.get("KAFKA_SSL_CA_LOCATION") or None,
+        )
+
+    @property
+    def is_local(self) -> bool:
+        hosts = [part.rsplit(":", 1)[0] for part in self.bootstrap.split(",")]
+        return all(h in ("127.0.0.1", "localhost", "::1", "[::1]") for h in hosts)
+
+    def confluent(self, **extra: object) -> dict[str, object]:
+        """librdkafka configuration, security settings included."""
+        conf: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(extra)
+        return conf
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def input(self, event_type: str) -> str:
+        return self.name(f"touch.{event_type}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.input(t) for t in INPUT_TYPES)
+
+    @property
+    def dlq(self) -> str:
+        return self.name("touch.dlq")
+
+    @property
+    def tier_changes(self) -> str:
+        return self.name("tier.changes")
+
+    @property
+    def reward_grants(self) -> str:
+        return self.name("reward.grants")
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.inputs, self.dlq, self.tier_changes, self.reward_grants)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_url: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".tierflow")
+    config_path: Path | None = None
+    topics: Topics = field(default_factory=Topics)
+    partitions: int = 4
+    group_id: str = "tierflow"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    dashboard_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        config = os.environ.get("TIERFLOW_CONFIG") or None
+        return cls(
+            kafka=KafkaSettings.from_env(),
+            redis_url=_env("REDIS_URL", cls.redis_url),
+            clickhouse_url=os.environ.get("CLICKHOUSE_URL") or None,
+            home=Path(_env("TIERFLOW_HOME", str(Path.home() / ".tierflow"))).expanduser(),
+            config_path=Path(config).expanduser() if config else None,
+            topics=Topics(prefix=os.environ.get("TIERFLOW_TOPIC_PREFIX", "")),
+            partitions=int(_env("TIERFLOW_PARTITIONS", str(cls.partitions))),
+            group_id=_env("TIERFLOW_GROUP", cls.group_id),
+            web_host=_env("TIERFLOW_WEB_HOST", cls.web_host),
+            web_port=int(_env("TIERFLOW_WEB_PORT", str(cls.web_port))),
+            dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
+        )
+
+    @property
+    def redis_is_local(self) -> bool:
+        host = urlsplit(self.redis_url).hostname or ""
+        return host in ("127.0.0.1", "localhost", "::1")
+
+    def redis_display(self) -> str:
+        """The Redis address without credentials, for logs and status lines."""
+        parts = urlsplit(self.redis_url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"

@@ -1,0 +1,193 @@
+"""Per-user rolling state: how events are encoded for the Lua script, and how
+the stored hashes read back as recency / frequency / monetary as of a time.
+
+Pure functions only; `pipeline.store` does the Redis I/O. Money is kept in
+integer cents so sums are exact whatever the arrival order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from schemas.events import Browse, Cart, Interaction, Purchase
+
+DAY_MS = 86_400_000
+_WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday)
+
+
+def cents(amount: float) -> int:
+    return round(amount * 100)
+
+
+def day_of(ts_ms: int) -> int:
+    """UTC calendar day number (days since 1970-01-01)."""
+    return ts_ms // DAY_MS
+
+
+def iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def user_tag(user_id: str) -> str:
+    """Hash tag shared by all of a user's keys, so one Lua call may touch them all on a cluster."""
+    return "{u:" + user_id + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeys:
+    profile: str
+    days: str
+    categories: str
+    skus: str
+    channels: str
+    seen: str
+    offsets: str
+
+    @classmethod
+    def of(cls, user_id: str) -> UserKeys:
+        tag = user_tag(user_id)
+        return cls(tag, f"{tag}:d", f"{tag}:cat", f"{tag}:sku", f"{tag}:ch", f"{tag}:ev", f"{tag}:off")
+
+    def as_list(self) -> list[str]:
+        return [self.profile, self.days, self.categories, self.skus, self.channels, self.seen, self.offsets]
+
+
+def encode(event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int) -> list[object]:
+    """The compact array the Lua script reads (see pipeline/lua/apply.lua)."""
+    day = day_of(ts_ms)
+    weekend = 1 if datetime.fromtimestamp(ts_ms / 1000, UTC).weekday() in _WEEKEND else 0
+    head: list[object] = [event.event_id, offset]
+    if isinstance(event, Purchase):
+        items: list[object] = []
+        for item in event.items:
+            items += [item.category, item.sku, item.qty, cents(item.qty * item.price)]
+        return [*head, "p", day, ts_ms, event.channel, weekend, "", cents(event.amount), items]
+    if isinstance(event, Cart):
+        return [*head, "c", day, ts_ms, event.channel, weekend, event.action]
+    if isinstance(event, Interaction):
+        return [*head, "i", day, ts_ms, event.channel, weekend, event.kind]
+    return [*head, "b", day, ts_ms, event.channel, weekend, ""]
+
+
+@dataclass(frozen=True)
+class RawState:
+    """A user's hashes as read from Redis (strings as stored)."""
+
+    profile: dict[str, str]
+    days: dict[str, str]
+    categories: dict[str, str]
+    skus: dict[str, str]
+    channels: dict[str, str]
+
+
+class AsOfOutOfRange(ValueError):
+    """The requested window reaches behind the retained day buckets."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    user_id: str
+    as_of_ms: int
+    recency_days: int | None
+    frequency: dict[str, int]
+    monetary_cents: dict[str, int]
+    first_purchase_ms: int | None
+    last_purchase_ms: int | None
+    categories: dict[str, dict[str, float]] = field(default_factory=dict)
+    skus: dict[str, dict[str, int]] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    purchase_channels: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "user_id": self.user_id,
+            "as_of": iso(self.as_of_ms),
+            "recency_days": self.recency_days,
+            "frequency": self.frequency,
+            "monetary": {k: v / 100 for k, v in self.monetary_cents.items()},
+            "first_purchase": iso(self.first_purchase_ms) if self.first_purchase_ms is not None else None,
+            "last_purchase": iso(self.last_purchase_ms) if self.last_purchase_ms is not None else None,
+            "categories": self.categories,
+            "skus": self.skus,
+            "channels": self.channels,
+            "purchase_channels": self.purchase_channels,
+            "counts": self.counts,
+        }
+
+
+def _split(fields: dict[str, str]) -> dict[str, dict[str, int]]:
+    """{"q:snacks": "3", "o:snacks": "1"} -> {"snacks": {"q": 3, "o": 1}}."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in fields.items():
+        prefix, _, key = name.partition(":")
+        out.setdefault(key, {})[prefix] = int(value)
+    return out
+
+
+def summarize(
+    user_id: str, raw: RawState, as_of_ms: int, windows_days: list[int], retention_days: int
+) -> Summary:
+    """Recency, frequency and monetary as of a time, from the stored day buckets."""
+    profile = raw.profile
+    as_of_day = day_of(as_of_ms)
+    maxday = int(profile.get("maxday", "-1"))
+    oldest_needed = as_of_day - max(windows_days) + 1
+    if maxday >= 0 and oldest_needed <= maxday - retention_days:
+        raise AsOfOutOfRange(
+            f"as-of {iso(as_of_ms)} needs day buckets older than the {retention_days}-day retention"
+        )
+    counts: dict[int, int] = {}
+    amounts: dict[int, int] = {}
+    for name, value in raw.days.items():
+        target = counts if name[0] == "c" else amounts
+        target[int(name[1:])] = int(value)
+
+    frequency: dict[str, int] = {}
+    monetary: dict[str, int] = {}
+    for window in windows_days:
+        first = as_of_day - window + 1
+        frequency[f"{window}d"] = sum(n for d, n in counts.items() if first <= d <= as_of_day)
+        monetary[f"{window}d"] = sum(a for d, a in amounts.items() if first <= d <= as_of_day)
+    frequency["lifetime"] = int(profile.get("pc", "0"))
+    monetary["lifetime"] = int(profile.get("pa", "0"))
+
+    last_ms = int(profile["lp"]) if "lp" in profile else None
+    first_ms = int(profile["fp"]) if "fp" in profile else None
+    if last_ms is not None and day_of(last_ms) <= as_of_day:
+        recency: int | None = as_of_day - day_of(last_ms)
+    else:
+        # The newest purchase is after the as-of day: the latest retained bucket up to it decides.
+        past = [d for d in counts if d <= as_of_day]
+        recency = as_of_day - max(past) if past else None
+
+    categories = {
+        cat: {"orders": v.get("o", 0), "qty": v.get("q", 0), "amount": v.get("a", 0) / 100}
+        for cat, v in _split(raw.categories).items()
+    }
+    skus = {sku: {"orders": v.get("o", 0), "qty": v.get("q", 0)} for sku, v in _split(raw.skus).items()}
+    channels = {k: int(v) for k, v in raw.channels.items() if not k.startswith("p:")}
+    purchase_channels = {k[2:]: int(v) for k, v in raw.channels.items() if k.startswith("p:")}
+    count_fields = {
+        "browse": "nb", "cart": "nc", "interaction": "ni",
+        "purchase_weekday": "pwd", "purchase_weekend": "pwe",
+    }
+    event_counts = {name: int(profile.get(f, "0")) for name, f in count_fields.items()}
+    for name, value in profile.items():
+        if name.startswith(("k:", "c:")):
+            event_counts[("interaction:" if name[0] == "k" else "cart:") + name[2:]] = int(value)
+    return Summary(
+        user_id=user_id,
+        as_of_ms=as_of_ms,
+        recency_days=recency,
+        frequency=frequency,
+        monetary_cents=monetary,
+        first_purchase_ms=first_ms,
+        last_purchase_ms=last_ms,
+        categories=categories,
+        skus=skus,
+        channels=channels,
+        purchase_channels=purchase_channels,
+        counts=event_counts,
+    )

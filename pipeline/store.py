@@ -1,0 +1,63 @@
+"""Redis state store: applies encoded events with one Lua call per user and
+source partition, all calls of a consumer batch in one pipelined round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import orjson
+import redis
+
+from pipeline.state import RawState, UserKeys
+
+_LUA_DIR = Path(__file__).with_name("lua")
+USERS_KEY = "tf:users"
+
+
+def load_lua(name: str) -> str:
+    return (_LUA_DIR / f"{name}.lua").read_text()
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+class StateStore:
+    def __init__(self, client: redis.Redis, retention_days: int) -> None:
+        self.client = client
+        self.retention_days = retention_days
+        self._apply = client.register_script(load_lua("apply"))
+
+    def apply(self, groups: Mapping[tuple[str, str], Iterable[list[object]]]) -> int:
+        """Apply events grouped by (user_id, "topic:partition"); returns how many were new."""
+        if not groups:
+            return 0
+        # Scripts must be loaded before a pipeline may call them by hash.
+        self._apply.sha = self._apply.sha or self.client.script_load(self._apply.script)
+        pipe = self.client.pipeline(transaction=False)
+        for (user_id, source), events in groups.items():
+            self._apply(
+                keys=UserKeys.of(user_id).as_list(),
+                args=[source, self.retention_days, orjson.dumps(list(events))],
+                client=pipe,
+            )
+        pipe.sadd(USERS_KEY, *{user for user, _ in groups})
+        results = pipe.execute()
+        return sum(results[:-1])
+
+    def read(self, user_id: str) -> RawState | None:
+        keys = UserKeys.of(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        for key in (keys.profile, keys.days, keys.categories, keys.skus, keys.channels):
+            pipe.hgetall(key)
+        profile, days, categories, skus, channels = pipe.execute()
+        if not profile:
+            return None
+        return RawState(profile, days, categories, skus, channels)
+
+    def user_count(self) -> int:
+        return int(self.client.scard(USERS_KEY))
+
+    def users(self) -> Iterable[str]:
+        yield from self.client.sscan_iter(USERS_KEY, count=1000)
