@@ -1,7 +1,7 @@
 """Domain configuration: one TOML file (``--config`` or ``TIERFLOW_CONFIG``).
 
-Every section has documented defaults (``pipeline/default.toml``); a user file
-only needs the keys it changes. Unknown keys and wrong types are errors with
+Every section has documented defaults (``pipeline/defaults/*.toml``, one file
+per capability); a user file only needs the keys it changes. Unknown keys and wrong types are errors with
 the offending path, so a typo never silently falls back to a default.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-DEFAULT_PATH = Path(__file__).with_name("default.toml")
+DEFAULTS_DIR = Path(__file__).with_name("defaults")
 
 
 class ConfigError(ValueError):
@@ -75,13 +75,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(path: Path | None = None) -> Config:
     """Defaults, overlaid with the user's file when given."""
-    data = _read_toml(DEFAULT_PATH)
+    data: dict[str, Any] = {}
+    for default in sorted(DEFAULTS_DIR.glob("*.toml")):
+        data = _merge(data, _read_toml(default))
     if path is not None:
         data = _merge(data, _read_toml(path))
     try:
         config = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path or DEFAULT_PATH}: {exc}") from exc
+        raise ConfigError(f"{path or DEFAULTS_DIR}: {exc}") from exc
     if config.state.retention_days < max(config.state.windows_days):
         raise ConfigError("state.retention_days must be at least the longest of state.windows_days")
     return config

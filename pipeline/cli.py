@@ -1,0 +1,53 @@
+"""The `tierflow` command line. Each module in `pipeline.commands` registers
+its own subcommands, so a capability brings its CLI along with it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+import pipeline.commands
+from pipeline.config import ConfigError
+
+
+class CliError(Exception):
+    """A user-facing failure: printed without a traceback, exit status attached."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tierflow", description="Real-time customer tiering on Kafka, Redis and ClickHouse."
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="domain config TOML (default: $TIERFLOW_CONFIG, else built-in defaults)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in sorted(pkgutil.iter_modules(pipeline.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"pipeline.commands.{module.name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"tierflow: {exc}", file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(f"tierflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""CLI subcommands. Every module here defines `register(subparsers)`; each
+parser sets `func(args) -> int` (the exit status)."""

@@ -1,0 +1,22 @@
+"""What a command or the worker needs at hand: settings and the domain config."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+
+from pipeline.config import Config, load_config
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    config: Config
+
+
+def from_args(args: argparse.Namespace) -> Context:
+    settings = Settings.from_env()
+    if getattr(args, "config", None) is not None:
+        settings = replace(settings, config_path=args.config)
+    return Context(settings, load_config(settings.config_path))
