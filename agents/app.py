@@ -1,0 +1,87 @@
+"""The Faust application that hosts every stage of the worker.
+
+Faust owns the process: lifecycle, signals, timers, the web server and the
+agents on low-volume topics. The high-volume input topics are read by
+`agents.ingest.IngestLoop` in a thread it supervises (see that module for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import faust
+from mode import Service
+
+from agents.ingest import IngestLoop
+from pipeline.context import Context
+
+log = logging.getLogger("tierflow.worker")
+
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+def faust_broker_credentials(ctx: Context) -> faust.SASLCredentials | None:
+    kafka = ctx.settings.kafka
+    if kafka.sasl_mechanism and kafka.sasl_username:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password or "",
+            mechanism=kafka.sasl_mechanism,
+        )
+    return None
+
+
+class IngestService(Service):
+    """Runs the ingest loop in a thread and restarts it after failures
+    (Redis or Kafka outages): uncommitted batches are replayed, never lost."""
+
+    def __init__(self, ctx: Context, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.ctx = ctx
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def supervise(self) -> None:
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                IngestLoop(self.ctx).run(self.stop_event)
+                failures = 0
+            except Exception:
+                delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+                failures += 1
+                log.exception("ingest loop failed; restarting in %ss", delay)
+                self.stop_event.wait(delay)
+
+    async def on_start(self) -> None:
+        self.thread = threading.Thread(target=self.supervise, name="tierflow-ingest", daemon=True)
+        self.thread.start()
+
+    async def on_stop(self) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join, 30)
+
+
+def create_app(ctx: Context) -> faust.App:
+    settings = ctx.settings
+    app = faust.App(
+        f"{settings.group_id}-agents",
+        broker=[f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")],
+        broker_credentials=faust_broker_credentials(ctx),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        store="memory://",
+        value_serializer="raw",
+    )
+
+    class Ingest(IngestService):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(ctx, **kwargs)
+
+    app.service(Ingest)
+    return app

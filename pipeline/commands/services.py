@@ -1,0 +1,45 @@
+"""`tierflow up | down | status`: the local services the pipeline runs on."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.context import from_args
+from pipeline.topics import ensure_topics
+
+
+def _up(args: argparse.Namespace) -> int:
+    from infra import services
+
+    ctx = from_args(args)
+    for name, address, state in services.up(ctx.settings):
+        print(f"{name:<11} {address:<40} {state}")
+    created = ensure_topics(ctx.settings)
+    if created:
+        print(f"created topics: {', '.join(created)}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from infra import services
+
+    ctx = from_args(args)
+    for name, address, state in services.down(ctx.settings):
+        print(f"{name:<11} {address:<40} {state}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from infra import services
+
+    ctx = from_args(args)
+    rows = services.status(ctx.settings)
+    for name, address, state in rows:
+        print(f"{name:<11} {address:<40} {state}")
+    return 0 if all(state != "down" for _, _, state in rows) else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("up", help="start (or reuse) Kafka and Redis on loopback, create topics").set_defaults(func=_up)
+    sub.add_parser("down", help="stop the services `up` started").set_defaults(func=_down)
+    sub.add_parser("status", help="what runs where (exit 1 if a service is down)").set_defaults(func=_status)

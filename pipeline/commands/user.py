@@ -1,0 +1,74 @@
+"""`tierflow user ID [--json] [--as-of RFC3339]`: what the pipeline knows about one customer."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime
+
+import orjson
+
+from pipeline.cli import CliError
+from pipeline.context import from_args
+from pipeline.state import AsOfOutOfRange, summarize
+from pipeline.store import StateStore, connect
+from pipeline.validate import parse_ts
+
+
+def _as_of_ms(text: str | None) -> int:
+    if text is None:
+        return int(time.time() * 1000)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CliError(f"--as-of: not an RFC 3339 time: {text!r}", 2) from exc
+    if parsed.tzinfo is None:
+        raise CliError("--as-of needs an offset (e.g. 2026-11-01T00:00:00Z)", 2)
+    return parse_ts(text)
+
+
+def render_text(doc: dict) -> str:
+    lines = [f"user {doc['user_id']} as of {doc['as_of']}"]
+    recency = doc["recency_days"]
+    lines.append(f"  last purchase   {doc['last_purchase'] or 'never'}"
+                 + (f" ({recency} days ago)" if recency is not None else ""))
+    lines.append(f"  first purchase  {doc['first_purchase'] or 'never'}")
+    freq = "  ".join(f"{k}: {v}" for k, v in doc["frequency"].items())
+    money = "  ".join(f"{k}: {v:,.2f}" for k, v in doc["monetary"].items())
+    lines.append(f"  purchases       {freq}")
+    lines.append(f"  spent           {money}")
+    top = sorted(doc["categories"].items(), key=lambda kv: -kv[1]["amount"])[:5]
+    if top:
+        lines.append("  categories      " + ", ".join(f"{c} ({v['amount']:,.2f})" for c, v in top))
+    if doc["channels"]:
+        lines.append("  channels        " + ", ".join(f"{c} {n}" for c, n in
+                                                     sorted(doc["channels"].items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines)
+
+
+def user_document(ctx, user_id: str, as_of_ms: int) -> dict:
+    store = StateStore(connect(ctx.settings.redis_url), ctx.config.state.retention_days)
+    raw = store.read(user_id)
+    if raw is None:
+        raise CliError(f"unknown user {user_id!r}: no events applied for this id", 4)
+    try:
+        summary = summarize(user_id, raw, as_of_ms, ctx.config.state.windows_days,
+                            ctx.config.state.retention_days)
+    except AsOfOutOfRange as exc:
+        raise CliError(str(exc), 2) from exc
+    return summary.to_json()
+
+
+def _user(args: argparse.Namespace) -> int:
+    ctx = from_args(args)
+    doc = user_document(ctx, args.user_id, _as_of_ms(args.as_of))
+    print(orjson.dumps(doc).decode() if args.json else render_text(doc))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("user", help="one customer's state: recency, frequency, monetary, ...")
+    parser.add_argument("user_id")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--as-of", metavar="RFC3339", help="evaluate windows as of this time (default now)")
+    parser.set_defaults(func=_user)

@@ -1,0 +1,30 @@
+"""`tierflow worker`: run every pipeline stage in one process (scale out by starting more)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from pipeline.context import from_args
+from pipeline.topics import ensure_topics
+
+
+def _worker(args: argparse.Namespace) -> int:
+    # Faust is heavy to import; only the worker needs it.
+    import faust
+
+    from agents.app import create_app
+
+    ctx = from_args(args)
+    ensure_topics(ctx.settings)
+    app = create_app(ctx)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    logging.getLogger("tierflow").setLevel(args.loglevel.upper())
+    worker.execute_from_commandline()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("worker", help="run the streaming worker (ingest, tiers, rewards, archive, web)")
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=_worker)

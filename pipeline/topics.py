@@ -1,0 +1,35 @@
+"""Create the pipeline's topics (idempotent) so a fresh broker just works."""
+
+from __future__ import annotations
+
+import os
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.settings import Settings
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka.confluent())
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create missing topics; returns the names that were created."""
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    replication = int(os.environ.get("TIERFLOW_REPLICATION", "1"))
+    missing = [
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=replication)
+        for name in settings.topics.all
+        if name not in existing
+    ]
+    created: list[str] = []
+    for name, future in client.create_topics(missing, operation_timeout=timeout).items() if missing else []:
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
+                raise
+    return created
