@@ -1,0 +1,44 @@
+# Two entry points: `make demo` (the demo pipeline) and `make test` (the test suite).
+# Both install what they need: a virtualenv with the package, Debian packages
+# (redis-server; chromium for the dashboard tests) and Kafka's jars (on first `up`).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := redis-server chromium
+
+.PHONY: demo test setup system-deps lint bench clean
+
+$(BIN)/tierflow: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/tierflow
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(BIN)/tierflow demo
+
+test: setup system-deps
+	$(BIN)/tierflow up
+	$(BIN)/ruff check pipeline agents schemas infra tests bench examples
+	$(BIN)/pytest -q --timeout 1800
+
+lint: setup
+	$(BIN)/ruff check pipeline agents schemas infra tests bench examples
+
+bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/tierflow up
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) build *.egg-info
