@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from pipeline.archive.config import ArchiveConfig
+
 DEFAULTS_DIR = Path(__file__).with_name("defaults")
 
 
@@ -44,6 +46,7 @@ class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: StateConfig
     ingest: IngestConfig
+    archive: ArchiveConfig
 
     @property
     def min_ts_ms(self) -> int:

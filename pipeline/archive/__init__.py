@@ -1,0 +1,1 @@
+"""The ClickHouse archive: backends, migrations, the archive consumer and AIPL queries."""
