@@ -1,0 +1,305 @@
+"""A local single-node Kafka (KRaft, combined broker + controller) run straight from
+Maven Central jars, so neither Docker nor a Kafka download site is needed."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from pipeline.settings import Settings
+
+KAFKA_VERSION = "4.4.0"  # keep in step with kafka.version in kafka-pom.xml
+POM = Path(__file__).with_name("kafka-pom.xml")
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+HEAP = "-Xmx512m"
+NODE_ID = 1
+
+_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = out
+# Per-request logging and the full config dumps (hundreds of lines for every client
+# and component) drown what matters; server.properties is on disk next to the log.
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = warn
+"""
+
+
+def ensure_jars(home: Path) -> Path:
+    """Broker jars in `home/cache/kafka-<version>/libs`, fetched by Maven on first use."""
+    cache = home / "cache" / f"kafka-{KAFKA_VERSION}"
+    libs, marker = cache / "libs", cache / "complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars; install it first")
+    # A previous run may have been interrupted half way: start from an empty directory.
+    shutil.rmtree(libs, ignore_errors=True)
+    libs.mkdir(parents=True)
+    print(f"kafka: downloading Kafka {KAFKA_VERSION} jars with Maven into {libs} (first run only)")
+    cmd = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"mvn failed ({result.returncode}):\n{_tail(result.stdout + result.stderr)}"
+        )
+    marker.write_text(KAFKA_VERSION + "\n")
+    return libs
+
+
+def is_up(settings: Settings, timeout: float = 3.0) -> bool:
+    """True when the bootstrap servers answer a metadata request with at least one broker."""
+    if settings.kafka.is_local and not _port_open(*_host_port(settings)):
+        return False  # skip the admin client: it would only log connection-refused noise
+    admin = AdminClient(settings.kafka.confluent(log_level=0))
+    try:
+        return bool(admin.list_topics(timeout=timeout).brokers)
+    except KafkaException:
+        return False
+
+
+def start(settings: Settings, timeout: float = 90.0) -> str:
+    """Make sure a broker answers at the bootstrap: "reused" if one already did, else
+    "started" after launching a local one and waiting until it serves metadata."""
+    if is_up(settings):
+        return "reused"
+    if not settings.kafka.is_local:
+        raise RuntimeError(
+            f"Kafka at {settings.kafka.bootstrap} is not reachable "
+            "(a remote bootstrap: not starting a local broker)"
+        )
+    root = settings.home / "kafka"
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root / "start.lock"):
+        # Another process may have started it while we waited for the lock.
+        if is_up(settings) or _our_pid(root) is not None:
+            _wait_ready(settings, root, timeout)
+            return "reused"
+        libs = ensure_jars(settings.home)
+        props = _write_config(root, _host_port(settings)[1])
+        _format_storage(root, libs, props)
+        log = root / "kafka.log"
+        _rotate(log)
+        # Launched through sh so the broker is not our child: it outlives this process
+        # (new session, reparented) without ever lingering as our zombie.
+        launcher = subprocess.run(
+            [
+                "/bin/sh",
+                "-c",
+                'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!',
+                "sh",
+                str(log),
+                *_java(libs, root),
+                MAIN_CLASS,
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,
+            cwd=root,
+        )
+        (root / "kafka.pid").write_text(launcher.stdout.strip() + "\n")
+        _wait_ready(settings, root, timeout)
+    return "started"
+
+
+def stop(settings: Settings, timeout: float = 30.0) -> str:
+    """Stop the broker this home started (pid file): SIGTERM, then SIGKILL after `timeout`."""
+    root = settings.home / "kafka"
+    pid = _our_pid(root)
+    if pid is None:
+        (root / "kafka.pid").unlink(missing_ok=True)
+        return "not running"
+    os.kill(pid, signal.SIGTERM)  # the broker does a controlled shutdown on SIGTERM
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.1)
+    (root / "kafka.pid").unlink(missing_ok=True)
+    return "stopped"
+
+
+def _host_port(settings: Settings) -> tuple[str, int]:
+    first = settings.kafka.bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port or 9092)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _write_config(root: Path, port: int) -> Path:
+    data = root / "data"
+    props = root / "server.properties"
+    # Rewritten on every start so a changed port in the settings takes effect.
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={NODE_ID}",
+                f"controller.quorum.voters={NODE_ID}@127.0.0.1:{port + 1}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data}",
+                # One node: every internal topic must make do with a single replica.
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "min.insync.replicas=1",
+                # Consumers join at once instead of waiting 3 s for more members.
+                "group.initial.rebalance.delay.ms=0",
+                # Topics are created explicitly with the partition count the pipeline expects.
+                "auto.create.topics.enable=false",
+                "",
+            ]
+        )
+    )
+    (root / "log4j2.properties").write_text(_LOG4J2)
+    return props
+
+
+def _format_storage(root: Path, libs: Path, props: Path) -> None:
+    """Format the KRaft log directory once; a formatted one has meta.properties."""
+    if (root / "data" / "meta.properties").exists():
+        return
+    cmd = [*_java(libs, root), STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"formatting Kafka storage failed ({result.returncode}):\n"
+            f"{_tail(result.stdout + result.stderr)}"
+        )
+
+
+def _cluster_id() -> str:
+    # Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded; like
+    # Uuid.randomUuid, avoid a leading "-" that command lines would take for an option.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+def _java(libs: Path, root: Path) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("Java 17+ is needed to run Kafka; install a JRE first")
+    return [
+        java,
+        HEAP,
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={root / 'log4j2.properties'}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+def _wait_ready(settings: Settings, root: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_up(settings, timeout=2.0):
+            return
+        if _our_pid(root) is None:
+            raise RuntimeError(f"Kafka exited during startup; log tail:\n{_log_tail(root)}")
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {timeout:.0f} s; "
+        f"log tail ({root / 'kafka.log'}):\n{_log_tail(root)}"
+    )
+
+
+def _our_pid(root: Path) -> int | None:
+    """The pid in our pid file if that process is alive and still a Kafka broker
+    (a stale pid file may point at a recycled pid)."""
+    try:
+        pid = int((root / "kafka.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if MAIN_CLASS.encode() in cmdline.split(b"\0") and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    # A zombie (exited, not yet reaped by whoever adopted it) still has a /proc entry.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _rotate(log: Path) -> None:
+    """Keep the previous run's log (it may hold why that broker died) as kafka.log.1."""
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))
+
+
+def _log_tail(root: Path) -> str:
+    """The log's last lines, preceded by its errors: on a failed start the cause
+    (say, a port in use) is usually buried under the shutdown that followed."""
+    try:
+        text = (root / "kafka.log").read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    errors = [
+        line
+        for line in text.splitlines()
+        if " ERROR " in line or " FATAL " in line or line.startswith("Caused by:")
+    ]
+    head = "errors:\n" + "\n".join(dict.fromkeys(errors[-12:])) + "\n...\n" if errors else ""
+    return head + _tail(text, 20)
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,146 @@
+"""A local Redis server: Debian's redis-server, daemonized on loopback with an
+append-only file under `home/redis` (the state store must survive restarts)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from pipeline.settings import Settings
+
+
+def is_up(settings: Settings, timeout: float = 2.0) -> bool:
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def start(settings: Settings, timeout: float = 30.0) -> str:
+    """Make sure Redis answers at `settings.redis_url`: "reused" if it already did, else
+    "started" after launching a local daemon and waiting for PING."""
+    if is_up(settings):
+        return "reused"
+    if not settings.redis_is_local:
+        raise RuntimeError(
+            f"Redis at {settings.redis_display()} is not reachable "
+            "(a remote URL: not starting a local server)"
+        )
+    root = settings.home / "redis"
+    root.mkdir(parents=True, exist_ok=True)
+    # Concurrent starts would race for the port and the pid file.
+    with _lock(root / "start.lock"):
+        if is_up(settings):
+            return "reused"
+        server = _ensure_installed()
+        port = urlsplit(settings.redis_url).port or 6379
+        log = root / "redis.log"
+        # --daemonize makes redis-server fork and write the pid file itself; the command
+        # returns once the daemon has been spawned, so a non-zero exit is a config error.
+        result = subprocess.run(
+            [
+                server,
+                "--daemonize", "yes",
+                "--bind", "127.0.0.1",
+                "--port", str(port),
+                "--dir", str(root),
+                "--pidfile", str(root / "redis.pid"),
+                "--logfile", str(log),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+            ],
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
+        deadline = time.monotonic() + timeout
+        while not is_up(settings, timeout=1.0):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Redis did not answer PING at {settings.redis_display()} within "
+                    f"{timeout:.0f} s; log tail ({log}):\n{_log_tail(log)}"
+                )
+            time.sleep(0.2)
+    return "started"
+
+
+def stop(settings: Settings, timeout: float = 15.0) -> str:
+    """Stop the server this home started (pid file), never a system one we merely reused."""
+    pidfile = settings.home / "redis" / "redis.pid"
+    pid = _our_pid(pidfile)
+    if pid is None:
+        return "not running"
+    os.kill(pid, signal.SIGTERM)  # redis flushes the append-only file and exits
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
+    return "stopped"
+
+
+def _ensure_installed() -> str:
+    server = shutil.which("redis-server")
+    if server is not None:
+        return server
+    print("redis: redis-server not found; installing Debian's redis-server package (apt-get)")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "redis-server"]):
+        print("redis: $", " ".join(cmd))
+        subprocess.run(cmd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("apt-get installed redis-server but it is not on PATH")
+    return server
+
+
+def _our_pid(pidfile: Path) -> int | None:
+    """The pid in the pid file if that process is alive and still a redis-server
+    (a stale pid file may point at a recycled pid)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"redis-server" in cmdline and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    # A zombie (exited, not yet reaped by whoever adopted it) still has a /proc entry.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
