@@ -11,14 +11,7 @@ from pathlib import Path
 
 import pipeline.commands
 from pipeline.config import ConfigError
-
-
-class CliError(Exception):
-    """A user-facing failure: printed without a traceback, exit status attached."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
+from pipeline.errors import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,8 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         TIERFLOW_HOME=str(settings.home),
         PYTHONPATH=str(ROOT),
     )
+    if settings.config_path is not None:
+        env["TIERFLOW_CONFIG"] = str(settings.config_path)
     env.update(extra)
     return env
 
@@ -99,6 +101,7 @@ def running_worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess
 
 
 def send_events(settings: Settings, events: Iterable[dict], batch: int = 1) -> int:
+    ensure_topics(settings)
     sender = EventSender(settings, batch=batch)
     for e in events:
         sender.send(str(e["type"]), str(e["user_id"]), orjson.dumps(e))
@@ -108,10 +111,11 @@ def send_events(settings: Settings, events: Iterable[dict], batch: int = 1) -> i
 
 
 def wait_processed(settings: Settings, worker: WorkerProcess, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
+    def check_alive(_remaining: int) -> None:
+        if not worker.alive:
+            raise AssertionError(f"worker died; log:\n{worker.log_tail()}")
+
     try:
-        lag.wait(settings, timeout)
+        lag.wait(settings, timeout, check_alive)
     except TimeoutError:
         raise AssertionError(f"worker did not catch up; log:\n{worker.log_tail()}") from None
-    assert time.monotonic() < deadline
-    assert worker.alive, f"worker died; log:\n{worker.log_tail()}"

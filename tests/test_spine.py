@@ -4,8 +4,10 @@ a kill -9 mid-stream, and bad input mixed in."""
 
 from __future__ import annotations
 
+import base64
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -115,12 +117,15 @@ def _good(i: int, user: str, now_ms: int) -> dict:
 
 
 def test_bad_input_goes_to_the_dead_letter_topic(settings: Settings, tmp_path: Path) -> None:
+    config = tmp_path / "tierflow.toml"
+    config.write_text("[ingest]\nmax_record_bytes = 65536\n")
+    settings = replace(settings, config_path=config)
     now_ms = int(time.time() * 1000)
     good = _good(1, "alice", now_ms)
     bad_records: list[tuple[str, bytes | None, bytes]] = [
         ("not_json", b"alice", b"{this is not json"),
         ("bad_encoding", b"alice", b'{"event_id": "\xff\xfe"}'),
-        ("too_large", b"alice", b'{"pad": "' + b"x" * 1_100_000 + b'"}'),
+        ("too_large", b"alice", b'{"pad": "' + b"x" * 70_000 + b'"}'),
         ("unknown_type", b"alice", orjson.dumps({**good, "event_id": "b1", "type": "teleport"})),
         ("negative_amount", b"alice", orjson.dumps({**good, "event_id": "b2", "amount": -3})),
         ("ts_out_of_range", b"alice", orjson.dumps({**good, "event_id": "b3", "ts": "1999-12-31T23:00:00Z"})),
@@ -162,8 +167,6 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings: Settings, tmp_path: P
     assert [d["event_index"] for d in in_batch] == [1]
     assert in_batch[0]["event"]["event_id"] == "good-3"
     not_json = next(d for d in dead if d["reason"] == "not_json")
-    import base64
-
     assert base64.b64decode(not_json["original_b64"]) == b"{this is not json"
 
     store = StateStore(connect(settings.redis_url), 400)

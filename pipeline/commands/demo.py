@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from pipeline import lag
-from pipeline.cli import CliError
+from pipeline.errors import CliError
 from pipeline.context import Context, from_args
 from pipeline.state import summarize
 from pipeline.store import StateStore, connect

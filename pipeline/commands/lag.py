@@ -8,7 +8,7 @@ import sys
 import orjson
 
 from pipeline import lag
-from pipeline.cli import CliError
+from pipeline.errors import CliError
 from pipeline.context import from_args
 
 

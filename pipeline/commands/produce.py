@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli import CliError
+from pipeline.errors import CliError
 from pipeline.context import from_args
 from pipeline.producer import EventSender, send_lines
+from pipeline.topics import ensure_topics
 
 
 def _produce(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def _produce(args: argparse.Namespace) -> int:
             raise CliError(f"no such file: {path}", 2)
         total = sum(1 for _ in path.open("rb"))
         lines = path.open("rb")
+    ensure_topics(ctx.settings)
     sender = EventSender(ctx.settings, batch=args.batch)
     report = send_lines(sender, lines, total)
     print(

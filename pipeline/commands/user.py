@@ -8,7 +8,7 @@ from datetime import datetime
 
 import orjson
 
-from pipeline.cli import CliError
+from pipeline.errors import CliError
 from pipeline.context import from_args
 from pipeline.state import AsOfOutOfRange, summarize
 from pipeline.store import StateStore, connect
