@@ -1,0 +1,44 @@
+"""One process's way into the archive, shared by the archive writer thread and
+the dashboard routes: opens the backend on first use, migrates it once, and
+retries both on the next call after a failure (ClickHouse down, chDB data
+directory held by another process)."""
+
+from __future__ import annotations
+
+import threading
+
+from pipeline.archive.backend import Backend, open_backend
+from pipeline.archive.config import ArchiveConfig
+from pipeline.archive.migrate import applied, migrate
+from pipeline.settings import Settings
+
+
+class Archive:
+    def __init__(self, settings: Settings, cfg: ArchiveConfig) -> None:
+        self.settings = settings
+        self.cfg = cfg
+        self._backend: Backend | None = None
+        self._migrated = False
+        self._lock = threading.Lock()
+
+    def backend(self) -> Backend:
+        """The migrated backend. Raises ArchiveUnavailable (or ArchiveBusy) while
+        it cannot be reached; call again later."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = open_backend(self.settings, self.cfg)
+            if not self._migrated:
+                migrate(self._backend)
+                self._migrated = True
+            return self._backend
+
+    def migrations(self) -> list[int]:
+        """Versions recorded in schema_migrations."""
+        return sorted(applied(self.backend()))
+
+    def close(self) -> None:
+        with self._lock:
+            backend, self._backend = self._backend, None
+            self._migrated = False
+        if backend is not None:
+            backend.close()

@@ -1,0 +1,154 @@
+"""Kafka records -> archive table rows. Pure functions, no I/O.
+
+Touch events arrive already validated (pipeline.validate.parse_record). Tier
+changes and reward records are decoded here against the fields the archive
+needs; extra fields are ignored (and kept verbatim in JSON columns where the
+table has one), so producers can add fields without breaking the archive.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import orjson
+
+from pipeline.state import cents
+from pipeline.validate import ValidEvent, parse_ts
+from schemas.events import Browse, Cart, Interaction, Purchase
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+TOUCH_COLUMNS = (
+    "event_id", "user_id", "type", "ts", "channel", "categories", "action", "sku", "page",
+    "source", "target", "qty", "price_cents", "order_id", "amount_cents", "currency", "coupons",
+    "items.sku", "items.category", "items.brand", "items.qty", "items.price_cents",
+    "kafka_topic", "kafka_partition", "kafka_offset",
+)
+TIER_COLUMNS = (
+    "user_id", "dimension", "old", "new", "reason", "version", "event_time", "scores",
+    "kafka_topic", "kafka_partition", "kafka_offset",
+)
+GRANT_COLUMNS = (
+    "record_id", "kind", "user_id", "campaign", "rule", "prize_type", "value_cents", "points",
+    "budget_cents", "event_time", "payload", "kafka_topic", "kafka_partition", "kafka_offset",
+)
+
+Row = tuple[Any, ...]
+Source = tuple[str, int, int]  # topic, partition, offset
+
+
+class RecordError(ValueError):
+    """A tier-change or reward record the archive cannot store."""
+
+
+def utc(ts_ms: int) -> datetime:
+    """Exact millisecond datetime (float division would round some values)."""
+    return EPOCH + timedelta(milliseconds=ts_ms)
+
+
+def touch_row(item: ValidEvent, source: Source) -> Row:
+    event = item.event
+    categories: list[str] = []
+    action = sku = page = origin = target = order_id = currency = ""
+    qty = price = amount = 0
+    coupons: list[str] = []
+    lines: tuple[list[str], list[str], list[str], list[int], list[int]] = ([], [], [], [], [])
+    if isinstance(event, Purchase):
+        categories = sorted({line.category for line in event.items})
+        order_id, amount, currency = event.order_id, cents(event.amount), event.currency
+        coupons = event.coupons
+        for line in event.items:
+            lines[0].append(line.sku)
+            lines[1].append(line.category)
+            lines[2].append(line.brand or "")
+            lines[3].append(line.qty)
+            lines[4].append(cents(line.price))
+    elif isinstance(event, Cart):
+        categories = [event.category]
+        action, sku, qty, price = event.action, event.sku, event.qty, cents(event.price)
+    elif isinstance(event, Browse):
+        categories = [event.category] if event.category else []
+        sku, page, origin = event.sku or "", event.page or "", event.source or ""
+    elif isinstance(event, Interaction):
+        action, target = event.kind, event.target or ""
+    kind = type(event).__name__.lower()
+    return (
+        event.event_id, event.user_id, kind, utc(item.ts_ms), event.channel, categories, action,
+        sku, page, origin, target, qty, price, order_id, amount, currency, list(coupons),
+        *lines, *source,
+    )
+
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Value = str | int | float | bool | None
+
+
+class TierChangeRecord(msgspec.Struct, frozen=True):
+    user_id: Text
+    dimension: Text
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    event_time: str | int
+    old: Value = None
+    new: Value = None
+    reason: str = ""
+    scores: dict[str, Any] | None = None
+
+
+class RewardRecord(msgspec.Struct, frozen=True):
+    record_id: Text
+    user_id: Text
+    event_time: str | int
+    kind: str = "grant"
+    campaign: str = ""
+    rule: str = ""
+    prize_type: str = ""
+    value_cents: int = 0
+    points: int = 0
+    budget_cents: int | None = None
+
+
+T = TypeVar("T")
+
+
+def _decode(value: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(value, type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise RecordError(str(exc)) from exc
+
+
+def _time(value: str | int) -> datetime:
+    try:
+        return utc(parse_ts(value))
+    except (ValueError, OverflowError) as exc:
+        raise RecordError(f"unparseable event_time {value!r}") from exc
+
+
+def _text(value: Value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def tier_row(value: bytes | None, source: Source) -> Row:
+    if value is None:
+        raise RecordError("record has no value")
+    rec = _decode(value, TierChangeRecord)
+    scores = orjson.dumps(rec.scores).decode() if rec.scores is not None else "{}"
+    return (
+        rec.user_id, rec.dimension, _text(rec.old), _text(rec.new), rec.reason, rec.version,
+        _time(rec.event_time), scores, *source,
+    )
+
+
+def grant_row(value: bytes | None, source: Source) -> Row:
+    if value is None:
+        raise RecordError("record has no value")
+    rec = _decode(value, RewardRecord)
+    return (
+        rec.record_id, rec.kind, rec.user_id, rec.campaign, rec.rule, rec.prize_type,
+        rec.value_cents, rec.points, rec.budget_cents, _time(rec.event_time),
+        value.decode("utf-8", errors="replace"), *source,
+    )

@@ -1,0 +1,145 @@
+"""Helpers for the archive and dashboard tests: an isolated archive per test and
+an independent AIPL computation over raw events (shares no code with
+pipeline.archive: its own day arithmetic, stage rules and grouping)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from pipeline.archive.handle import Archive
+from pipeline.archive.writer import Batch, RecordSorter, insert_batch, limits_of
+from pipeline.config import load_config
+from pipeline.context import Context
+from pipeline.settings import Settings
+from tests.truth import ts_ms
+
+
+def archive_context(settings: Settings, home: Path) -> Context:
+    """A context whose archive is private to one test: its own chDB directory,
+    or, when CLICKHOUSE_URL points at a server, its own database."""
+    config = load_config()
+    settings = replace(settings, home=home, clickhouse_url=os.environ.get("CLICKHOUSE_URL") or None)
+    if settings.clickhouse_url:
+        database = f"tierflow_t{uuid.uuid4().hex[:10]}"
+        archive = msgspec.structs.replace(config.archive, database=database)
+        config = msgspec.structs.replace(config, archive=archive)
+    return Context(settings, config)
+
+
+def drop_if_server(ctx: Context, archive: Archive) -> None:
+    if ctx.settings.clickhouse_url:
+        archive.backend().execute(f"DROP DATABASE IF EXISTS {ctx.config.archive.database}")
+
+
+def archive_directly(ctx: Context, archive: Archive, records: Iterable[tuple[str, dict]]) -> Batch:
+    """Run (topic, record) pairs through the writer's own routing and insert path, without Kafka."""
+    topics = ctx.settings.topics
+    sorter = RecordSorter(topics.inputs, topics.tier_changes, topics.reward_grants, limits_of(ctx))
+    batch = Batch()
+    now_ms = int(time.time() * 1000)
+    for offset, (topic, record) in enumerate(records):
+        key = str(record.get("user_id", "")).encode() or None
+        sorter.add(batch, topic, 0, offset, key, orjson.dumps(record), now_ms)
+    insert_batch(archive.backend(), batch)
+    return batch
+
+
+def touch_topic(ctx: Context, event: dict) -> str:
+    return ctx.settings.topics.input(str(event["type"]))
+
+
+def event_day(event: dict) -> date:
+    return datetime.fromtimestamp(ts_ms(event["ts"]) / 1000, UTC).date()
+
+
+def categories_of(event: dict) -> set[str]:
+    if event["type"] == "purchase":
+        return {item["category"] for item in event["items"]}
+    if event["type"] in ("cart", "browse") and event.get("category"):
+        return {event["category"]}
+    return set()
+
+
+def week_of(day: date) -> date:
+    return day - timedelta(days=day.isoweekday() - 1)
+
+
+def aipl_truth(events: list[dict], start: date, end: date, group: str | None = None) -> dict:
+    """{group: {"awareness", "interest", "purchase", "loyalty"}} (group None: key None)."""
+    seen: set[tuple[str, str]] = set()
+    users: dict[object, dict[str, dict]] = defaultdict(dict)
+    for e in events:
+        if (e["user_id"], e["event_id"]) in seen:
+            continue
+        seen.add((e["user_id"], e["event_id"]))
+        day = event_day(e)
+        if not start <= day <= end:
+            continue
+        keys: Iterable[object]
+        if group is None:
+            keys = [None]
+        elif group == "channel":
+            keys = [e["channel"]]
+        elif group == "category":
+            keys = categories_of(e)
+        else:
+            keys = [week_of(day)]
+        for key in keys:
+            state = users[key].setdefault(e["user_id"], {"engaged": False, "orders": set()})
+            if e["type"] != "browse":
+                state["engaged"] = True
+            if e["type"] == "purchase":
+                state["orders"].add(e["order_id"])
+    return {
+        key: {
+            "awareness": len(states),
+            "interest": sum(1 for s in states.values() if s["engaged"]),
+            "purchase": sum(1 for s in states.values() if s["orders"]),
+            "loyalty": sum(1 for s in states.values() if len(s["orders"]) >= 2),
+        }
+        for key, states in users.items()
+    }
+
+
+def counts(doc: dict) -> dict:
+    return {k: doc[k] for k in ("awareness", "interest", "purchase", "loyalty")}
+
+
+def domain_example_population(start: date) -> Iterator[dict]:
+    """50,000 aware users whose funnel is exactly the domain brief's example:
+    A->I 12%, I->P 31%, P->L 45% (the smallest population where all three are exact).
+    Stages are spread over channels and days so each is reached in its own way."""
+    aware, interested, buyers, loyal = 50_000, 6_000, 1_860, 837
+    channels = ("app", "mini_program", "store", "chat")
+    base = datetime(start.year, start.month, start.day, 12, tzinfo=UTC)
+    for i in range(aware):
+        user = f"x{i:05d}"
+        ts = base + timedelta(days=i % 28, minutes=i % 600)
+        common = {"user_id": user, "channel": channels[i % len(channels)]}
+
+        def event(kind: str, n: int, when: datetime, common: dict = common, **body: object) -> dict:
+            stamp = when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            return {"event_id": f"{common['user_id']}-{n}", "type": kind, "ts": stamp,
+                    **common, **body}
+
+        yield event("browse", 0, ts, page="home", category="snacks")
+        if i < interested:
+            if i % 2:
+                yield event("cart", 1, ts, action="add", sku="SN001", category="snacks", qty=1,
+                            price=9.9)
+            else:
+                yield event("interaction", 1, ts, kind="coupon_claim")
+        line = {"sku": "SN001", "category": "snacks", "qty": 1, "price": 9.9}
+        for n in range(2 if i < loyal else 1 if i < buyers else 0):
+            yield event("purchase", 2 + n, ts + timedelta(hours=n), order_id=f"{user}-o{n}",
+                        amount=9.9, currency="CNY", items=[line])
