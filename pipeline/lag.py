@@ -49,7 +49,7 @@ def measure(settings: Settings, end_offsets: dict[tuple[str, int], int] | None =
             if end_offsets is not None:
                 end = end_offsets.get(key, 0)
             else:
-                low, end = consumer.get_watermark_offsets(tp, timeout=10)
+                _low, end = consumer.get_watermark_offsets(tp, timeout=10)
             done = committed.get(key, -1)
             if done < 0:  # nothing committed yet: everything from the start is pending
                 done = consumer.get_watermark_offsets(tp, timeout=10)[0]

@@ -92,7 +92,7 @@ class Population:
         home_channels = rng.sample(CHANNELS, 2)
         favourite = rng.choice(list(CATEGORIES))
         n_purchases = rng.randint(*persona.purchases)
-        for order in range(n_purchases):
+        for _ in range(n_purchases):
             ts = self._ts(persona.active_until)
             channel = rng.choice(home_channels)
             items = []

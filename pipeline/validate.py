@@ -69,8 +69,9 @@ def check_event(obj: object, key: str | None, limits: Limits, now_ms: int) -> Va
     """Validate one decoded event against the contract and the semantic rules."""
     if not isinstance(obj, dict):
         return Rejection("not_an_event", f"expected a JSON object, got {type(obj).__name__}")
-    if obj.get("type") not in EVENT_TYPES:
-        return Rejection("unknown_type", f"type must be one of {sorted(EVENT_TYPES)}, got {obj.get('type')!r}")
+    kind = obj.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        return Rejection("unknown_type", f"type must be one of {sorted(EVENT_TYPES)}, got {kind!r}")
     try:
         event = msgspec.convert(obj, Event)
     except msgspec.ValidationError as exc:

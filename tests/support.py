@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +44,9 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(settings: Settings, *args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(
+    settings: Settings, *args: str, input: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
         env=env_for(settings), cwd=ROOT, input=input, capture_output=True, timeout=timeout,

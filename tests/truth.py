@@ -7,7 +7,7 @@ its own windows. Stream results are compared against this.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 DAY = 86_400_000

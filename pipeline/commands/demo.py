@@ -19,8 +19,8 @@ from pathlib import Path
 import orjson
 
 from pipeline import lag
-from pipeline.errors import CliError
 from pipeline.context import Context, from_args
+from pipeline.errors import CliError
 from pipeline.state import summarize
 from pipeline.store import StateStore, connect
 from pipeline.synth import Population
@@ -51,11 +51,9 @@ def stream(ctx: Context, population: Population, batch: int, worker: subprocess.
     from pipeline.producer import EventSender
 
     sender = EventSender(ctx.settings, batch=batch)
-    sent = 0
     started = time.monotonic()
-    for event in population.events():
+    for sent, event in enumerate(population.events(), start=1):
         sender.send(str(event["type"]), str(event["user_id"]), orjson.dumps(event))
-        sent += 1
         if sent % 5000 == 0:
             sys.stderr.write(f"\rstreaming: {sent:,} events sent "
                              f"({sent / (time.monotonic() - started):,.0f}/s)   ")

@@ -8,8 +8,8 @@ import sys
 import orjson
 
 from pipeline import lag
-from pipeline.errors import CliError
 from pipeline.context import from_args
+from pipeline.errors import CliError
 
 
 def _lag(args: argparse.Namespace) -> int:

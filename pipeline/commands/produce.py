@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import CliError
 from pipeline.context import from_args
+from pipeline.errors import CliError
 from pipeline.producer import EventSender, send_lines
 from pipeline.topics import ensure_topics
 

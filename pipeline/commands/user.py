@@ -8,8 +8,8 @@ from datetime import datetime
 
 import orjson
 
-from pipeline.errors import CliError
 from pipeline.context import from_args
+from pipeline.errors import CliError
 from pipeline.state import AsOfOutOfRange, summarize
 from pipeline.store import StateStore, connect
 from pipeline.validate import parse_ts
