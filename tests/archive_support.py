@@ -8,16 +8,25 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.archive.handle import Archive
-from pipeline.archive.writer import Batch, RecordSorter, insert_batch, limits_of
+from pipeline.archive.writer import (
+    ArchiveThread,
+    Batch,
+    RecordSorter,
+    archive_group,
+    insert_batch,
+    limits_of,
+)
 from pipeline.config import load_config
 from pipeline.context import Context
 from pipeline.settings import Settings
@@ -70,6 +79,13 @@ def categories_of(event: dict) -> set[str]:
     return set()
 
 
+def engages(event: dict) -> bool:
+    """Interest: an add-to-cart, any interaction, or a purchase (a cart removal alone is not)."""
+    if event["type"] == "cart":
+        return event["action"] == "add"
+    return event["type"] in ("interaction", "purchase")
+
+
 def week_of(day: date) -> date:
     return day - timedelta(days=day.isoweekday() - 1)
 
@@ -96,7 +112,7 @@ def aipl_truth(events: list[dict], start: date, end: date, group: str | None = N
             keys = [week_of(day)]
         for key in keys:
             state = users[key].setdefault(e["user_id"], {"engaged": False, "orders": set()})
-            if e["type"] != "browse":
+            if engages(e):
                 state["engaged"] = True
             if e["type"] == "purchase":
                 state["orders"].add(e["order_id"])
@@ -143,3 +159,62 @@ def domain_example_population(start: date) -> Iterator[dict]:
         for n in range(2 if i < loyal else 1 if i < buyers else 0):
             yield event("purchase", 2 + n, ts + timedelta(hours=n), order_id=f"{user}-o{n}",
                         amount=9.9, currency="CNY", items=[line])
+
+
+def with_archive_settings(ctx: Context, **changes: object) -> Context:
+    archive = msgspec.structs.replace(ctx.config.archive, **changes)
+    return Context(ctx.settings, msgspec.structs.replace(ctx.config, archive=archive))
+
+
+def archive_lag(ctx: Context) -> int:
+    """Records on the archive's topics not yet committed by its consumer group."""
+    probe = Consumer(ctx.settings.kafka.confluent(**{"group.id": archive_group(ctx)}))
+    try:
+        topics = [*ctx.settings.topics.inputs, ctx.settings.topics.tier_changes,
+                  ctx.settings.topics.reward_grants]
+        metadata = probe.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+        total = 0
+        for tp in probe.committed(tps, timeout=10):
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        probe.close()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def running_archive(ctx: Context, archive: Archive) -> Iterator[ArchiveThread]:
+    thread = ArchiveThread(ctx, archive)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def produce(ctx: Context, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> int:
+    """(topic, key, value) records, delivered before returning."""
+    producer = Producer(ctx.settings.kafka.confluent(**{"enable.idempotence": True}))
+    failures: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    n = 0
+    for topic, key, value in records:
+        producer.produce(topic, key=key, value=value, on_delivery=delivered)
+        producer.poll(0)
+        n += 1
+    assert producer.flush(60) == 0
+    assert not failures, failures
+    return n

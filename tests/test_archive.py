@@ -4,10 +4,15 @@ tier-change and reward tables, and the Kafka writer riding out outages."""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -26,15 +31,23 @@ from pipeline.archive.migrate import (
 from pipeline.context import Context
 from pipeline.settings import Settings
 from pipeline.synth import Population
+from pipeline.topics import ensure_topics
 from tests.archive_support import (
     aipl_truth,
     archive_context,
     archive_directly,
+    archive_lag,
     counts,
     drop_if_server,
+    engages,
     event_day,
+    produce,
+    running_archive,
     touch_topic,
+    wait_until,
+    with_archive_settings,
 )
+from tests.support import ROOT
 
 DAY_MS = 86_400_000
 
@@ -55,6 +68,20 @@ def archive(ctx: Context) -> Iterator[Archive]:
 def population(users: int, days: int, seed: int) -> list[dict]:
     now_ms = int(time.time() * 1000)
     return list(Population(users, days, now_ms, seed=seed, run=f"a{seed}").events())
+
+
+def with_cart_removals(events: list[dict], seed: int) -> list[dict]:
+    """Some browsers also remove something from their cart: engagement that is not interest."""
+    rng = random.Random(seed)
+    extra = [
+        {**e, "event_id": f"{e['event_id']}-rm", "type": "cart", "action": "remove",
+         "sku": "SN001", "category": e.get("category") or "snacks", "qty": 1, "price": 1.5}
+        for e in events if e["type"] == "browse" and rng.random() < 0.1
+    ]
+    for e in extra:
+        e.pop("page", None)
+        e.pop("source", None)
+    return events + extra
 
 
 def with_duplicates(events: list[dict], share: float, seed: int) -> list[dict]:
@@ -107,7 +134,7 @@ def test_migrations_are_versioned_and_idempotent(archive: Archive, tmp_path: Pat
 def test_aipl_equals_independent_computation_despite_duplicates(
     ctx: Context, archive: Archive
 ) -> None:
-    events = population(users=400, days=120, seed=3)
+    events = with_cart_removals(population(users=400, days=120, seed=3), seed=3)
     stream = with_duplicates(events, 0.15, seed=3)
     archive_directly(ctx, archive, ((touch_topic(ctx, e), e) for e in stream))
     # A second delivery of a whole slice, as after a crash before the offset commit.
@@ -144,7 +171,7 @@ def test_aipl_equals_independent_computation_despite_duplicates(
 
 
 def test_daily_aggregates_and_stage_transitions_are_exact(ctx: Context, archive: Archive) -> None:
-    events = population(users=120, days=60, seed=5)
+    events = with_cart_removals(population(users=120, days=60, seed=5), seed=5)
     stream = with_duplicates(events, 0.3, seed=5)
     archive_directly(ctx, archive, ((touch_topic(ctx, e), e) for e in stream))
     backend = archive.backend()
@@ -170,7 +197,7 @@ def test_daily_aggregates_and_stage_transitions_are_exact(ctx: Context, archive:
     for e in events:
         t = int(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() * 1000) \
             if isinstance(e["ts"], str) else e["ts"]
-        stages = ["aware"] + (["interest"] if e["type"] != "browse" else [])
+        stages = ["aware"] + (["interest"] if engages(e) else [])
         if e["type"] == "purchase":
             stages.append("purchase")
             by_order = orders.setdefault(e["user_id"], {})
@@ -218,18 +245,32 @@ def test_tier_changes_and_reward_records_are_stored_once(ctx: Context, archive: 
         {"user_id": "u3", "dimension": "membership", "old": "ordinary", "new": "super",
          "reason": "event", "version": 1, "event_time": _iso(d0 + timedelta(days=9))},
     ]
-    grants = [
-        {"record_id": "g1", "kind": "grant", "user_id": "u1", "campaign": "upgrade", "rule": "r1",
-         "prize_type": "coupon", "value_cents": 2000, "budget_cents": 100000,
-         "event_time": _iso(d0 + timedelta(days=10))},
-        {"record_id": "g2", "kind": "grant", "user_id": "u2", "campaign": "upgrade", "rule": "r1",
-         "prize_type": "coupon", "value_cents": 2000, "budget_cents": 100000,
-         "event_time": _iso(d0 + timedelta(days=11))},
-        {"record_id": "g3", "kind": "grant", "user_id": "u2", "campaign": "winback", "rule": "r2",
-         "prize_type": "points", "points": 500, "event_time": _iso(d0 + timedelta(days=20))},
-        {"record_id": "g2", "kind": "cancellation", "user_id": "u2", "campaign": "upgrade",
-         "rule": "r1", "prize_type": "coupon", "value_cents": 2000,
-         "event_time": _iso(d0 + timedelta(days=12))},
+    def ms(day: date) -> int:
+        return int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
+
+    def coupon(item_id: str) -> dict:
+        return {"item_id": item_id, "type": "coupon", "prize": "c20", "campaign": "upgrade",
+                "rule": "r1", "value_cents": 2000, "granted_ms": ms(d0)}
+
+    upgrade = {"campaign": "upgrade", "rule": "r1", "prize": "c20", "prize_type": "coupon"}
+    grants = [  # records as the reward engine publishes them
+        {**upgrade, "record_id": "g1", "kind": "grant", "user_id": "u1", "cost_cents": 2000,
+         "at_ms": ms(d0 + timedelta(days=10)), "recorded_ms": ms(d0 + timedelta(days=10)),
+         "items": [coupon("c1")], "trigger": "tier:segment:v2"},
+        {**upgrade, "record_id": "g2", "kind": "grant", "user_id": "u2", "cost_cents": 2000,
+         "at_ms": ms(d0 + timedelta(days=11)), "recorded_ms": ms(d0 + timedelta(days=11)),
+         "items": [coupon("c2")]},
+        {"record_id": "g3", "kind": "grant", "user_id": "u2", "campaign": "winback",
+         "rule": "r2", "prize": "p500", "prize_type": "points", "points_delta": 500,
+         "cost_cents": 500, "at_ms": ms(d0 + timedelta(days=20)),
+         "recorded_ms": ms(d0 + timedelta(days=20)), "items": []},
+        {**upgrade, "record_id": "x2", "kind": "cancellation", "user_id": "u2",
+         "at_ms": ms(d0 + timedelta(days=12)), "recorded_ms": ms(d0 + timedelta(days=12)),
+         "items": [coupon("c2")]},
+        {**upgrade, "record_id": "r1", "kind": "redemption", "user_id": "u1",
+         "order_id": "o9", "order_cents": 15000, "discount_cents": 2000,
+         "at_ms": ms(d0 + timedelta(days=13)), "recorded_ms": ms(d0 + timedelta(days=13)),
+         "items": [coupon("c1")]},
     ]
     records = [(topics.tier_changes, c) for c in changes]
     records += [(topics.reward_grants, g) for g in grants]
@@ -255,17 +296,186 @@ def test_tier_changes_and_reward_records_are_stored_once(ctx: Context, archive: 
         {"from": "important_value", "to": "important_win_back", "users": 1},
     ]
 
-    rewards = reports.rewards_summary(backend, None)
-    by_campaign = {c["campaign"]: c for c in rewards["campaigns"]}
-    assert by_campaign["upgrade"]["granted"] == 2
-    assert by_campaign["upgrade"]["granted_cents"] == 4000
-    assert by_campaign["upgrade"]["cancelled_cents"] == 2000
-    assert by_campaign["upgrade"]["net_cents"] == 2000
-    assert by_campaign["upgrade"]["budget_cents"] == 100000
-    assert by_campaign["winback"]["points"] == 500
-    assert by_campaign["winback"]["budget_cents"] is None
+    budgets = {"upgrade": 100_000, "winback": None, "newbie": 5_000}
+    rewards = reports.rewards_summary(backend, None, budgets)
+    assert rewards["campaigns"] == [
+        {"campaign": "upgrade", "budget_cents": 100_000, "spent_cents": 4000, "grants": 2,
+         "cancellations": 1, "redemptions": 1, "discount_cents": 2000,
+         "redeemed_order_cents": 15000, "points_granted": 0},
+        {"campaign": "winback", "budget_cents": None, "spent_cents": 500, "grants": 1,
+         "cancellations": 0, "redemptions": 0, "discount_cents": 0,
+         "redeemed_order_cents": 0, "points_granted": 500},
+        {"campaign": "newbie", "budget_cents": 5000, "spent_cents": 0, "grants": 0,
+         "cancellations": 0, "redemptions": 0, "discount_cents": 0,
+         "redeemed_order_cents": 0, "points_granted": 0},
+    ]
     assert rewards["by_prize"] == {"coupon": 2, "points": 1}
+    # A period filter keeps the records of its days only.
+    early = reports.rewards_summary(backend, aipl.Period(d0, d0 + timedelta(days=10)), {})
+    assert [(c["campaign"], c["grants"]) for c in early["campaigns"]] == [("upgrade", 1)]
+    items = backend.query("SELECT item_ids, item_types FROM reward_grants FINAL WHERE record_id = 'g1'")
+    assert items == [(["c1"], ["coupon"])]
     stored = backend.query(
         "SELECT scores FROM tier_changes FINAL WHERE user_id = 'u1' AND version = 2"
     )
     assert orjson.loads(stored[0][0]) == {"r": 5, "f": 4, "m": 5}
+
+
+# --- the archive consumer on real Kafka ---------------------------------------------------
+
+
+def kafka_records(ctx: Context, events: list[dict]) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Events as producers send them: half single records, half per-user batch records."""
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+    half = len(events) // 2
+    for e in events[:half]:
+        out.append((touch_topic(ctx, e), e["user_id"].encode(), orjson.dumps(e)))
+    by_user: dict[str, list[dict]] = {}
+    for e in events[half:]:
+        by_user.setdefault(e["user_id"], []).append(e)
+    for user, evs in by_user.items():
+        for i in range(0, len(evs), 10):
+            chunk = evs[i:i + 10]
+            out.append((touch_topic(ctx, chunk[0]), user.encode(), orjson.dumps({"events": chunk})))
+    return out
+
+
+def garbage(ctx: Context) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Records ingest dead-letters; the archive must skip them, not stop on them."""
+    topic = ctx.settings.topics.input("browse")
+    return [
+        (topic, b"u1", b"{not json"),
+        (topic, b"u1", orjson.dumps({"type": "teleport", "user_id": "u1"})),
+        (topic, b"u1", None),
+        (ctx.settings.topics.tier_changes, b"u1", b"[]"),
+    ]
+
+
+def test_writer_stream_equals_batch_after_duplicates_and_replay(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ctx = archive_context(settings, tmp_path / "home")
+    ensure_topics(ctx.settings)
+    events = with_cart_removals(population(users=300, days=90, seed=21), seed=21)
+    stream = with_duplicates(events, 0.1, seed=21)
+    changes = [
+        {"user_id": e["user_id"], "dimension": "aipl", "old": None, "new": "aware",
+         "reason": "event", "version": 1, "event_time": e["ts"]}
+        for e in events[:50]
+    ]
+    tier_records = [
+        (ctx.settings.topics.tier_changes, c["user_id"].encode(), orjson.dumps(c))
+        for c in changes
+    ]
+    produced = produce(ctx, kafka_records(ctx, stream) + garbage(ctx) + tier_records * 2)
+
+    days = sorted(event_day(e) for e in events)
+    period = aipl.Period(days[0], days[-1])
+    want = aipl_truth(events, period.start, period.end)[None]
+    want_channels = aipl_truth(events, period.start, period.end, "channel")
+    unique_users = {c["user_id"] for c in changes}
+
+    def check(archive: Archive) -> None:
+        backend = archive.backend()
+        assert counts(aipl.funnel(backend, period).to_json()) == want
+        got = aipl.breakdown(backend, "channel", period)
+        assert {k: counts(f.to_json()) for k, f in got.items()} == want_channels
+        unique = {(e["user_id"], e["event_id"]) for e in events}
+        assert backend.query("SELECT count() FROM touch_events FINAL")[0][0] == len(unique)
+        assert reports.tier_distribution(backend, None) == {"aipl": {"aware": len(unique_users)}}
+
+    archive = Archive(ctx.settings, ctx.config.archive)
+    try:
+        with running_archive(ctx, archive) as run:
+            wait_until(lambda: archive_lag(ctx) == 0, "the archive caught up")
+            status = run.status()
+        assert status["records"] == produced
+        assert status["skipped"][f"{ctx.settings.topics.tier_changes}:invalid"] == 1
+        assert sum(n for k, n in status["skipped"].items() if k.startswith("touch:")) == 3
+        check(archive)
+
+        # Replay everything from the start as a fresh consumer group (as after
+        # losing the committed offsets): every row arrives a second time.
+        replay = with_archive_settings(ctx, group_suffix="-archive-replay")
+        with running_archive(replay, archive):
+            wait_until(lambda: archive_lag(replay) == 0, "the replay caught up")
+        assert archive.backend().query("SELECT count() FROM touch_events")[0][0] > len(events)
+        check(archive)
+    finally:
+        drop_if_server(ctx, archive)
+        archive.close()
+
+
+def test_writer_holds_back_while_clickhouse_is_unreachable_and_catches_up(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tierflow.archive")
+    base = archive_context(settings, tmp_path / "home")
+    ctx = with_archive_settings(base, batch_max_records=50, retry_initial_ms=20, retry_max_ms=200)
+    ensure_topics(ctx.settings)
+    events = population(users=60, days=30, seed=31)
+    total = produce(ctx, [(touch_topic(ctx, e), e["user_id"].encode(), orjson.dumps(e))
+                          for e in events])
+    assert total > 50
+
+    # 1. A ClickHouse server that does not answer (nothing listens on the port).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Context(replace(ctx.settings, clickhouse_url=f"http://tf:s3cret@127.0.0.1:{port}"),
+                   ctx.config)
+    unreachable = Archive(down.settings, down.config.archive)
+    with running_archive(down, unreachable) as run:
+        wait_until(lambda: run.status()["retries"] >= 3, "the writer retried")
+        status = run.status()
+        assert status["state"] == "holding"
+        assert status["held_records"] == 50  # one batch, never more
+        assert archive_lag(down) == total  # nothing committed, nothing lost
+    unreachable.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("holding 50 records uncommitted" in w and f"127.0.0.1:{port}" in w for w in warnings)
+    assert not any("s3cret" in w for w in warnings)
+
+    # 2. Embedded chDB whose directory another process holds, released mid-run:
+    # the same writer waits, then catches up on its own.
+    ctx = Context(replace(ctx.settings, clickhouse_url=None), ctx.config)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CHDB, str(ctx.settings.home)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"holding"
+        archive = Archive(ctx.settings, ctx.config.archive)
+        with running_archive(ctx, archive) as run:
+            wait_until(lambda: run.status()["retries"] >= 2, "the writer retried")
+            assert run.status()["state"] == "holding"
+            assert "in use by another process" in run.status()["last_error"]
+            assert archive_lag(ctx) == total
+            holder.communicate(b"release\n", timeout=60)
+            wait_until(lambda: archive_lag(ctx) == 0, "the archive caught up")
+            assert run.status()["state"] == "running"
+        days = sorted(event_day(e) for e in events)
+        want = aipl_truth(events, days[0], days[-1])[None]
+        assert counts(aipl.report(archive.backend(), None, None)) == want
+        archive.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+# Opens the archive in a second process and keeps it until told to let go.
+HOLD_CHDB = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from pipeline.archive.handle import Archive
+from pipeline.config import load_config
+from pipeline.settings import Settings
+settings = replace(Settings.from_env(), home=Path(sys.argv[1]), clickhouse_url=None)
+archive = Archive(settings, load_config().archive)
+archive.backend()
+print("holding", flush=True)
+sys.stdin.readline()
+archive.close()
+"""

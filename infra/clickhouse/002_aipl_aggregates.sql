@@ -6,7 +6,7 @@
 -- these tables are exact under replays without FINAL. Read them with
 -- uniqExactMerge / uniqExactIfMerge grouped by user (see pipeline/archive/aipl.py).
 --   touches  every event id                      -> Awareness
---   engaged  cart, interaction and purchase ids  -> Interest (buyers were engaged too)
+--   engaged  cart-add, interaction and purchase ids -> Interest (buyers were engaged too)
 --   orders   distinct order ids of purchases     -> Purchase (>= 1), Loyalty (>= 2)
 CREATE TABLE IF NOT EXISTS aipl_user_daily
 (
@@ -27,7 +27,9 @@ SELECT
     channel,
     user_id,
     uniqExactState(event_id) AS touches,
-    uniqExactIfState(event_id, type IN ('cart', 'interaction', 'purchase')) AS engaged,
+    uniqExactIfState(
+        event_id, type IN ('interaction', 'purchase') OR (type = 'cart' AND action = 'add')
+    ) AS engaged,
     uniqExactIfState(order_id, type = 'purchase') AS orders
 FROM touch_events
 GROUP BY day, channel, user_id;
@@ -54,7 +56,9 @@ SELECT
     category,
     user_id,
     uniqExactState(event_id) AS touches,
-    uniqExactIfState(event_id, type IN ('cart', 'interaction', 'purchase')) AS engaged,
+    uniqExactIfState(
+        event_id, type IN ('interaction', 'purchase') OR (type = 'cart' AND action = 'add')
+    ) AS engaged,
     uniqExactIfState(order_id, type = 'purchase') AS orders
 FROM touch_events
 ARRAY JOIN categories AS category

@@ -71,7 +71,8 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS aipl_first_reached_mv TO aipl_first_reach
 SELECT
     user_id,
     min(ts) AS aware_at,
-    min(if(type IN ('cart', 'interaction', 'purchase'), ts, NULL)) AS interest_at,
+    min(if(type IN ('interaction', 'purchase') OR (type = 'cart' AND action = 'add'), ts, NULL))
+        AS interest_at,
     min(if(type = 'purchase', ts, NULL)) AS purchase_at,
     minMapIfState([order_id], [ts], type = 'purchase') AS order_times
 FROM touch_events

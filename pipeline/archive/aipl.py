@@ -5,10 +5,11 @@ Definitions, for a period of UTC calendar days [from, to], both inclusive
 
 - Awareness (A): users with at least one touch event of any type in the period
   (browse, cart, interaction or purchase): the brand reached them.
-- Interest (I): users with at least one cart event (add or remove), interaction
-  (favourite, like, share, follow, coupon claim, campaign join, referral,
-  sign-in, content read, comment, review) or purchase in the period. A buyer who
-  never clicked anything was evidently interested, so buyers count here too.
+- Interest (I): users with at least one add-to-cart, interaction (favourite,
+  like, share, follow, coupon claim, campaign join, referral, sign-in, content
+  read, comment, review) or purchase in the period. A buyer who never clicked
+  anything was evidently interested, so buyers count here too; a cart removal
+  alone does not count.
 - Purchase (P): users with at least one purchase in the period.
 - Loyalty (L): users with at least two distinct orders in the period (they
   repurchased within it).

@@ -7,6 +7,7 @@ merges, so duplicates delivered by replays never show.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
@@ -66,18 +67,23 @@ def segment_migration(backend: Backend, period: Period, dimension: str) -> list[
     return [{"from": f or None, "to": t or None, "users": int(n)} for f, t, n in rows]
 
 
-def rewards_summary(backend: Backend, period: Period | None) -> dict[str, Any]:
-    """Per campaign: grants and their money value, cancellations, redemptions,
-    points, and the budget the records state; grants per prize type."""
-    where = "WHERE toDate(event_time) BETWEEN {start:Date} AND {end:Date}" if period else ""
+def rewards_summary(
+    backend: Backend, period: Period | None, budgets: Mapping[str, int | None]
+) -> dict[str, Any]:
+    """Per campaign: grants, budget charged (cost_cents of every record: grants and
+    referral step-ups) against the configured budget, cancellations, redemptions
+    with the discount given and the order value they brought, points granted.
+    Campaigns in `budgets` appear even before their first grant."""
+    where = "WHERE toDate(at) BETWEEN {start:Date} AND {end:Date}" if period else ""
     rows = backend.query(
         f"""
-        SELECT campaign, kind, prize_type, count(), sum(value_cents), sum(points), max(budget_cents)
+        SELECT campaign, kind, prize_type, count(), sum(cost_cents), sum(points_delta),
+               sum(discount_cents), sum(order_cents)
         FROM (
             SELECT kind, record_id,
                    any(campaign) AS campaign, any(prize_type) AS prize_type,
-                   any(value_cents) AS value_cents, any(points) AS points,
-                   max(budget_cents) AS budget_cents
+                   any(cost_cents) AS cost_cents, any(points_delta) AS points_delta,
+                   any(discount_cents) AS discount_cents, any(order_cents) AS order_cents
             FROM reward_grants {where}
             GROUP BY kind, record_id
         )
@@ -86,28 +92,30 @@ def rewards_summary(backend: Backend, period: Period | None) -> dict[str, Any]:
         """,
         period.params() if period else None,
     )
-    campaigns: dict[str, dict[str, Any]] = {}
+
+    def blank(campaign: str) -> dict[str, Any]:
+        return {
+            "campaign": campaign, "budget_cents": budgets.get(campaign), "spent_cents": 0,
+            "grants": 0, "cancellations": 0, "redemptions": 0, "discount_cents": 0,
+            "redeemed_order_cents": 0, "points_granted": 0,
+        }
+
+    campaigns = {cid: blank(cid) for cid in budgets}
     by_prize: dict[str, int] = {}
-    for campaign, kind, prize, n, cents, points, budget in rows:
-        c = campaigns.setdefault(str(campaign), {
-            "campaign": str(campaign), "granted": 0, "granted_cents": 0, "cancelled": 0,
-            "cancelled_cents": 0, "redeemed": 0, "points": 0, "budget_cents": None,
-        })
-        if budget is not None:
-            c["budget_cents"] = max(int(budget), c["budget_cents"] or 0)
+    for campaign, kind, prize, n, cost, points, discount, orders in rows:
+        c = campaigns.setdefault(str(campaign), blank(str(campaign)))
+        c["spent_cents"] += int(cost)
         if kind == GRANT:
-            c["granted"] += int(n)
-            c["granted_cents"] += int(cents)
-            c["points"] += int(points)
+            c["grants"] += int(n)
+            c["points_granted"] += int(points)
             by_prize[str(prize)] = by_prize.get(str(prize), 0) + int(n)
         elif kind == CANCELLATION:
-            c["cancelled"] += int(n)
-            c["cancelled_cents"] += int(cents)
+            c["cancellations"] += int(n)
         elif kind == REDEMPTION:
-            c["redeemed"] += int(n)
-    for c in campaigns.values():
-        c["net_cents"] = c["granted_cents"] - c["cancelled_cents"]
-    ordered = sorted(campaigns.values(), key=lambda c: (-c["net_cents"], c["campaign"]))
+            c["redemptions"] += int(n)
+            c["discount_cents"] += int(discount)
+            c["redeemed_order_cents"] += int(orders)
+    ordered = sorted(campaigns.values(), key=lambda c: (-c["spent_cents"], c["campaign"]))
     return {"campaigns": ordered, "by_prize": dict(sorted(by_prize.items()))}
 
 

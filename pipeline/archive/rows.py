@@ -31,8 +31,10 @@ TIER_COLUMNS = (
     "kafka_topic", "kafka_partition", "kafka_offset",
 )
 GRANT_COLUMNS = (
-    "record_id", "kind", "user_id", "campaign", "rule", "prize_type", "value_cents", "points",
-    "budget_cents", "event_time", "payload", "kafka_topic", "kafka_partition", "kafka_offset",
+    "record_id", "kind", "user_id", "at", "recorded_at", "campaign", "rule", "prize", "prize_type",
+    "trigger", "cost_cents", "points_delta", "amount_cents", "order_id", "order_cents",
+    "discount_cents", "item_ids", "item_types", "item_values_cents", "payload",
+    "kafka_topic", "kafka_partition", "kafka_offset",
 )
 
 Row = tuple[Any, ...]
@@ -96,17 +98,32 @@ class TierChangeRecord(msgspec.Struct, frozen=True):
     scores: dict[str, Any] | None = None
 
 
-class RewardRecord(msgspec.Struct, frozen=True):
-    record_id: Text
-    user_id: Text
-    event_time: str | int
-    kind: str = "grant"
-    campaign: str = ""
-    rule: str = ""
-    prize_type: str = ""
+class RewardItemRecord(msgspec.Struct, frozen=True):
+    item_id: str
+    type: str
     value_cents: int = 0
-    points: int = 0
-    budget_cents: int | None = None
+
+
+class RewardRecord(msgspec.Struct, frozen=True):
+    """The fields of a reward.grants record (pipeline/rewards/records.py) the archive keeps."""
+
+    record_id: Text
+    kind: Text
+    user_id: Text
+    at_ms: Annotated[int, msgspec.Meta(ge=0)]
+    recorded_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    items: list[RewardItemRecord] = []
+    cost_cents: int = 0
+    campaign: str | None = None
+    rule: str | None = None
+    prize: str | None = None
+    prize_type: str | None = None
+    trigger: str | None = None
+    order_id: str | None = None
+    order_cents: int | None = None
+    discount_cents: int | None = None
+    points_delta: int | None = None
+    amount_cents: int | None = None
 
 
 T = TypeVar("T")
@@ -148,7 +165,10 @@ def grant_row(value: bytes | None, source: Source) -> Row:
         raise RecordError("record has no value")
     rec = _decode(value, RewardRecord)
     return (
-        rec.record_id, rec.kind, rec.user_id, rec.campaign, rec.rule, rec.prize_type,
-        rec.value_cents, rec.points, rec.budget_cents, _time(rec.event_time),
-        value.decode("utf-8", errors="replace"), *source,
+        rec.record_id, rec.kind, rec.user_id, utc(rec.at_ms), utc(rec.recorded_ms or rec.at_ms),
+        rec.campaign or "", rec.rule or "", rec.prize or "", rec.prize_type or "",
+        rec.trigger or "", rec.cost_cents, rec.points_delta or 0, rec.amount_cents or 0,
+        rec.order_id or "", rec.order_cents or 0, rec.discount_cents or 0,
+        [i.item_id for i in rec.items], [i.type for i in rec.items],
+        [i.value_cents for i in rec.items], value.decode("utf-8", errors="replace"), *source,
     )
