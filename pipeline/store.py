@@ -47,14 +47,21 @@ class StateStore:
         return sum(results[:-1])
 
     def read(self, user_id: str) -> RawState | None:
-        keys = UserKeys.of(user_id)
+        return self.read_many([user_id])[user_id]
+
+    def read_many(self, user_ids: list[str]) -> dict[str, RawState | None]:
+        """Several users' state in one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for key in (keys.profile, keys.days, keys.categories, keys.skus, keys.channels):
-            pipe.hgetall(key)
-        profile, days, categories, skus, channels = pipe.execute()
-        if not profile:
-            return None
-        return RawState(profile, days, categories, skus, channels)
+        for user_id in user_ids:
+            keys = UserKeys.of(user_id)
+            for key in (keys.profile, keys.days, keys.categories, keys.skus, keys.channels):
+                pipe.hgetall(key)
+        replies = pipe.execute()
+        states: dict[str, RawState | None] = {}
+        for i, user_id in enumerate(user_ids):
+            profile, days, categories, skus, channels = replies[5 * i : 5 * i + 5]
+            states[user_id] = RawState(profile, days, categories, skus, channels) if profile else None
+        return states
 
     def user_count(self) -> int:
         return int(self.client.scard(USERS_KEY))

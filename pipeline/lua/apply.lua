@@ -77,6 +77,10 @@ for _, e in ipairs(events) do
   end
 end
 
+if applied > 0 then
+  -- A change counter: tier evaluations made from an older read are rejected by tiers.lua.
+  redis.call('HINCRBY', profile, 'n', applied)
+end
 if newest_offset > watermark then redis.call('HSET', offsets, source, int(newest_offset)) end
 if maxday > old_maxday then
   redis.call('HSET', profile, 'maxday', int(maxday))
