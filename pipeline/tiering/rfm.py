@@ -93,16 +93,26 @@ def score_at_most(value: int, maximums: Sequence[int]) -> int:
     return 1 + sum(1 for b in maximums if value <= b)
 
 
+def quantile_ranks(n: int) -> list[int]:
+    """0-based ranks of the largest value in the bottom 1, 2, 3 and 4 fifths of n values."""
+    return [math.ceil(k * n / 5) - 1 for k in range(1, BOUND_COUNT + 1)]
+
+
 def quantile_cuts(values: Sequence[int]) -> list[int] | None:
     """Cut points c1..c4 so that `score_at_least(v, cuts)` is 1 + the number of
     quintiles of the population lying wholly below v: a value beats at least
-    ceil(k*n/5) others exactly when it reaches c_k. Ties share a score; with
-    distinct values each score holds a fifth of the population."""
+    ceil(k*n/5) others exactly when it exceeds the value ranked ceil(k*n/5) - 1,
+    i.e. reaches c_k = that value + 1 (raw values are integers). Ties share a
+    score; with distinct values each score holds a fifth of the population."""
     if not values:
         return None
     ordered = sorted(values)
-    n = len(ordered)
-    return [ordered[math.ceil(k * n / 5) - 1] + 1 for k in range(1, BOUND_COUNT + 1)]
+    return cuts_from_ranked([ordered[rank] for rank in quantile_ranks(len(ordered))])
+
+
+def cuts_from_ranked(ranked: Sequence[int]) -> list[int]:
+    """Cut points from the values found at `quantile_ranks` (e.g. by a store)."""
+    return [v + 1 for v in ranked]
 
 
 def _quantile(config: TieringConfig, population: Population, dim: str) -> list[int] | None:

@@ -1,0 +1,189 @@
+-- Tier store operations (see pipeline/tiering/store.py for the design). ARGV[1] names the
+-- operation; each call is one atomic decision and touches keys of ONE hash tag only, so it
+-- runs unchanged on Redis Cluster: "load", "commit", "clear", "ack" on a user's tag
+-- ({u:ID}); "apply", "unlist" on one population shard's tag ({tf:t:N}); "sweep_done" on the
+-- population snapshot key.
+local op = ARGV[1]
+local NULL = cjson.null
+local DIMS = {'segment', 'lifecycle', 'membership', 'aipl'}
+local SCORE_DIMS = {'r', 'f', 'm'}
+
+-- Lua numbers print as 1.7e+12 through tostring; Redis needs plain integers.
+local function int(n) return string.format('%d', n) end
+local function present(x) if x == NULL or x == false then return nil end return x end
+local function json_or_null(x) if x == nil then return NULL end return x end
+
+-- Events applied to the user so far: grows by one per applied event (apply.lua's counters).
+local function event_count(profile)
+  local total = 0
+  for _, v in ipairs(redis.call('HMGET', profile, 'nb', 'nc', 'ni', 'pc')) do
+    total = total + (tonumber(v) or 0)
+  end
+  return total
+end
+
+if op == 'load' then
+  -- KEYS: profile, days, categories, skus, channels, tier, paid
+  -- ARGV[2]: JSON [[event_id, ts_ms, qty], ...] membership orders to record (idempotent by event id)
+  for _, p in ipairs(cjson.decode(ARGV[2])) do
+    redis.call('HSET', KEYS[7], p[1], int(p[2]) .. ':' .. int(p[3]))
+  end
+  local out = {}
+  for i = 1, 7 do out[i] = redis.call('HGETALL', KEYS[i]) end
+  return out
+
+elseif op == 'commit' then
+  -- KEYS: tier, outbox, pending, profile
+  -- ARGV: 2 user id, 3 basis (event count read with the state), 4 as_of_ms, 5 reason,
+  --   6 event time (RFC 3339), 7 JSON {segment, lifecycle, membership, aipl} (null = none),
+  --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
+  --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases}
+  -- Returns {status, how many records it appended, pending deltas (JSON), the user's
+  -- unacknowledged records (JSON, oldest first)}.
+  local tier, outbox, pending, profile = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local user, basis, as_of = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  -- Evaluated from a state that has moved on, or from an instant before the stored one:
+  -- the caller re-reads and re-evaluates.
+  if event_count(profile) ~= basis then return {'stale', 0, {}, {}} end
+  local stored_as_of = tonumber(redis.call('HGET', tier, 'asof') or '-1')
+  if as_of < stored_as_of then return {'stale', 0, {}, {}} end
+
+  local values, scores = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
+  local raw, nb = cjson.decode(ARGV[9]), ARGV[10]
+  local extra = cjson.decode(ARGV[12])
+  local record_scores = {r = NULL, f = NULL, m = NULL}
+  if scores ~= NULL then record_scores = scores end
+  local delta = {user = user, dims = {}, scores = {}}
+  local dirty = stored_as_of < 0
+  local appended = 0
+
+  for _, dim in ipairs(DIMS) do
+    local old = present(redis.call('HGET', tier, 'v:' .. dim))
+    local new = present(values[dim])
+    if old ~= new then
+      dirty = true
+      local version = redis.call('HINCRBY', tier, 'n:' .. dim, 1)
+      local seq = redis.call('HINCRBY', tier, 'seq', 1)
+      if new then redis.call('HSET', tier, 'v:' .. dim, new) else redis.call('HDEL', tier, 'v:' .. dim) end
+      local record = cjson.encode({
+        user_id = user, dimension = dim, old = json_or_null(old), new = json_or_null(new),
+        version = version, seq = seq, reason = ARGV[5], scores = record_scores,
+        points = extra.points, repurchases = extra.repurchases, event_time = ARGV[6],
+      })
+      redis.call('RPUSH', outbox, record)
+      appended = appended + 1
+      delta.dims[dim] = {json_or_null(old), json_or_null(new)}
+      delta.outbox = seq
+    end
+  end
+  for _, dim in ipairs(SCORE_DIMS) do
+    local old = tonumber(redis.call('HGET', tier, 's:' .. dim) or '')
+    local new = nil
+    if scores ~= NULL then new = scores[dim] end
+    if old ~= new then
+      dirty = true
+      delta.scores[dim] = {json_or_null(old), json_or_null(new)}
+      if new then redis.call('HSET', tier, 's:' .. dim, int(new)) else redis.call('HDEL', tier, 's:' .. dim) end
+    end
+  end
+  -- Compared as the caller's canonical JSON text (cjson's key order is not stable).
+  if (redis.call('HGET', tier, 'raw') or 'null') ~= ARGV[9] then
+    dirty = true
+    redis.call('HSET', tier, 'raw', ARGV[9])
+  end
+  if (redis.call('HGET', tier, 'nb') or '') ~= nb then
+    dirty = true
+    if nb == '' then redis.call('HDEL', tier, 'nb') else redis.call('HSET', tier, 'nb', nb) end
+  end
+  if dirty then
+    -- The population side of this change, applied once by 'apply' (keyed by user and dseq).
+    local dseq = redis.call('HINCRBY', tier, 'dseq', 1)
+    delta.seq = dseq
+    delta.new_user = stored_as_of < 0
+    delta.raw = raw
+    if nb == '' then delta.nb = NULL else delta.nb = nb end
+    redis.call('HSET', pending, int(dseq), cjson.encode(delta))
+  end
+  redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11])
+  return {'ok', appended, redis.call('HVALS', pending), redis.call('LRANGE', outbox, 0, -1)}
+
+elseif op == 'clear' then
+  -- KEYS: pending; ARGV[2]: highest delta seq the population has applied for this user.
+  local applied = tonumber(ARGV[2])
+  local done = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if tonumber(field) <= applied then done[#done + 1] = field end
+  end
+  if #done > 0 then redis.call('HDEL', KEYS[1], unpack(done)) end
+  return #done
+
+elseif op == 'apply' then
+  -- KEYS: 1 counts, 2 applied (user -> last delta seq), 3 due, 4 outbox index,
+  --   5..19 users per score (r1..r5, f1..f5, m1..m5), 20..22 raw values (r, f, m)
+  -- ARGV[2]: JSON deltas of this shard's users, each user's in ascending seq.
+  -- A delta counts only if its seq is above the user's last applied one, so a delta
+  -- re-sent after a crash is skipped. Returns {user, applied seq, ...}.
+  local counts, applied, due, listed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  local out = {}
+  for _, d in ipairs(cjson.decode(ARGV[2])) do
+    local last = tonumber(redis.call('HGET', applied, d.user) or '0')
+    if d.seq > last then
+      last = d.seq
+      if d.new_user then redis.call('HINCRBY', counts, 'users', 1) end
+      for dim, pair in pairs(d.dims) do
+        if present(pair[1]) then redis.call('HINCRBY', counts, dim .. ':' .. pair[1], -1) end
+        if present(pair[2]) then redis.call('HINCRBY', counts, dim .. ':' .. pair[2], 1) end
+      end
+      for i, dim in ipairs(SCORE_DIMS) do
+        local pair = d.scores[dim]
+        if pair then
+          local old, new = present(pair[1]), present(pair[2])
+          if old then
+            redis.call('HINCRBY', counts, dim .. ':' .. int(old), -1)
+            redis.call('SREM', KEYS[4 + (i - 1) * 5 + old], d.user)
+          end
+          if new then
+            redis.call('HINCRBY', counts, dim .. ':' .. int(new), 1)
+            redis.call('SADD', KEYS[4 + (i - 1) * 5 + new], d.user)
+          end
+        end
+        if d.raw ~= NULL then
+          redis.call('ZADD', KEYS[19 + i], d.raw[dim], d.user)
+        else
+          redis.call('ZREM', KEYS[19 + i], d.user)
+        end
+      end
+      if d.nb ~= NULL then redis.call('ZADD', due, d.nb, d.user) else redis.call('ZREM', due, d.user) end
+      if d.outbox then redis.call('ZADD', listed, d.outbox, d.user) end
+      redis.call('HSET', applied, d.user, int(last))
+    end
+    out[#out + 1] = d.user
+    out[#out + 1] = int(last)
+  end
+  return out
+
+elseif op == 'ack' then
+  -- KEYS: outbox; ARGV[2]: highest change seq published. Drops published records from the
+  -- head; acknowledging twice is harmless. Returns how many were dropped.
+  local upto, dropped = tonumber(ARGV[2]), 0
+  while true do
+    local head = redis.call('LINDEX', KEYS[1], 0)
+    if not head or cjson.decode(head).seq > upto then break end
+    redis.call('LPOP', KEYS[1])
+    dropped = dropped + 1
+  end
+  return dropped
+
+elseif op == 'unlist' then
+  -- KEYS: outbox index of the user's shard; ARGV: 2 user, 3 acknowledged seq. The user
+  -- stays listed when a later change was appended (its delta set a higher score).
+  local listed = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
+  if listed <= tonumber(ARGV[3]) then return redis.call('ZREM', KEYS[1], ARGV[2]) end
+  return 0
+
+elseif op == 'sweep_done' then
+  -- KEYS: snapshot hash; ARGV[2]: snapshot id whose sweep finished (a newer one keeps its own).
+  if redis.call('HGET', KEYS[1], 'id') == ARGV[2] then return redis.call('HDEL', KEYS[1], 'sweep') end
+  return 0
+end
+return redis.error_reply('tiers.lua: unknown operation ' .. tostring(op))
