@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from pipeline.archive.config import ArchiveConfig
+from pipeline.rewards.config import RewardsConfig
 from pipeline.tiering.config import TieringConfig
 
 DEFAULTS_DIR = Path(__file__).with_name("defaults")
@@ -48,6 +49,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state: StateConfig
     ingest: IngestConfig
     archive: ArchiveConfig
+    rewards: RewardsConfig
     tiering: TieringConfig
 
     @property

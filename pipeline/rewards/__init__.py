@@ -1,0 +1,1 @@
+"""Rewards: prize catalogue, rules, redemption (pure) and the Redis ledger and engine (effects)."""
