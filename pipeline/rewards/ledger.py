@@ -1,0 +1,322 @@
+"""Reward effects in Redis: every state change is one Lua script (pipeline/lua/rewards_*.lua).
+
+Key layout
+----------
+Per user, under the user's hash tag (`{u:<id>}:rw:*`, see `RewardKeys`): grants by
+idempotency key, per-rule counts, wallet items (immutable JSON), item status,
+points lots (remaining, expiry), points ledger, referral state and invites,
+outbox, dedupe marks, redemptions, account (withdrawn cash, shipping address).
+
+Per campaign, under the campaign's own hash tag (`{rw:c:<id>}*`, see
+`CampaignKeys`): money spent, reservations by idempotency key, inventory used,
+universal-code pools. A prize with finite stock belongs to one campaign (checked
+at load), so budget, inventory and pools of one grant sit in one slot.
+
+Global, under `{rw}`: users with reward state (for reports), users with undelivered
+outbox records, and the next points expiry per user.
+
+Why this stays correct on Redis Cluster
+---------------------------------------
+A grant touches two slots: its campaign's and its user's. No script spans both;
+instead a grant is a reservation followed by an idempotent write:
+
+1. Reserve on the campaign slot (`rewards_reserve.lua`): check and take budget,
+   inventory and pool coupons, and record the reservation under the grant's
+   idempotency key (rule, user, trigger). A second reserve with the same key takes
+   nothing more and returns the first reservation (same coupons). Two workers
+   granting at once serialise on this one script, so spend never exceeds the
+   budget and no pool coupon is handed out twice.
+2. Write the user side (`rewards_grant.lua`): at most once per idempotency key,
+   within the per-user limit, with the wallet entries, ledger lines and outbox
+   records in the same script.
+3. If the user side refuses (per-user limit reached, a concurrent referral
+   step-up), release the reservation (`rewards_release.lua`): budget, inventory
+   and coupons return. A duplicate is not refused: its reservation is the one
+   the first write used.
+
+A crash between 1 and 2 leaves a reservation without a wallet entry; the
+trigger is replayed (the worker commits its input offset only after the engine
+returns), step 1 returns the same reservation and step 2 completes the grant.
+Reservations whose trigger never comes back (a CLI claim abandoned mid-way) stay
+counted as spent: the budget errs on the safe side.
+
+Global indexes (outbox, points expiry, users) are written before the user-side
+script and again after it; a sweeper removes an entry first and re-checks the
+user's keys afterwards. Whatever the interleaving, an index entry exists while
+the user has something due, at the cost of occasional empty visits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from pipeline.rewards.report import RawCampaign
+from pipeline.rewards.wallet import RawWallet
+from pipeline.state import UserKeys, user_tag
+
+_LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+
+USERS = "{rw}:users"
+OUTBOX_INDEX = "{rw}:outbox"
+EXPIRY_INDEX = "{rw}:expiry"
+
+
+@dataclass(frozen=True, slots=True)
+class RewardKeys:
+    """One user's reward keys, in the order every user-side script expects them."""
+
+    grants: str
+    counts: str
+    items: str
+    status: str
+    remaining: str
+    expiry: str
+    ledger: str
+    referral: str
+    outbox: str
+    dedupe: str
+    redemptions: str
+    account: str
+    tag: str
+
+    @classmethod
+    def of(cls, user_id: str) -> RewardKeys:
+        tag = user_tag(user_id)
+        names = ("g", "n", "w", "s", "p", "e", "l", "r", "o", "x", "d", "a")
+        return cls(*(f"{tag}:rw:{n}" for n in names), tag=tag)
+
+    def as_list(self) -> list[str]:
+        return [self.grants, self.counts, self.items, self.status, self.remaining, self.expiry,
+                self.ledger, self.referral, self.outbox, self.dedupe, self.redemptions, self.account]
+
+    def invites(self, rule_id: str) -> str:
+        return f"{self.tag}:rw:i:{rule_id}"
+
+    # 1-based indexes into as_list(), as rewards_update.lua addresses keys.
+    ITEMS, STATUS, REMAINING, EXPIRY, LEDGER, OUTBOX, ACCOUNT = 3, 4, 5, 6, 7, 9, 12
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignKeys:
+    hash: str
+    reservations: str
+    stock: str
+    tag: str
+
+    @classmethod
+    def of(cls, campaign_id: str) -> CampaignKeys:
+        tag = "{rw:c:" + campaign_id + "}"
+        return cls(tag, f"{tag}:res", f"{tag}:stock", tag)
+
+    def pool(self, prize_id: str) -> str:
+        return f"{self.tag}:pool:{prize_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolNeed:
+    prize_id: str
+    count: int
+    code: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What the campaign side answered: ok (new), held (reserved before), or why not."""
+
+    status: str  # ok | held | budget | stock | pool
+    cost_cents: int = 0
+    codes: dict[str, list[str]] = field(default_factory=dict)
+    prize_id: str | None = None  # the prize out of stock / whose pool is empty
+
+    @property
+    def reserved(self) -> bool:
+        return self.status in ("ok", "held")
+
+
+@dataclass
+class Update:
+    """A compare-and-set commit for rewards_update.lua (key indexes from RewardKeys)."""
+
+    checks: list[list[Any]] = field(default_factory=list)
+    hset: list[list[Any]] = field(default_factory=list)
+    zadd: list[list[Any]] = field(default_factory=list)
+    zrem: list[list[Any]] = field(default_factory=list)
+    push: list[list[Any]] = field(default_factory=list)
+
+
+def _script(client: redis.Redis, name: str) -> Any:
+    return client.register_script((_LUA_DIR / f"rewards_{name}.lua").read_text())
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Ledger:
+    """Thin wrappers around the reward scripts and reads. No decisions here."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._reserve = _script(client, "reserve")
+        self._release = _script(client, "release")
+        self._grant = _script(client, "grant")
+        self._redeem = _script(client, "redeem")
+        self._update = _script(client, "update")
+        self._ack = _script(client, "ack")
+
+    # --- campaign side -------------------------------------------------------
+
+    def reserve(self, campaign_id: str, key: str, cost_cents: int, budget_cents: int | None,
+                stock: Sequence[tuple[str, int, int]], pools: Sequence[PoolNeed]) -> Reservation:
+        ck = CampaignKeys.of(campaign_id)
+        needs = {"stock": [list(s) for s in stock], "pools": [[p.prize_id, p.count, p.code, p.size] for p in pools]}
+        reply = self._reserve(
+            keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p.prize_id) for p in pools)],
+            args=[key, cost_cents, -1 if budget_cents is None else budget_cents, orjson.dumps(needs)],
+        )
+        status = _text(reply[0])
+        if status in ("ok", "held"):
+            held = orjson.loads(reply[1])
+            codes = held["codes"] or {}
+            return Reservation(status, int(held["cost"]), {k: [_text(c) for c in v] for k, v in codes.items()})
+        return Reservation(status, prize_id=_text(reply[1]) if len(reply) > 1 else None)
+
+    def release(self, campaign_id: str, key: str, pool_prizes: Sequence[str]) -> bool:
+        ck = CampaignKeys.of(campaign_id)
+        keys = [ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)]
+        return bool(self._release(keys=keys, args=[key, orjson.dumps(list(pool_prizes))]))
+
+    def campaign(self, campaign_id: str, pools: Sequence[str]) -> RawCampaign:
+        ck = CampaignKeys.of(campaign_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(ck.hash)
+        pipe.hlen(ck.reservations)
+        pipe.hgetall(ck.stock)
+        for prize in pools:
+            pipe.scard(ck.pool(prize))
+        head, reservations, stock, *left = pipe.execute()
+        return RawCampaign(_strs(head), int(reservations), _strs(stock), dict(zip(pools, map(int, left), strict=True)))
+
+    # --- user side -----------------------------------------------------------
+
+    def touch(self, user_id: str, expiry_ms: int | None = None) -> None:
+        """Index the user before and after a user-side write (see the module docstring)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(USERS, user_id)
+        pipe.sadd(OUTBOX_INDEX, user_id)
+        if expiry_ms is not None:
+            pipe.zadd(EXPIRY_INDEX, {user_id: expiry_ms}, lt=True)
+        pipe.execute()
+
+    def stored_grant(self, user_id: str, key: str) -> str | None:
+        value = self.client.hget(RewardKeys.of(user_id).grants, key)
+        return None if value is None else _text(value)
+
+    def commit_grant(self, user_id: str, key: str, rule_id: str, limit: int,
+                     payload: Mapping[str, Any]) -> tuple[str, str | None]:
+        reply = self._grant(keys=RewardKeys.of(user_id).as_list(),
+                            args=[key, rule_id, limit, orjson.dumps(payload)])
+        return _text(reply[0]), (_text(reply[1]) if len(reply) > 1 else None)
+
+    def redeem(self, user_id: str, ops: Sequence[Mapping[str, str]]) -> list[str]:
+        written = self._redeem(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(list(ops))])
+        return [_text(r) for r in written]
+
+    def applied(self, user_id: str, dedupe: str) -> bool:
+        return bool(self.client.hexists(RewardKeys.of(user_id).dedupe, dedupe))
+
+    def update(self, user_id: str, dedupe: str, update: Update) -> int:
+        payload = {"dedupe": dedupe, "checks": update.checks, "hset": update.hset,
+                   "zadd": update.zadd, "zrem": update.zrem, "push": update.push}
+        return int(self._update(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)]))
+
+    def add_invite(self, user_id: str, rule_id: str, member: str) -> int:
+        """Record an accepted invite (each invitee counts once); the number so far."""
+        key = RewardKeys.of(user_id).invites(rule_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, member)
+        pipe.scard(key)
+        return int(pipe.execute()[1])
+
+    def referral(self, user_id: str, rule_id: str) -> tuple[str, dict[str, str]]:
+        """The user's referral state for a rule, and the status of every wallet item."""
+        keys = RewardKeys.of(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.referral, rule_id)
+        pipe.hgetall(keys.status)
+        state, status = pipe.execute()
+        return ("" if state is None else _text(state)), _strs(status)
+
+    def read(self, user_id: str) -> RawWallet:
+        keys = RewardKeys.of(user_id)
+        pipe = self.client.pipeline(transaction=False)
+        for name in (keys.items, keys.status, keys.remaining, keys.redemptions, keys.account):
+            pipe.hgetall(name)
+        items, status, remaining, redemptions, account = map(_strs, pipe.execute())
+        return RawWallet(items, status, remaining, redemptions, account)
+
+    def grants(self, user_id: str) -> list[str]:
+        """Every stored grant (a JSON list of records each) of a user."""
+        return [_text(v) for v in self.client.hvals(RewardKeys.of(user_id).grants)]
+
+    def first_purchase_ms(self, user_id: str) -> int | None:
+        """From the state store's profile (the event was applied there before rewards see it)."""
+        value = self.client.hget(UserKeys.of(user_id).profile, "fp")
+        return None if value is None else int(value)
+
+    def users(self) -> Iterator[str]:
+        for user in self.client.sscan_iter(USERS, count=1000):
+            yield _text(user)
+
+    # --- outbox --------------------------------------------------------------
+
+    def outbox(self, max_records: int) -> dict[str, list[str]]:
+        """Undelivered records, oldest first per user, up to about max_records in all."""
+        found: dict[str, list[str]] = {}
+        total = 0
+        for user in self.client.sscan_iter(OUTBOX_INDEX, count=1000):
+            user_id = _text(user)
+            records = [_text(r) for r in self.client.lrange(RewardKeys.of(user_id).outbox, 0, max_records - total - 1)]
+            if records:
+                found[user_id] = records
+                total += len(records)
+            else:
+                self._unindex_outbox(user_id)
+            if total >= max_records:
+                break
+        return found
+
+    def ack(self, delivered: Mapping[str, Sequence[str]]) -> None:
+        for user_id, records in delivered.items():
+            left = self._ack(keys=[RewardKeys.of(user_id).outbox], args=list(records))
+            if int(left) == 0:
+                self._unindex_outbox(user_id)
+
+    def _unindex_outbox(self, user_id: str) -> None:
+        self.client.srem(OUTBOX_INDEX, user_id)
+        if self.client.llen(RewardKeys.of(user_id).outbox):  # written meanwhile: keep it indexed
+            self.client.sadd(OUTBOX_INDEX, user_id)
+
+    # --- points expiry index -------------------------------------------------
+
+    def due_expiries(self, now_ms: int, limit: int) -> list[str]:
+        return [_text(u) for u in self.client.zrangebyscore(EXPIRY_INDEX, "-inf", now_ms, start=0, num=limit)]
+
+    def reindex_expiry(self, user_id: str) -> None:
+        """After a sweep: drop the user's entry, then re-add its next expiry, if any."""
+        self.client.zrem(EXPIRY_INDEX, user_id)
+        nxt = self.client.zrangebyscore(RewardKeys.of(user_id).expiry, "-inf", "(+inf", start=0, num=1,
+                                        withscores=True)
+        if nxt:
+            self.client.zadd(EXPIRY_INDEX, {user_id: nxt[0][1]}, lt=True)
+
+
+def _strs(mapping: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in mapping.items()}
