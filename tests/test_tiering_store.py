@@ -17,11 +17,11 @@ import pytest
 import redis
 
 from pipeline.config import Config, load_config
-from pipeline.state import DAY_MS, encode
+from pipeline.state import DAY_MS, UserKeys, encode
 from pipeline.store import StateStore, connect
 from pipeline.tiering.records import TierChange
 from pipeline.tiering.rfm import DIMENSIONS, quantile_cuts
-from pipeline.tiering.store import SNAPSHOT_KEY, Result, TierKeys, TierStore
+from pipeline.tiering.store import SNAPSHOT_KEY, Result, TierKeys, TierStore, WatermarkClock
 from pipeline.validate import ValidEvent
 from schemas.events import Browse, Interaction, Item, Purchase
 
@@ -263,11 +263,11 @@ def test_a_crash_between_commit_and_population_update_is_counted_once(world: Wor
 def test_an_evaluation_of_a_state_that_moved_on_is_refused_and_redone(world: World) -> None:
     world.apply([world.purchase("u1", T0)])
     world.tiers._ensure_loaded()
-    loaded, population = world.tiers._load(["u1"], {})
-    stale = world.tiers._evaluate("u1", loaded["u1"], population, T0)
+    loaded, snapshot = world.tiers._load(["u1"], {})
+    stale = world.tiers._evaluate("u1", loaded["u1"], snapshot.population, T0)
     world.apply([world.purchase("u1", T0 + 1), world.purchase("u1", T0 + 2)])
     pipe = world.client.pipeline(transaction=False)
-    world.tiers._commit(pipe, "u1", loaded["u1"], stale, "event", T0)
+    world.tiers._commit(pipe, "u1", loaded["u1"], stale, snapshot.taken_ms, "event", T0)
     [(status, appended, _pending, _outbox)] = pipe.execute()
     assert (status, appended) == ("stale", 0)
     assert world.records("u1") == []
@@ -283,6 +283,63 @@ def test_time_never_goes_back_for_a_user(world: World) -> None:
     assert late.appended == []
 
 
+def test_an_evaluation_against_an_older_snapshot_than_the_users_last_is_refused(world: World) -> None:
+    world.ingest([world.purchase("u1", T0)], T0)
+    world.tiers._ensure_loaded()
+    loaded, old_snapshot = world.tiers._load(["u1"], {})
+    world.tiers.snapshot_means(T0)
+    world.tiers.sweep(T0)
+    world.tiers.evaluate_users(["u1"], T0, "means_shift")  # committed against the new snapshot
+    e = world.tiers._evaluate("u1", loaded["u1"], old_snapshot.population, T0 + 1)
+    pipe = world.client.pipeline(transaction=False)
+    world.tiers._commit(pipe, "u1", loaded["u1"], e, old_snapshot.taken_ms, "event", T0 + 1)
+    [(status, *_)] = pipe.execute()
+    assert status == "stale"
+
+
+def test_preview_evaluates_any_instant_without_committing(world: World) -> None:
+    world.ingest([world.purchase("u1", T0)], T0)
+    before = world.client.hgetall(TierKeys.of("u1").tier)
+    back = world.tiers.preview("u1", T0 - DAY_MS)
+    assert back is not None and back.scores is None  # nothing bought yet back then
+    ahead = world.tiers.preview("u1", T0 + 40 * DAY_MS)
+    assert ahead is not None and ahead.scores.r == 1
+    assert world.client.hgetall(TierKeys.of("u1").tier) == before
+    assert world.tiers.preview("nobody", T0) is None
+
+
+def test_reevaluating_everyone_under_a_new_config_emits_config_changes_once(redis_url: str) -> None:
+    w = World(redis_url, config_with())
+    for user, yuan in (("a", 2500.0), ("b", 300.0), ("c", 10.0)):
+        w.ingest([w.purchase(user, T0, yuan)], T0)
+    w.tiers.tick(T0)
+    before = {u: w.tiers.stored(u).segment for u in "abc"}
+    # Stricter money thresholds: everyone is M=1 now, so nobody stands out on M.
+    base = load_config().tiering
+    stricter = msgspec.structs.replace(base.monetary, thresholds=[3000.0, 5000.0, 10000.0, 20000.0])
+    w2 = World(redis_url, config_with(monetary=stricter))
+    done = w2.tiers.reevaluate_all(w2.state.users(), T0 + 1000)
+    after = {u: w2.tiers.stored(u).segment for u in "abc"}
+    # Everyone bought today, so nobody is above the R mean either.
+    assert before == {"a": "important_win_back", "b": "general_win_back", "c": "general_win_back"}
+    assert after == dict.fromkeys("abc", "general_win_back")
+    assert [(r.user_id, r.old, r.new, r.reason) for r in done.appended if r.dimension == "segment"] == [
+        ("a", "important_win_back", "general_win_back", "config_change")
+    ]
+    assert w2.tiers.counts()["m:1"] == 3
+    assert w2.tiers.reevaluate_all(w2.state.users(), T0 + 2000).appended == []
+    assert "a" in w2.tiers.outbox_users(10)
+    assert_population_consistent(w2)
+
+
+def test_a_due_user_whose_state_is_gone_leaves_the_schedule(world: World) -> None:
+    world.ingest([world.purchase("u1", T0)], T0)
+    nb = dict(world.tiers.due(2**62, 10))["u1"]
+    world.client.delete(*UserKeys.of("u1").as_list())
+    world.tiers.tick(nb)
+    assert world.tiers.due(2**62, 10) == []
+
+
 # --- time decay ------------------------------------------------------------------------------------
 
 
@@ -291,9 +348,14 @@ def test_due_returns_users_when_their_boundary_passes_and_decay_moves_the_segmen
     base = load_config().tiering
     world = World(redis_url, config_with(
         population=msgspec.structs.replace(base.population, snapshot_interval_ms=10**12, shards=4)))
+    # The clock is event time: it moves only as events (here: a heartbeat) are observed.
+    clock = WatermarkClock()
     # Two buyers: "old" bought 100 days ago (R=1), "lapse" buys today (R=5); mean R is 3.
-    world.ingest([world.purchase("old", T0 - 100 * DAY_MS), world.purchase("lapse", T0)], T0)
-    tick = world.tiers.tick(T0)
+    batch = [world.purchase("old", T0 - 100 * DAY_MS), world.purchase("lapse", T0)]
+    for item in batch:
+        clock.observe(item.ts_ms)
+    world.ingest(batch, clock())
+    tick = world.tiers.tick(clock())
     assert tick.shift is not None and tick.shift.population.mean("r") == 3
     assert [(r.user_id, r.new, r.reason) for r in tick.swept.appended] == [
         ("lapse", "general_develop", "means_shift")
@@ -302,12 +364,15 @@ def test_due_returns_users_when_their_boundary_passes_and_decay_moves_the_segmen
     first = (DAY0 + 6) * DAY_MS
     assert world.tiers.due(first - 1, 10) == []
     assert world.tiers.due(first, 10) == [("lapse", first)]
-    step = world.tiers.tick(first)
+    clock.observe(first)
+    step = world.tiers.tick(clock())
     assert step.decayed.evaluations["lapse"].scores.r == 4
     assert step.decayed.appended == []
     second = (DAY0 + 11) * DAY_MS
     assert world.tiers.due(second - 1, 10) == []
-    drop = world.tiers.tick(second + 5_000)  # the timer runs a little late
+    clock.observe(second + 5_000)  # the timer runs a little late
+    clock.observe(second)  # the watermark never goes back
+    drop = world.tiers.tick(clock())
     [change] = [r for r in drop.decayed.appended if r.dimension == "segment"]
     assert (change.user_id, change.old, change.new, change.reason) == (
         "lapse", "general_develop", "general_win_back", "time_decay")
@@ -363,7 +428,7 @@ def test_a_means_shift_sweep_re_evaluates_exactly_the_users_whose_high_low_flips
     when = T0 + world.config.tiering.population.snapshot_interval_ms
     shift = world.tiers.tick(when)
     assert shift.shift is not None and shift.shift.flips["m"] == [3]
-    assert set(shift.swept.evaluations) == {"b"}
+    assert shift.swept.evaluated == 1
     assert [(r.user_id, r.dimension, r.reason) for r in shift.swept.appended] == [
         ("b", "segment", "means_shift")
     ]

@@ -24,12 +24,17 @@ end
 
 if op == 'load' then
   -- KEYS: profile, days, categories, skus, channels, tier, paid
+  -- Returns the five state hashes, {asof, nb} of the stored tiers, and the paid orders.
   -- ARGV[2]: JSON [[event_id, ts_ms, qty], ...] membership orders to record (idempotent by event id)
   for _, p in ipairs(cjson.decode(ARGV[2])) do
     redis.call('HSET', KEYS[7], p[1], int(p[2]) .. ':' .. int(p[3]))
   end
   local out = {}
-  for i = 1, 7 do out[i] = redis.call('HGETALL', KEYS[i]) end
+  for i = 1, 5 do out[i] = redis.call('HGETALL', KEYS[i]) end
+  -- Of the stored tiers only what the evaluation needs (the document is large).
+  local tier = redis.call('HMGET', KEYS[6], 'asof', 'nb')
+  out[6] = {'asof', tier[1] or '-1', 'nb', tier[2] or ''}
+  out[7] = redis.call('HGETALL', KEYS[7])
   return out
 
 elseif op == 'commit' then
@@ -37,7 +42,8 @@ elseif op == 'commit' then
   -- ARGV: 2 user id, 3 basis (event count read with the state), 4 as_of_ms, 5 reason,
   --   6 event time (RFC 3339), 7 JSON {segment, lifecycle, membership, aipl} (null = none),
   --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
-  --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases}
+  --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases},
+  --   13 when the population snapshot evaluated against was taken
   -- Returns {status, how many records it appended, pending deltas (JSON), the user's
   -- unacknowledged records (JSON, oldest first)}.
   local tier, outbox, pending, profile = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -47,6 +53,10 @@ elseif op == 'commit' then
   if event_count(profile) ~= basis then return {'stale', 0, {}, {}} end
   local stored_as_of = tonumber(redis.call('HGET', tier, 'asof') or '-1')
   if as_of < stored_as_of then return {'stale', 0, {}, {}} end
+  -- Nor against an older population snapshot than the last commit (a sweep may have
+  -- re-evaluated this user against the newer one meanwhile).
+  local snapshot = tonumber(ARGV[13])
+  if snapshot < tonumber(redis.call('HGET', tier, 'pop') or '-1') then return {'stale', 0, {}, {}} end
 
   local values, scores = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
   local raw, nb = cjson.decode(ARGV[9]), ARGV[10]
@@ -104,7 +114,7 @@ elseif op == 'commit' then
     if nb == '' then delta.nb = NULL else delta.nb = nb end
     redis.call('HSET', pending, int(dseq), cjson.encode(delta))
   end
-  redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11])
+  redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11], 'pop', int(snapshot))
   return {'ok', appended, redis.call('HVALS', pending), redis.call('LRANGE', outbox, 0, -1)}
 
 elseif op == 'clear' then

@@ -8,6 +8,7 @@ Checks that need another section (the F/M window must be one of
 
 from __future__ import annotations
 
+import functools
 import itertools
 from fractions import Fraction
 from typing import Annotated, Literal
@@ -21,6 +22,18 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za
 Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
 # Four bounds separate the five scores 1..5.
 BOUND_COUNT = 4
+
+
+@functools.cache
+def _cents(yuan: tuple[float, ...]) -> list[int]:
+    """Exact cents of amounts written in yuan (cached: read on every evaluation)."""
+    return [round(Fraction(str(y)) * 100) for y in yuan]
+
+
+@functools.cache
+def exact(value: float) -> Fraction:
+    """A decimal written in the config as the exact fraction it denotes (0.1 -> 1/10)."""
+    return Fraction(str(value))
 
 
 def _ascending(path: str, values: list[int] | list[float]) -> None:
@@ -58,7 +71,7 @@ class MonetaryTable(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def thresholds_cents(self) -> list[int]:
-        return [round(Fraction(str(t)) * 100) for t in self.thresholds]
+        return _cents(tuple(self.thresholds))
 
 
 class PointsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -123,7 +136,7 @@ class LifecycleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     @property
     def vip_min_spend_cents(self) -> int:
-        return round(Fraction(str(self.vip_min_spend)) * 100)
+        return _cents((self.vip_min_spend,))[0]
 
 
 class AiplConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -158,7 +171,7 @@ class PopulationConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # or quantile score flips are then re-evaluated (reason means_shift).
     snapshot_interval_ms: Annotated[int, msgspec.Meta(ge=100)]
     # Population keys are split over this many hash tags (Redis Cluster slots).
-    # Fixed for the life of a deployment: changing it needs `tierflow reevaluate --rebuild`.
+    # Fixed for the life of a deployment: the population keys are placed by it.
     shards: Annotated[int, msgspec.Meta(ge=1, le=1024)]
 
 

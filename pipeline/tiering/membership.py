@@ -8,12 +8,11 @@ part of membership that changes with time alone (it starts and expires).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from fractions import Fraction
 
 import msgspec
 
 from pipeline.state import DAY_MS
-from pipeline.tiering.config import MembershipConfig, PointsConfig
+from pipeline.tiering.config import MembershipConfig, PointsConfig, exact
 
 
 class PaidPurchase(msgspec.Struct, frozen=True):
@@ -35,7 +34,7 @@ class Membership(msgspec.Struct, frozen=True):
 
 def points(lifetime_cents: int, counts: Mapping[str, int], config: PointsConfig) -> int:
     """Spend points (rounded down) plus activity points from lifetime event counts."""
-    spend = Fraction(str(config.per_yuan)) * lifetime_cents / 100
+    spend = exact(config.per_yuan) * lifetime_cents / 100
     activity = config.per_browse * counts.get("browse", 0)
     activity += config.per_cart_add * counts.get("cart:add", 0)
     activity += sum(

@@ -61,6 +61,7 @@ Clocks: every entry point takes `now_ms`; `wall_clock` and `WatermarkClock`
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 import zlib
@@ -185,18 +186,21 @@ class Loaded:
 
 @dataclass
 class Result:
-    """What an evaluation round did."""
+    """What an evaluation call did."""
 
-    # Every evaluated user's evaluation as committed.
+    # Users evaluated and committed.
+    evaluated: int = 0
+    # Their evaluations as committed (one call's worth; `merge` keeps only counts
+    # and changes, so a sweep over millions of users stays small).
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
-    # Change records appended by this round.
+    # Change records appended by this call.
     appended: list[TierChange] = field(default_factory=list)
-    # Every unacknowledged change of the evaluated users, oldest first: publish
-    # these, then `ack_changes`. Includes records a crashed run left unpublished.
+    # Every unacknowledged change of the evaluated users with changes, oldest first:
+    # publish these, then `ack_changes`. Includes records a crashed run left unpublished.
     outbox: dict[str, list[TierChange]] = field(default_factory=dict)
 
     def merge(self, other: Result) -> None:
-        self.evaluations.update(other.evaluations)
+        self.evaluated += other.evaluated
         self.appended += other.appended
         self.outbox.update(other.outbox)
 
@@ -279,16 +283,18 @@ class TierStore:
         result: Result,
         deltas: list[str],
     ) -> list[str]:
-        loaded, population = self._load(users, paid)
+        loaded, snapshot = self._load(users, paid)
         pipe = self.client.pipeline(transaction=False)
         evaluated: list[tuple[str, Evaluation]] = []
         for user in users:
             state = loaded.get(user)
             if state is None:
                 continue
-            evaluation = self._evaluate(user, state, population, now_ms)
+            # An instant never goes back for a user: two clocks (workers, timer) may disagree.
+            as_of = max(now_ms, int(state.tier.get("asof", "-1")))
+            evaluation = self._evaluate(user, state, snapshot.population, as_of)
             event_time = self._event_time(reason, state, evaluation, event_times.get(user))
-            self._commit(pipe, user, state, evaluation, reason, event_time)
+            self._commit(pipe, user, state, evaluation, snapshot.taken_ms, reason, event_time)
             evaluated.append((user, evaluation))
         retry: list[str] = []
         for (user, evaluation), (status, appended, pending, outbox) in zip(
@@ -297,6 +303,7 @@ class TierStore:
             if status == "stale":
                 retry.append(user)
                 continue
+            result.evaluated += 1
             result.evaluations[user] = evaluation
             deltas += pending
             records = [msgspec.json.decode(r, type=TierChange) for r in outbox]
@@ -308,7 +315,7 @@ class TierStore:
 
     def _load(
         self, users: list[str], paid: Mapping[str, list[list[object]]]
-    ) -> tuple[dict[str, Loaded], Population]:
+    ) -> tuple[dict[str, Loaded], Snapshot]:
         pipe = self.client.pipeline(transaction=False)
         for user in users:
             keys = UserKeys.of(user)
@@ -331,11 +338,9 @@ class TierStore:
                 ts, qty = value.split(":")
                 purchases.append(PaidPurchase(int(ts), int(qty)))
             out[user] = Loaded(RawState(profile, days, cats, skus, chans), tier, purchases)
-        return out, _population_of(snapshot)
+        return out, Snapshot.of(snapshot)
 
-    def _evaluate(self, user: str, state: Loaded, population: Population, now_ms: int) -> Evaluation:
-        # An instant never goes back for a user: two clocks (workers, timer) may disagree.
-        as_of = max(now_ms, int(state.tier.get("asof", "-1")))
+    def _evaluate(self, user: str, state: Loaded, population: Population, as_of: int) -> Evaluation:
         summary = summarize(
             user, state.raw, as_of, self.config.state.windows_days, self.config.state.retention_days
         )
@@ -350,13 +355,13 @@ class TierStore:
             return given
         if reason == "event" and "ls" in state.raw.profile:
             return int(state.raw.profile["ls"])
-        if reason == "time_decay" and "nb" in state.tier:
+        if reason == "time_decay" and state.tier["nb"]:
             return min(int(state.tier["nb"]), evaluation.as_of_ms)
         return evaluation.as_of_ms
 
     def _commit(
         self, pipe: redis.client.Pipeline, user: str, state: Loaded, e: Evaluation,
-        reason: Reason, event_time_ms: int,
+        snapshot_ms: int, reason: Reason, event_time_ms: int,
     ) -> None:
         keys = TierKeys.of(user)
         scores = {"r": e.scores.r, "f": e.scores.f, "m": e.scores.m} if e.scores else None
@@ -371,6 +376,7 @@ class TierStore:
                 "" if e.next_boundary_ms is None else str(e.next_boundary_ms),
                 msgspec.json.encode(e),
                 orjson.dumps({"points": e.membership.points, "repurchases": e.lifecycle.repurchases}),
+                snapshot_ms,
             ],
             client=pipe,
         )
@@ -402,12 +408,13 @@ class TierStore:
         # Pipelines call scripts by hash: load once up front.
         self._script.sha = self._script.sha or self.client.script_load(self._script.script)
 
-    def preview(self, user_id: str, now_ms: int) -> Evaluation | None:
-        """Evaluate without committing (e.g. `tierflow user --as-of`)."""
+    def preview(self, user_id: str, as_of_ms: int) -> Evaluation | None:
+        """Evaluate as of any instant without committing (e.g. `tierflow user --as-of`).
+        Raises pipeline.state.AsOfOutOfRange past the retained history."""
         self._ensure_loaded()
-        loaded, population = self._load([user_id], {})
+        loaded, snapshot = self._load([user_id], {})
         state = loaded.get(user_id)
-        return None if state is None else self._evaluate(user_id, state, population, now_ms)
+        return None if state is None else self._evaluate(user_id, state, snapshot.population, as_of_ms)
 
     def stored(self, user_id: str) -> Evaluation | None:
         """The evaluation last committed for the user."""
@@ -476,6 +483,14 @@ class TierStore:
             result.decayed = self.evaluate_users(
                 [u for u, _ in due], now_ms, "time_decay", event_times=dict(due)
             )
+            # A user whose state is gone (erased) must not stay due forever.
+            gone = [u for u, _ in due if u not in result.decayed.evaluations]
+            if gone:
+                pipe = self.client.pipeline(transaction=False)
+                for user in gone:
+                    if not self.client.exists(UserKeys.of(user).profile):
+                        pipe.zrem(self.shards[shard_of(user, len(self.shards))].due, user)
+                pipe.execute()
         taken = self.client.hget(SNAPSHOT_KEY, "taken_ms")
         if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= now_ms:
             result.shift = self.snapshot_means(now_ms)
@@ -497,7 +512,7 @@ class TierStore:
 
     def population(self) -> Population:
         """The snapshot evaluations score against."""
-        return _population_of(self.client.hgetall(SNAPSHOT_KEY))
+        return Snapshot.of(self.client.hgetall(SNAPSHOT_KEY)).population
 
     def snapshot_means(self, now_ms: int) -> PopulationShift:
         """Take a snapshot of the means (and quantile cut points) and record which
@@ -510,7 +525,7 @@ class TierStore:
                 if (c := self._quantile_cuts(dim)) is not None}
         new = Population(counts=score_counts, cuts=cuts)
         stored = self.client.hgetall(SNAPSHOT_KEY)
-        old = _population_of(stored)
+        old = Snapshot.of(stored).population
         flips = {dim: [s for s in SCORES if old.high(dim, s) != new.high(dim, s)] for dim in DIMENSIONS}
         ranges: dict[str, list[list[int | None]]] = {}
         for dim in DIMENSIONS:
@@ -531,32 +546,42 @@ class TierStore:
         snapshot_id = uuid.uuid4().hex
         self.client.hset(SNAPSHOT_KEY, mapping={
             "id": snapshot_id,
-            "taken_ms": now_ms,
+            # Commits refuse evaluations made against an older snapshot than the user's last.
+            "taken_ms": max(now_ms, Snapshot.of(stored).taken_ms + 1),
             "population": msgspec.json.encode(new),
             "sweep": orjson.dumps(pending),
         })
         return PopulationShift(snapshot_id, new, pending["flips"], pending["ranges"])
 
-    def sweep(self, now_ms: int) -> Result:
-        """Re-evaluate the users the snapshot's pending sweep names (means_shift)."""
+    def sweep(self, now_ms: int, reason: Reason = "means_shift") -> Result:
+        """Re-evaluate the users the snapshot's pending sweep names, then mark it done.
+        Users are streamed in chunks of `decay.due_batch`; one in several sets is
+        simply evaluated twice (the second finds nothing to change)."""
         snapshot = self.client.hgetall(SNAPSHOT_KEY)
         if "sweep" not in snapshot:
             return Result()
         pending = orjson.loads(snapshot["sweep"])
-        users: set[str] = set()
-        for dim, scores in pending["flips"].items():
-            for s in scores:
-                users.update(self.users_with_score(dim, s))
-        for dim, spans in pending["ranges"].items():
-            for lo, hi in spans:
-                users.update(self.users_with_raw_between(dim, lo, hi))
+        groups: list[Iterable[str]] = [
+            self.users_with_score(dim, s) for dim, scores in pending["flips"].items() for s in scores
+        ]
+        groups += [self.users_with_raw_between(dim, lo, hi)
+                   for dim, spans in pending["ranges"].items() for lo, hi in spans]
         result = Result()
-        batch = self.tiering.decay.due_batch
-        ordered = sorted(users)
-        for start in range(0, len(ordered), batch):
-            result.merge(self.evaluate_users(ordered[start:start + batch], now_ms, "means_shift"))
+        for chunk in _chunks(itertools.chain.from_iterable(groups), self.tiering.decay.due_batch):
+            result.merge(self.evaluate_users(chunk, now_ms, reason))
         self._ensure_loaded()
         self._script(keys=[SNAPSHOT_KEY], args=["sweep_done", snapshot["id"]])
+        return result
+
+    def reevaluate_all(self, user_ids: Iterable[str], now_ms: int) -> Result:
+        """After a configuration change: re-score everyone (reason config_change),
+        then re-snapshot the population and sweep the users it moves. The changes wait
+        in the outboxes (`outbox_users`) for the worker to publish. Safe to re-run."""
+        result = Result()
+        for chunk in _chunks(user_ids, self.tiering.decay.due_batch):
+            result.merge(self.evaluate_users(chunk, now_ms, "config_change"))
+        self.snapshot_means(now_ms)
+        result.merge(self.sweep(now_ms, "config_change"))
         return result
 
     def users_with_score(self, dim: str, score: int) -> Iterator[str]:
@@ -627,6 +652,25 @@ class TierStore:
         }
 
 
-def _population_of(snapshot: Mapping[str, str]) -> Population:
-    doc = snapshot.get("population")
-    return Population() if doc is None else msgspec.json.decode(doc, type=Population)
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    population: Population
+    # When it was taken (the clock's time); -1 before the first snapshot.
+    taken_ms: int
+
+    @classmethod
+    def of(cls, stored: Mapping[str, str]) -> Snapshot:
+        doc = stored.get("population")
+        population = Population() if doc is None else msgspec.json.decode(doc, type=Population)
+        return cls(population, int(stored.get("taken_ms", "-1")))
