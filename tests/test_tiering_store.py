@@ -516,3 +516,11 @@ def test_example_marketing_consumer_acts_once_per_change(settings, redis_url: st
     assert (stats.received, stats.duplicates, stats.invalid) == (len(records) + 4, 3, 1)
     assert len(stats.actions) == len(records)
     assert any(SEGMENT_ACTIONS["important_develop"] in line for line in stats.actions)
+
+
+def test_a_clock_far_behind_a_users_history_evaluates_as_of_their_newest_event(world: World) -> None:
+    late = T0 + 500 * DAY_MS  # the state keeps 400 days behind its newest event
+    world.apply([world.purchase("u1", T0), world.purchase("u1", late)])
+    result = world.tiers.evaluate_users(["u1"], T0 - DAY_MS, "event")
+    assert result.evaluations["u1"].as_of_ms == late
+    assert result.evaluations["u1"].scores.r == 5

@@ -7,8 +7,9 @@ runs unchanged on Redis Cluster.
 Per user (hash tag `{u:ID}`, beside the state store's keys):
   `{u:ID}:tier`    current value and version counter per dimension (v:<dim>,
                    n:<dim>), scores (s:r/f/m), raw RFM values, next boundary
-                   (nb), the instant and event count evaluated (asof, basis),
-                   the change and delta counters (seq, dseq), the evaluation (doc).
+                   (nb), the instant, event count and population snapshot
+                   evaluated (asof, basis, pop), the change and delta counters
+                   (seq, dseq), the evaluation (doc).
   `{u:ID}:outbox`  change records (JSON, schemas/tier.changes.json) not yet
                    acknowledged as published.
   `{u:ID}:pend`    population deltas not yet applied (dseq -> JSON).
@@ -33,17 +34,30 @@ Exactly once, across crashes and replays:
    boundary, raw values, old -> new) as a pending delta numbered by the user's
    delta counter. The same evaluation again changes nothing and emits nothing.
    It refuses (stale) an evaluation made from a state that has since moved on
-   (the user's applied-event count differs) or from an earlier instant than the
-   stored one; the store then re-reads and re-evaluates.
+   (the user's applied-event count differs), from an earlier instant than the
+   stored one, or against an older population snapshot; the store then re-reads
+   and re-evaluates. So concurrent evaluators (ingest, timer, sweep) never
+   overwrite a newer result with an older one.
 2. `apply` (shard tag) applies a user's deltas in seq order, only those above the
    user's last applied seq (kept in `:applied`), so a delta re-sent after a crash
    is skipped and the counts stay exact. Deltas of one user are applied in order
    because `commit` returns every pending delta and `clear` only removes applied
-   ones.
+   ones. (A per-user high-water mark instead of a set of applied delta ids keeps
+   this bounded by the number of users, not of changes.)
 3. `clear` (user tag) drops the applied deltas.
 A crash between 1 and 2 leaves the delta pending; whatever re-triggers the
 evaluation (the ingest replay, the still-due schedule entry, the unfinished
-sweep, re-running `reevaluate`) commits again, finds nothing new, and flushes it.
+sweep, re-running `reevaluate_all`) commits again, finds nothing new, and
+flushes it.
+
+Publication: every evaluation returns the user's unacknowledged records
+(`Result.outbox`); the publisher sends them (key: user id), and after delivery
+calls `ack_changes({user: last seq sent})`, which trims the outbox and, unless a
+later change arrived meanwhile, unlists the user from the shard's outbox index.
+`outbox_users()` lists users whose records were appended but not acknowledged
+(e.g. the publisher died after the commit): drain it at start-up and now and
+then. A crash after delivery and before the ack re-sends records, which
+consumers drop by (user_id, dimension, version).
 
 Means shift: evaluations score high/low against the snapshot in `tf:tier:pop`,
 not live counts, so every user is judged against the same means. `tick()`
@@ -66,7 +80,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -74,7 +88,7 @@ import orjson
 import redis
 
 from pipeline.config import Config
-from pipeline.state import RawState, UserKeys, iso, summarize, user_tag
+from pipeline.state import AsOfOutOfRange, RawState, UserKeys, iso, summarize, user_tag
 from pipeline.store import load_lua
 from pipeline.tiering.config import check_against
 from pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
@@ -94,7 +108,6 @@ from schemas.events import Purchase
 SNAPSHOT_KEY = "tf:tier:pop"
 # Re-evaluation rounds before giving up on a user whose state keeps moving under us.
 MAX_ATTEMPTS = 8
-Clock = Callable[[], int]
 
 
 def wall_clock() -> int:
@@ -238,8 +251,10 @@ class TierStore:
     # --- evaluation ---------------------------------------------------------------------------
 
     def on_batch(self, events: Sequence[ValidEvent], now_ms: int) -> Result:
-        """Ingest hook, after the batch's events are applied to the state: re-evaluate
-        every user in it (reason event). Safe to call again for a replayed batch."""
+        """Ingest hook, after the batch's events are applied to the state (and before
+        the offsets are committed): re-evaluate every user in it (reason event),
+        recording their paid-membership orders. Safe to call again for a replayed
+        batch. Publish `Result.outbox`, then `ack_changes`."""
         event_times: dict[str, int] = {}
         for item in events:
             user = item.event.user_id
@@ -292,7 +307,13 @@ class TierStore:
                 continue
             # An instant never goes back for a user: two clocks (workers, timer) may disagree.
             as_of = max(now_ms, int(state.tier.get("asof", "-1")))
-            evaluation = self._evaluate(user, state, snapshot.population, as_of)
+            try:
+                evaluation = self._evaluate(user, state, snapshot.population, as_of)
+            except AsOfOutOfRange:
+                # A clock far behind this user's history (e.g. an event-time watermark
+                # during a backfill): evaluate as of their newest event instead.
+                as_of = max(as_of, int(state.raw.profile["ls"]))
+                evaluation = self._evaluate(user, state, snapshot.population, as_of)
             event_time = self._event_time(reason, state, evaluation, event_times.get(user))
             self._commit(pipe, user, state, evaluation, snapshot.taken_ms, reason, event_time)
             evaluated.append((user, evaluation))
