@@ -90,7 +90,8 @@ def _claim(args: argparse.Namespace) -> int:
     coupon = result.coupon
     if result.status == "granted":
         if not args.json:
-            print(f"{args.user} claimed {args.code.upper()}: coupon " + (_coupon_line(coupon) if coupon else "granted"))
+            got = f"coupon {_coupon_line(coupon)}" if coupon else f"{result.record.prize} granted"  # type: ignore[union-attr]
+            print(f"{args.user} claimed {args.code.upper()}: {got}")
         return 0
     messages = {
         "unknown_code": f"unknown code {args.code!r}",
@@ -148,7 +149,7 @@ def _wallet(args: argparse.Namespace) -> int:
 
 
 def render_report(doc: dict) -> str:
-    lines = [f"rewards as of {doc['as_of']} ({doc['users']} users rewarded)",
+    lines = [f"rewards as of {doc['as_of']} ({doc['users']} users with reward activity)",
              f"{'campaign':<18} {'budget':>12} {'spent':>12} {'left':>12} {'grants':>7} {'redeemed':>9}"
              f" {'discount':>10}  state"]
     for cid, c in doc["campaigns"].items():

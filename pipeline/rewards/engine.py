@@ -191,11 +191,11 @@ class RewardEngine:
                       if isinstance(c.prize, catalogue.Points) and c.prize.expires_days is not None),
                      default=None)
 
-        self.ledger.touch(user, expiry)
         reservation = self.ledger.reserve(intent.campaign_id, key, needs.cost_cents, campaign.budget_cents,
                                           stock, pools)
         if not reservation.reserved:
             return Outcome(reservation.status, [], reservation.prize_id)  # type: ignore[arg-type]
+        self.ledger.touch(user, expiry)
         address = None
         if any(isinstance(c.prize, catalogue.Physical) for c in components):
             address = self.ledger.read(user).account.get("address")
@@ -246,11 +246,11 @@ class RewardEngine:
             return []  # the coupon grows only while unused
         step = replace(intent, trigger_id=f"step:{reached}")
         key = step.idempotency_key
-        self.ledger.touch(user)
         reservation = self.ledger.reserve(intent.campaign_id, key, catalogue.step_cost(prize, held_step, reached),
                                           self.config.campaigns[intent.campaign_id].budget_cents, [], [])
         if not reservation.reserved:
             return []
+        self.ledger.touch(user)
         item = catalogue.referral_item(intent.prize_id, prize, reached, self._issue_context(step))
         grant = self._grant_record(step, [item], reservation.cost_cents, now_ms)
         records = [grant]
