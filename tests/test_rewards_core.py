@@ -328,12 +328,6 @@ def test_tier_change_records_are_checked() -> None:
 # --- catalogue ----------------------------------------------------------------
 
 
-def test_universal_code_pool_names() -> None:
-    assert catalogue.pool_codes("NEW666", 100)[:2] == ["NEW666-001", "NEW666-002"]
-    assert catalogue.pool_codes("NEW666", 100)[-1] == "NEW666-100"
-    assert catalogue.pool_codes("BIG", 12_000)[-1] == "BIG-12000"
-
-
 def test_gift_packs_expand_cost_and_stock() -> None:
     cfg = config_of(base())
     needs = catalogue.needs("pack", cfg.prizes, cfg.point_value_cents)
@@ -429,6 +423,44 @@ def test_wallet_status_and_item_kind_are_checked() -> None:
     assert redeem.check(None, None, order(SNACK)).reason == "unknown_coupon"
     points = RewardItem("P-1", "points", "p", "c", "r", 100, T0, points=100)
     assert redeem.check(points, "active", order(SNACK)).reason == "not_a_coupon"
+
+
+money = st.integers(min_value=0, max_value=10**7)
+lines = st.lists(st.tuples(st.sampled_from(["S1", "S2"]), st.sampled_from(["snacks", "bags"]),
+                           st.sampled_from(["acme", None]), money), min_size=1, max_size=5)
+
+
+@given(lines, st.sampled_from(["reduction", "percent", "shipping"]), st.integers(1, 99), money, money,
+       st.sampled_from([("all", []), ("category", ["snacks"]), ("brand", ["acme"]), ("sku", ["S2"])]))
+def test_a_discount_never_exceeds_its_face_or_the_lines_it_covers(
+    order_lines: list[tuple[str, str, str | None, int]], discount: str, percent: int, off: int, threshold: int,
+    scope: tuple[str, list[str]],
+) -> None:
+    t = terms(discount=discount, percent_off=percent if discount == "percent" else 0, off_cents=off,
+              threshold_cents=threshold, scope=scope[0], scope_values=scope[1])
+    o = order(*order_lines)
+    verdict = redeem.apply(t, o)
+    eligible = redeem.eligible_cents(t, o)
+    assert verdict.ok == (eligible > 0 and eligible >= threshold)
+    assert 0 <= verdict.discount_cents <= off
+    if discount != "shipping":
+        assert verdict.discount_cents <= eligible
+
+
+@given(st.lists(st.tuples(st.integers(0, 500), st.one_of(st.none(), st.integers(-5, 5))), max_size=6),
+       st.integers(1, 1500))
+def test_spending_takes_exactly_what_was_asked_from_live_lots(lots: list[tuple[int, int | None]], points: int) -> None:
+    held = [(RewardItem(f"L{n}", "points", "p", "c", "r", 0, T0, points=max(left, 1),
+                        expires_ms=None if days is None else T0 + days * DAY_MS), left)
+            for n, (left, days) in enumerate(lots)]
+    live = sum(left for item, left in held if item.expires_ms is None or item.expires_ms > T0)
+    if points > live:
+        with pytest.raises(RewardError):
+            plan_consume(held, points, T0)
+        return
+    plan = plan_consume(held, points, T0)
+    assert sum(c.before - c.after for c in plan) == points
+    assert all(c.after >= 0 and (c.item.expires_ms is None or c.item.expires_ms > T0) for c in plan)
 
 
 def test_order_from_purchase_prices_lines_in_cents() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 from collections import Counter
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_universal_code_under_concurrency(redis_url: str) -> None:
     statuses = Counter(status for _, status, _ in outcomes)
     assert statuses == {"granted": 100, "exhausted": 60}
     issued = [coupon for _, status, coupon in outcomes if status == "granted"]
-    assert sorted(issued) == catalogue.pool_codes("NEW666", 100)  # every coupon once, none twice
+    assert sorted(issued) == [f"NEW666-{n:03d}" for n in range(1, 101)]  # every coupon once, none twice
     engine = engine_for(redis_url)
     winner, _, coupon = next(o for o in outcomes if o[1] == "granted")
     again = engine.claim_code("NEW666", winner, NOW)
@@ -181,6 +182,17 @@ def test_kill_9_mid_stream_then_replay_grants_everything_once(redis_url: str) ->
 
 
 # --- single-process effects ---------------------------------------------------------
+
+
+def test_a_large_pool_is_minted_once_with_wide_numbers(redis_url: str) -> None:
+    doc = small_config(one={"type": "coupon", "off_cents": 100, "validity": {"days": 7}},
+                       big={"type": "universal_code", "code": "BIG", "coupon": "one", "count": 2500})
+    doc["campaigns"]["c"]["budget_cents"] = None
+    doc["rules"] = {"claim": {"campaign": "c", "prize": "big", "trigger": {"on": "code", "code": "BIG"}}}
+    engine = engine_for(redis_url, msgspec.convert(doc, RewardsConfig))
+    codes = {engine.claim_code("BIG", f"u{n}", NOW).coupon.item_id for n in range(3)}  # type: ignore[union-attr]
+    assert len(codes) == 3 and all(re.fullmatch(r"BIG-\d{4}", c) and 1 <= int(c[4:]) <= 2500 for c in codes)
+    assert engine.report(NOW)["campaigns"]["c"]["pools"]["big"]["left"] == 2497  # type: ignore[index]
 
 
 def test_replayed_tier_change_grants_once(redis_url: str) -> None:

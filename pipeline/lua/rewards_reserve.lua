@@ -30,7 +30,7 @@ for i, p in ipairs(needs.pools) do
     local batch = {}
     for n = 1, size do
       batch[#batch + 1] = string.format('%s-%0' .. width .. 'd', code, n)
-      if #batch == 1000 or n == size then
+      if #batch == 1000 or n == size then  -- unpack() takes a few thousand values at most
         redis.call('SADD', pool, unpack(batch))
         batch = {}
       end

@@ -342,12 +342,6 @@ def item_id(prefix: str, idempotency_key: str, index: int) -> str:
     return f"{prefix}-{digest}"
 
 
-def pool_codes(code: str, count: int) -> list[str]:
-    """The individual coupons behind a universal code: NEW666-001 .. NEW666-100."""
-    width = max(3, len(str(count)))
-    return [f"{code}-{i:0{width}d}" for i in range(1, count + 1)]
-
-
 def coupon_terms(prize: Coupon | FreeShipping | ReferralCoupon, off_cents: int, granted_ms: int,
                  shop: str) -> CouponTerms:
     start, end = prize.validity.window(granted_ms)
