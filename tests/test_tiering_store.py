@@ -4,9 +4,11 @@ injected clock; the means-shift sweep; the outbox; the tier.changes contract."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import random
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,8 @@ from pipeline.tiering.store import SNAPSHOT_KEY, Result, TierKeys, TierStore, Wa
 from pipeline.validate import ValidEvent
 from schemas.events import Browse, Interaction, Item, Purchase
 
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "tier.changes.json").read_text())
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "schemas" / "tier.changes.json").read_text())
 DAY0 = 20_000  # 2024-10-04
 T0 = DAY0 * DAY_MS + 12 * 3_600_000  # noon, UTC
 
@@ -489,11 +492,19 @@ def test_outbox_ack_drops_only_what_was_published(world: World) -> None:
 # --- the example consumer, over real Kafka -----------------------------------------------------------
 
 
-def test_example_marketing_consumer_acts_once_per_change(settings, redis_url: str) -> None:
+def test_example_marketing_consumer_acts_once_per_change(
+    settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from confluent_kafka import Producer
 
-    from examples.marketing_consumer import SEGMENT_ACTIONS, run
     from pipeline.topics import ensure_topics
+
+    # examples/ is not an installed package: load the script the way a user runs it.
+    spec = importlib.util.spec_from_file_location("marketing_consumer", ROOT / "examples" / "marketing_consumer.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # dataclasses look their module up
+    spec.loader.exec_module(example)
 
     w = World(redis_url, config_with())
     w.ingest([w.purchase("u1", T0, 3000.0), w.purchase("u2", T0 - 100 * DAY_MS, 10.0)], T0)
@@ -511,11 +522,11 @@ def test_example_marketing_consumer_acts_once_per_change(settings, redis_url: st
     w.tiers.ack_changes({"u1": records[-1].seq})
 
     lines: list[str] = []
-    stats = run(settings, group_id=settings.group_id, from_beginning=True, idle_timeout_s=10,
+    stats = example.run(settings, group_id=settings.group_id, from_beginning=True, idle_timeout_s=10,
                 max_messages=len(records) + 4, out=lines.append)
     assert (stats.received, stats.duplicates, stats.invalid) == (len(records) + 4, 3, 1)
     assert len(stats.actions) == len(records)
-    assert any(SEGMENT_ACTIONS["important_develop"] in line for line in stats.actions)
+    assert any(example.SEGMENT_ACTIONS["important_develop"] in line for line in stats.actions)
 
 
 def test_a_clock_far_behind_a_users_history_evaluates_as_of_their_newest_event(world: World) -> None:
