@@ -5,7 +5,12 @@ pipeline.archive: its own day arithmetic, stage rules and grouping)."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +35,7 @@ from pipeline.archive.writer import (
 from pipeline.config import load_config
 from pipeline.context import Context
 from pipeline.settings import Settings
+from tests.support import ROOT, env_for
 from tests.truth import ts_ms
 
 
@@ -143,9 +149,9 @@ def domain_example_population(start: date) -> Iterator[dict]:
         ts = base + timedelta(days=i % 28, minutes=i % 600)
         common = {"user_id": user, "channel": channels[i % len(channels)]}
 
-        def event(kind: str, n: int, when: datetime, common: dict = common, **body: object) -> dict:
+        def event(type_: str, n: int, when: datetime, common: dict = common, **body: object) -> dict:
             stamp = when.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-            return {"event_id": f"{common['user_id']}-{n}", "type": kind, "ts": stamp,
+            return {"event_id": f"{common['user_id']}-{n}", "type": type_, "ts": stamp,
                     **common, **body}
 
         yield event("browse", 0, ts, page="home", category="snacks")
@@ -218,3 +224,62 @@ def produce(ctx: Context, records: Iterable[tuple[str, bytes | None, bytes | Non
     assert producer.flush(60) == 0
     assert not failures, failures
     return n
+
+
+def cli_env(ctx: Context, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `tierflow` subprocess that sees this test's archive."""
+    env = env_for(ctx.settings, **extra)
+    env.pop("CLICKHOUSE_URL", None)
+    if ctx.settings.clickhouse_url:
+        env["CLICKHOUSE_URL"] = ctx.settings.clickhouse_url
+        config = tmp_path / "archive-test.toml"
+        config.write_text(f'[archive]\ndatabase = "{ctx.config.archive.database}"\n')
+        env["TIERFLOW_CONFIG"] = str(config)
+    return env
+
+
+def tierflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, timeout=120)
+
+
+@contextmanager
+def dashboard_process(env: dict[str, str], port: int, *args: str) -> Iterator[str]:
+    """`tierflow dashboard` on loopback; yields its base URL once it answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "dashboard", "--host", "127.0.0.1",
+         "--port", str(port), *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def answers() -> bool:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise AssertionError(f"tierflow dashboard exited {proc.returncode}: {out}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(answers, "the dashboard answers", timeout=60)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def get_json(url: str, token: str | None = None) -> tuple[int, object]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())

@@ -37,17 +37,22 @@ from tests.archive_support import (
     archive_context,
     archive_directly,
     archive_lag,
+    cli_env,
     counts,
+    dashboard_process,
+    domain_example_population,
     drop_if_server,
     engages,
     event_day,
+    get_json,
     produce,
     running_archive,
+    tierflow,
     touch_topic,
     wait_until,
     with_archive_settings,
 )
-from tests.support import ROOT
+from tests.support import ROOT, free_port
 
 DAY_MS = 86_400_000
 
@@ -479,3 +484,46 @@ print("holding", flush=True)
 sys.stdin.readline()
 archive.close()
 """
+
+
+# --- the domain brief's example -----------------------------------------------------------
+
+DOMAIN_RATES = {"a_to_i": 0.12, "i_to_p": 0.31, "p_to_l": 0.45}
+
+
+def test_domain_example_rates_in_cli_and_dashboard_json(tmp_path: Path) -> None:
+    ctx = archive_context(Settings.from_env(), tmp_path / "home")
+    start = datetime.now(UTC).date() - timedelta(days=60)
+    events = list(domain_example_population(start))
+    archive = Archive(ctx.settings, ctx.config.archive)
+    archive_directly(ctx, archive, ((touch_topic(ctx, e), e) for e in events))
+    archive.close()  # embedded chDB: one process at a time; the CLI needs it now
+    expected = {"awareness": 50_000, "interest": 6_000, "purchase": 1_860, "loyalty": 837,
+                "rates": DOMAIN_RATES}
+    port = free_port()
+    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
+    period = ["--from", start.isoformat(), "--to", (start + timedelta(days=27)).isoformat()]
+
+    for args in ([], period):
+        shown = tierflow(env, "aipl", "--json", *args)
+        assert shown.returncode == 0, shown.stderr.decode()
+        assert orjson.loads(shown.stdout) == expected
+    text = tierflow(env, "aipl")
+    assert "A->I  12.00%" in text.stdout.decode() and "P->L  45.00%" in text.stdout.decode()
+
+    with dashboard_process(env, port) as base:
+        status, doc = get_json(f"{base}/api/aipl?from={start}")
+        assert status == 200 and doc == expected
+        # The dashboard process now holds the chDB directory: the CLI reads the
+        # same numbers through its JSON API instead.
+        shown = tierflow(env, "aipl", "--json")
+        assert shown.returncode == 0, shown.stderr.decode()
+        assert orjson.loads(shown.stdout) == expected
+        migrated = tierflow(env, "migrate")
+        assert migrated.returncode == 0, migrated.stderr.decode()
+        if not ctx.settings.clickhouse_url:
+            assert b"migrated it at start: schema versions 001, 002" in migrated.stdout
+        # A second standalone dashboard cannot open it and says where the first one is.
+        second = tierflow(env, "dashboard", "--port", str(free_port()))
+        if not ctx.settings.clickhouse_url:
+            assert second.returncode == 1 and b"already serves the dashboard" in second.stderr

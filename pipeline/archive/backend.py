@@ -19,6 +19,7 @@ import fcntl
 import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +37,11 @@ log = logging.getLogger("tierflow.archive")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 Params = Mapping[str, Any] | None
+
+# chDB directories this process has open, with how many backends use each:
+# clickhouse-connect shares one engine per directory within a process.
+_OPEN_HERE: Counter[str] = Counter()
+_OPEN_LOCK = threading.Lock()
 
 
 class ArchiveUnavailable(RuntimeError):
@@ -68,8 +74,9 @@ def held_elsewhere(path: Path) -> bool:
 
     ClickHouse takes an exclusive flock on <path>/status for its lifetime. Probe
     it before connecting: a failed connect leaves noise on stderr and, in this
-    chdb release, cannot be retried in the same process. Only call this while
-    this process has not opened `path` itself (flock would see our own lock).
+    chdb release, cannot be retried in the same process. Only meaningful while
+    this process has not opened `path` itself (flock would see our own lock),
+    hence `_OPEN_HERE`.
     """
     status = path / "status"
     try:
@@ -132,6 +139,9 @@ class ClickHouseBackend:
                     client.close()
                     raise
                 self._client = client
+                if self.kind == "chdb":
+                    with _OPEN_LOCK:
+                        _OPEN_HERE[self._dsn] += 1
             return self._client
 
     def _open(self) -> Client:
@@ -180,6 +190,11 @@ class ClickHouseBackend:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+            if self.kind == "chdb":
+                with _OPEN_LOCK:
+                    _OPEN_HERE[self._dsn] -= 1
+                    if _OPEN_HERE[self._dsn] <= 0:
+                        del _OPEN_HERE[self._dsn]
 
 
 def _brief(exc: BaseException) -> str:
@@ -201,9 +216,12 @@ def open_backend(settings: Settings, cfg: ArchiveConfig) -> ClickHouseBackend:
             autogenerate_session_id=False,  # the writer and the dashboard share one client
         )
     path = chdb_path(cfg, settings.home).resolve()
-    if held_elsewhere(path):
+    dsn = f"chdb://{path}"
+    with _OPEN_LOCK:
+        ours = dsn in _OPEN_HERE
+    if not ours and held_elsewhere(path):
         raise ArchiveBusy(path)
     path.mkdir(parents=True, exist_ok=True)
-    backend = ClickHouseBackend("chdb", f"chdb://{path}", f"chDB {path}", cfg.database)
+    backend = ClickHouseBackend("chdb", dsn, f"chDB {path}", cfg.database)
     backend.connect()  # take the directory now, so a second process sees it held
     return backend

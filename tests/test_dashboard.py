@@ -1,0 +1,307 @@
+"""The dashboard: token rules, the JSON API, and the page itself in Debian's
+headless Chromium (the numbers it draws, no console output, a screenshot)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from pipeline.archive.aipl import monday
+from pipeline.archive.handle import Archive
+from pipeline.context import Context
+from pipeline.dashboard.server import build_app, is_loopback, needs_token
+from pipeline.settings import Settings
+from tests.archive_support import (
+    aipl_truth,
+    archive_context,
+    archive_directly,
+    cli_env,
+    counts,
+    dashboard_process,
+    domain_example_population,
+    drop_if_server,
+    touch_topic,
+)
+from tests.support import ROOT, free_port
+
+ARTIFACTS = ROOT / "test-artifacts"
+TOKEN = "t0ken-for-tests"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--enable-logging=stderr", "--v=0",
+    # Virtual time only advances while no request is pending, so the page's
+    # fetches complete and its charts are drawn before the DOM is dumped.
+    "--virtual-time-budget=30000",
+]
+
+
+def test_token_rules() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+    assert not needs_token("127.0.0.1", None)
+    assert needs_token("127.0.0.1", "x")  # a configured token is always checked
+    assert needs_token("0.0.0.0", None) and needs_token("192.168.1.5", "x")
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date, list[dict]]]:
+    """An archive holding the domain example population, tier changes and reward records."""
+    ctx = archive_context(Settings.from_env(), tmp_path / "home")
+    start = datetime.now(UTC).date() - timedelta(days=60)
+    events = list(domain_example_population(start))
+    topics = ctx.settings.topics
+    extra: list[tuple[str, dict]] = []
+    segments = ("important_value", "general_develop", "important_win_back")
+    for i in range(300):
+        day = datetime(start.year, start.month, start.day, 9, tzinfo=UTC) + timedelta(days=i % 28)
+        extra.append((topics.tier_changes, {
+            "user_id": f"x{i:05d}", "dimension": "segment", "old": None, "new": segments[i % 3],
+            "reason": "event", "version": 1, "event_time": int(day.timestamp() * 1000)}))
+        if i % 3 == 0:
+            extra.append((topics.tier_changes, {
+                "user_id": f"x{i:05d}", "dimension": "segment", "old": segments[0],
+                "new": segments[2], "reason": "time_decay", "version": 2,
+                "event_time": int((day + timedelta(days=20)).timestamp() * 1000)}))
+        extra.append((topics.tier_changes, {
+            "user_id": f"x{i:05d}", "dimension": "membership", "old": None,
+            "new": "super" if i % 5 == 0 else "ordinary", "reason": "event", "version": 1,
+            "event_time": int(day.timestamp() * 1000)}))
+        if i % 4 == 0:
+            extra.append((topics.reward_grants, {
+                "record_id": f"g{i}", "kind": "grant", "user_id": f"x{i:05d}",
+                "campaign": "upgrade_pack", "prize_type": "gift_pack", "cost_cents": 1500,
+                "at_ms": int(day.timestamp() * 1000), "items": []}))
+    archive = Archive(ctx.settings, ctx.config.archive)
+    archive_directly(ctx, archive, [(touch_topic(ctx, e), e) for e in events] + extra)
+    archive.close()  # embedded chDB: whoever serves the page opens it next
+    yield ctx, events, start, [r for t, r in extra if t == topics.tier_changes]
+    archive = Archive(ctx.settings, ctx.config.archive)
+    drop_if_server(ctx, archive)
+    archive.close()
+
+
+def test_api_answers_with_the_token_only_when_bound_publicly(
+    seeded: tuple[Context, list[dict], date, list[dict]],
+) -> None:
+    ctx, events, start, changes = seeded
+    archive = Archive(ctx.settings, ctx.config.archive)
+    end = start + timedelta(days=27)
+
+    async def scenario() -> None:
+        public = build_app(archive, ctx.config, host="10.1.2.3", token=TOKEN,
+                           status=lambda: {"state": "running"})
+        async with TestClient(TestServer(public)) as client:
+            for path in ("/api/aipl", "/dashboard/", "/api/archive/status"):
+                assert (await client.get(path)).status == 401
+            bad = await client.get("/api/aipl", headers={"Authorization": "Bearer nope"})
+            assert bad.status == 401
+            ok = await client.get("/api/aipl", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert ok.status == 200
+            assert counts(await ok.json()) == {"awareness": 50_000, "interest": 6_000,
+                                               "purchase": 1_860, "loyalty": 837}
+            assert (await client.get(f"/api/aipl?token={TOKEN}")).status == 200
+            assert (await client.get(f"/dashboard/?token={TOKEN}")).status == 200
+            assert (await client.get("/dashboard/static/dashboard.js")).status == 200  # no data
+            assert (await client.get("/dashboard/static/secrets.txt")).status == 404
+
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            trend = await (await client.get(f"/api/aipl/trend?from={start}&to={end}",
+                                            headers=auth)).json()
+            weeks = aipl_truth(events, start, end, "week")
+            assert {date.fromisoformat(w["week"]): counts(w) for w in trend["weeks"]} == weeks
+            by = await (await client.get(f"/api/aipl?by=channel&from={start}", headers=auth)).json()
+            assert {k: counts(v) for k, v in by.items()} == aipl_truth(events, start, end, "channel")
+            tiers = await (await client.get("/api/tiers", headers=auth)).json()
+            assert tiers["dimensions"]["segment"] == {"important_win_back": 200,
+                                                      "general_develop": 100}
+            assert tiers["dimensions"]["membership"] == {"ordinary": 240, "super": 60}
+            since, until = start + timedelta(days=19), end + timedelta(days=30)
+            moves = await (await client.get(
+                f"/api/segments/migration?from={since}&to={until}", headers=auth)).json()
+            want = migration_truth(changes, since, until)
+            assert {(f["from"], f["to"]): f["users"] for f in moves["flows"]} == want
+            assert len(want) >= 2
+            rewards = await (await client.get("/api/rewards", headers=auth)).json()
+            pack = next(c for c in rewards["campaigns"] if c["campaign"] == "upgrade_pack")
+            assert (pack["grants"], pack["spent_cents"]) == (75, 75 * 1500)
+            status = await (await client.get("/api/archive/status", headers=auth)).json()
+            assert status["writer"] == {"state": "running"}
+            assert status["events"] == len(events)
+            for query in ("from=yesterday", "by=planet", "from=2026-02-02&to=2026-01-01"):
+                assert (await client.get(f"/api/aipl?{query}", headers=auth)).status == 400
+
+        refused = build_app(archive, ctx.config, host="0.0.0.0", token=None)
+        async with TestClient(TestServer(refused)) as client:
+            assert (await client.get("/api/aipl")).status == 403
+
+        local = build_app(archive, ctx.config, host="127.0.0.1", token=None)
+        async with TestClient(TestServer(local)) as client:
+            assert (await client.get("/api/aipl")).status == 200
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        archive.close()
+
+
+def day(change: dict) -> date:
+    return datetime.fromtimestamp(change["event_time"] / 1000, UTC).date()
+
+
+def distribution_truth(changes: list[dict], dimension: str, end: date) -> dict[str, int]:
+    latest: dict[str, dict] = {}
+    for c in sorted(changes, key=lambda c: c["version"]):
+        if c["dimension"] == dimension and day(c) <= end:
+            latest[c["user_id"]] = c
+    out: dict[str, int] = {}
+    for c in latest.values():
+        out[c["new"]] = out.get(c["new"], 0) + 1
+    return out
+
+
+def migration_truth(changes: list[dict], start: date, end: date) -> dict:
+    """(value before the period, value at its end) -> users, for users who changed in it."""
+    users: dict[str, list[dict]] = {}
+    for c in changes:
+        if c["dimension"] == "segment":
+            users.setdefault(c["user_id"], []).append(c)
+    flows: dict[tuple, int] = {}
+    for history in users.values():
+        history.sort(key=lambda c: c["version"])
+        before = [c for c in history if day(c) < start]
+        upto = [c for c in history if day(c) <= end]
+        if not any(start <= day(c) <= end for c in history):
+            continue
+        move = (before[-1]["new"] if before else None, upto[-1]["new"])
+        if move[0] != move[1]:
+            flows[move] = flows.get(move, 0) + 1
+    return flows
+
+
+class Dom(HTMLParser):
+    """Attributes of elements with an id, the text under each, and the trend's points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, str | None]] = {}
+        self.text: dict[str, list[str]] = {}
+        self.body: dict[str, str | None] = {}
+        self.stack: list[str | None] = []
+        self.points = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "body":
+            self.body = found
+        if tag == "circle" and found.get("class") == "pt":
+            self.points += 1
+        element_id = found.get("id")
+        if element_id:
+            self.by_id[element_id] = found
+        if tag not in ("circle", "rect", "path", "line", "input", "link", "meta", "br"):
+            self.stack.append(element_id)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in ("circle", "rect", "path", "line", "input", "link", "meta", "br") and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        for element_id in self.stack:
+            if element_id:
+                self.text.setdefault(element_id, []).append(data)
+
+    def rendered(self, element_id: str) -> object:
+        return orjson.loads(self.by_id[element_id]["data-rendered"] or "null")
+
+    def joined(self, element_id: str) -> str:
+        return " ".join(self.text.get(element_id, []))
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("Debian's chromium is needed for this test: apt-get install -y chromium")
+    return found
+
+
+def run_chromium(tmp_path: Path, url: str, *action: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", *action, url],
+        capture_output=True, timeout=180, env={**os.environ, "TZ": "UTC"},
+    )
+
+
+def test_dashboard_page_renders_the_expected_numbers(
+    seeded: tuple[Context, list[dict], date, list[dict]], tmp_path: Path
+) -> None:
+    ctx, events, start, changes = seeded
+    end = start + timedelta(days=27)
+    port = free_port()
+    env = cli_env(ctx, tmp_path, TIERFLOW_DASHBOARD_TOKEN=TOKEN, TIERFLOW_WEB_PORT=str(port))
+    with dashboard_process(env, port) as base:
+        url = f"{base}/dashboard/?token={TOKEN}&from={start}&to={end}"
+        dumped = run_chromium(tmp_path, url, "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "dashboard.png"
+        shot.unlink(missing_ok=True)
+        pictured = run_chromium(tmp_path, url, "--window-size=1440,1720", f"--screenshot={shot}")
+
+    assert dumped.returncode == 0, dumped.stderr.decode()[-2000:]
+    console = [line for line in dumped.stderr.decode().splitlines() if ":CONSOLE" in line]
+    assert console == []  # no errors, no warnings, no failed loads
+    dom = Dom()
+    dom.feed(dumped.stdout.decode())
+    assert dom.body.get("data-state") == "ready", dom.body
+    assert "data-errors" not in dom.body
+
+    # The funnel: the domain brief's example, exactly.
+    funnel = dom.rendered("funnel")
+    assert funnel == {"awareness": 50_000, "interest": 6_000, "purchase": 1_860, "loyalty": 837,
+                      "rates": {"a_to_i": 0.12, "i_to_p": 0.31, "p_to_l": 0.45}}
+    drawn = dom.joined("funnel")
+    for label in ("50,000", "6,000", "1,860", "837", "A→I 12.00%", "I→P 31.00%", "P→L 45.00%"):
+        assert label in drawn
+    kpis = dom.joined("kpis")
+    assert re.search(r"Aware\s+50,000", kpis) and re.search(r"P→L\s+45\.00%", kpis)
+
+    # The weekly trend: one point per week and rate, the rates of the weekly truth.
+    truth = aipl_truth(events, start, end, "week")
+    trend = dom.rendered("trend")
+    weeks = sorted(truth)
+    assert trend["weeks"] == len(weeks) and trend["first"] == weeks[0].isoformat()
+    assert monday(start) == weeks[0]
+    want_rates = [
+        {"a_to_i": round(w["interest"] / w["awareness"], 6),
+         "i_to_p": round(w["purchase"] / w["interest"], 6),
+         "p_to_l": round(w["loyalty"] / w["purchase"], 6)}
+        for w in (truth[k] for k in weeks)
+    ]
+    assert trend["rates"] == want_rates
+    assert trend["points"] == dom.points == 3 * len(weeks)
+
+    # The other charts drew what the archive holds.
+    assert dom.rendered("by-channel")["groups"] == 4
+    assert dom.rendered("by-category")["names"] == ["snacks"]
+    values = distribution_truth(changes, "segment", end)
+    assert len(values) == 3
+    assert dom.rendered("tiers") == {"dimension": "segment", "total": 300, "values": values}
+    assert dom.rendered("migration")["flows"] >= 1
+    assert dom.rendered("rewards")["campaigns"] >= 1
+
+    assert pictured.returncode == 0, pictured.stderr.decode()[-2000:]
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1440, 1720)
