@@ -527,3 +527,58 @@ def test_domain_example_rates_in_cli_and_dashboard_json(tmp_path: Path) -> None:
         second = tierflow(env, "dashboard", "--port", str(free_port()))
         if not ctx.settings.clickhouse_url:
             assert second.returncode == 1 and b"already serves the dashboard" in second.stderr
+
+
+# --- inside the worker --------------------------------------------------------------------
+
+# The worker's app with the archive installed (agents/app.py may already do it).
+WORKER = """
+import faust
+from agents.app import create_app
+from pipeline.archive.service import install_archive
+from pipeline.context import Context
+from pipeline.config import load_config
+from pipeline.settings import Settings
+from pipeline.topics import ensure_topics
+ctx = Context(Settings.from_env(), load_config())
+ensure_topics(ctx.settings)
+app = create_app(ctx)
+if not any(r.resource.canonical == "/api/aipl" for r in app.web.web_app.router.routes()):
+    install_archive(app, ctx)
+faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+"""
+
+
+def test_worker_archives_and_serves_the_dashboard(settings: Settings, tmp_path: Path) -> None:
+    ctx = archive_context(settings, tmp_path / "home")
+    ensure_topics(ctx.settings)
+    port = free_port()
+    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env, cwd=ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        events = population(users=80, days=40, seed=41)
+        produce(ctx, [(touch_topic(ctx, e), e["user_id"].encode(), orjson.dumps(e))
+                      for e in events])
+        wait_until(lambda: archive_lag(ctx) == 0, "the worker's archive caught up", timeout=180)
+        days = sorted(event_day(e) for e in events)
+        want = aipl_truth(events, days[0], days[-1])[None]
+        wait_until(lambda: get_json(f"http://127.0.0.1:{port}/api/archive/status")[0] == 200,
+                   "the worker's web server answers")
+        status, doc = get_json(f"http://127.0.0.1:{port}/api/aipl")
+        assert status == 200 and counts(doc) == want
+        _, state = get_json(f"http://127.0.0.1:{port}/api/archive/status")
+        assert state["migrations"] == [m.version for m in load_migrations()]
+        assert state["writer"]["state"] == "running"
+        shown = tierflow(env, "aipl", "--json")  # the worker holds chDB: read through its API
+        assert shown.returncode == 0, shown.stderr.decode()
+        assert counts(orjson.loads(shown.stdout)) == want
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+    # Stopped cleanly, it let go of the archive.
+    shown = tierflow(env, "aipl", "--json")
+    assert shown.returncode == 0, shown.stderr.decode() + (tmp_path / "worker.log").read_text()
+    assert counts(orjson.loads(shown.stdout)) == want

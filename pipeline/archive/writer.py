@@ -192,6 +192,11 @@ class ArchiveWriter:
         self.status.state = "running"
         log.info("archive consuming %s as group %s into %s", ", ".join(self.topics),
                  self.status.group, self._where())
+        try:  # connect and migrate at start; if that fails, the first batch retries it
+            self.archive.backend()
+        except Exception as exc:
+            log.warning("archive: ClickHouse not ready at start (%s: %s); records wait in Kafka",
+                        type(exc).__name__, exc)
         try:
             while not stop.is_set():
                 batch = self.collect(stop)
