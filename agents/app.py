@@ -15,11 +15,17 @@ import faust
 from mode import Service
 
 from agents.ingest import IngestLoop
+from agents.rewards import RewardStage
+from agents.tiers import TierStage
 from pipeline.context import Context
+from pipeline.store import connect
 
 log = logging.getLogger("tierflow.worker")
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+# Tier changes are granted in small batches, one Redis round trip each.
+REWARD_BATCH = 500
+REWARD_BATCH_WITHIN_S = 0.2
 
 
 def faust_broker_credentials(ctx: Context) -> faust.SASLCredentials | None:
@@ -37,9 +43,11 @@ class IngestService(Service):
     """Runs the ingest loop in a thread and restarts it after failures
     (Redis or Kafka outages): uncommitted batches are replayed, never lost."""
 
-    def __init__(self, ctx: Context, **kwargs: object) -> None:
+    def __init__(self, ctx: Context, tiers: TierStage, rewards: RewardStage, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.ctx = ctx
+        self.tiers = tiers
+        self.rewards = rewards
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -47,7 +55,10 @@ class IngestService(Service):
         failures = 0
         while not self.stop_event.is_set():
             try:
-                IngestLoop(self.ctx).run(self.stop_event)
+                recovered = self.tiers.publisher.recover()
+                if recovered:
+                    log.info("recovery: %d tier changes were already published", recovered)
+                IngestLoop(self.ctx, hooks=[self.tiers, self.rewards]).run(self.stop_event)
                 failures = 0
             except Exception:
                 delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
@@ -72,6 +83,7 @@ def create_app(ctx: Context) -> faust.App:
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(ctx),
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
@@ -79,9 +91,34 @@ def create_app(ctx: Context) -> faust.App:
         value_serializer="raw",
     )
 
+    client = connect(settings.redis_url)
+    tiers = TierStage(ctx, client)
+    rewards = RewardStage(ctx, client, tiers.clock)
+
     class Ingest(IngestService):
         def __init__(self, **kwargs: object) -> None:
-            super().__init__(ctx, **kwargs)
+            super().__init__(ctx, tiers, rewards, **kwargs)
 
     app.service(Ingest)
+
+    tier_changes = app.topic(settings.topics.tier_changes, value_serializer="raw")
+
+    @app.agent(tier_changes)
+    async def grant_on_tier_changes(stream: faust.StreamT) -> None:
+        """Tier-triggered rewards; Faust commits the offsets once a batch is granted."""
+        async for values in stream.take(REWARD_BATCH, within=REWARD_BATCH_WITHIN_S):
+            await asyncio.to_thread(rewards.on_tier_changes, list(values))
+
+    @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)
+    async def decay_timer() -> None:
+        """Re-evaluate users whose recency score or paid term changes with no new event."""
+        try:
+            published = await asyncio.to_thread(tiers.tick)
+            await asyncio.to_thread(rewards.tick)
+        except Exception:
+            log.exception("tier timer failed; retrying on the next tick")
+            return
+        if published:
+            log.info("timer: %d tier changes (time decay / means shift)", published)
+
     return app

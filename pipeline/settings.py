@@ -108,6 +108,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     dashboard_token: str | None = field(default=None, repr=False)
+    # "wall", or "event": time is the newest event time seen (backfills, tests).
+    clock: str = "wall"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -124,6 +126,7 @@ class Settings:
             web_host=_env("TIERFLOW_WEB_HOST", cls.web_host),
             web_port=int(_env("TIERFLOW_WEB_PORT", str(cls.web_port))),
             dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
+            clock=_env("TIERFLOW_CLOCK", cls.clock),
         )
 
     @property

@@ -8,10 +8,11 @@ from datetime import datetime
 
 import orjson
 
-from pipeline.context import from_args
+from pipeline.context import Context, from_args
 from pipeline.errors import CliError
 from pipeline.state import AsOfOutOfRange, summarize
 from pipeline.store import StateStore, connect
+from pipeline.tiering.store import TierStore
 from pipeline.validate import parse_ts
 
 
@@ -40,23 +41,38 @@ def render_text(doc: dict) -> str:
     top = sorted(doc["categories"].items(), key=lambda kv: -kv[1]["amount"])[:5]
     if top:
         lines.append("  categories      " + ", ".join(f"{c} ({v['amount']:,.2f})" for c, v in top))
+    if "segment" in doc:
+        scores = doc["scores"]
+        membership = doc["membership"]
+        lines.append(f"  RFM             R{scores['r']} F{scores['f']} M{scores['m']}  "
+                     f"segment {doc['segment'] or '-'}  lifecycle {doc['lifecycle']}  aipl {doc['aipl']}")
+        lines.append(f"  membership      {membership['tier']} ({membership['points']:,} points, "
+                     f"paid tier offer {membership['offer_price']}"
+                     + (f", paid until {membership['paid_until']}" if membership["paid_until"] else "") + ")")
+        lines.append("  tags            " + ", ".join(doc["tags"]))
     if doc["channels"]:
         lines.append("  channels        " + ", ".join(f"{c} {n}" for c, n in
                                                      sorted(doc["channels"].items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
 
 
-def user_document(ctx, user_id: str, as_of_ms: int) -> dict:
-    store = StateStore(connect(ctx.settings.redis_url), ctx.config.state.retention_days)
+def user_document(ctx: Context, user_id: str, as_of_ms: int) -> dict:
+    client = connect(ctx.settings.redis_url)
+    store = StateStore(client, ctx.config.state.retention_days)
     raw = store.read(user_id)
     if raw is None:
         raise CliError(f"unknown user {user_id!r}: no events applied for this id", 4)
     try:
         summary = summarize(user_id, raw, as_of_ms, ctx.config.state.windows_days,
                             ctx.config.state.retention_days)
+        # Tiers as of the same instant, against the population snapshot in use.
+        evaluation = TierStore(client, ctx.config).preview(user_id, as_of_ms)
     except AsOfOutOfRange as exc:
         raise CliError(str(exc), 2) from exc
-    return summary.to_json()
+    doc = summary.to_json()
+    if evaluation is not None:
+        doc.update(evaluation.to_json())
+    return doc
 
 
 def _user(args: argparse.Namespace) -> int:

@@ -1,0 +1,174 @@
+"""Tiers: re-evaluate the users a batch touched, publish their changes to
+`tier.changes`, and run the time-decay / means-shift timer.
+
+Publication is exactly once per (user, seq). Changes wait in each user's Redis
+outbox (written atomically with the new tiers, pipeline/lua/tiers.lua). Before
+producing a user's records we stamp the attempt time in Redis; after delivery we
+acknowledge (trim) them. A crash between delivery and acknowledgement leaves
+records that are already on the topic: on start-up `recover()` reads
+`tier.changes` from the oldest stamped attempt onwards and acknowledges what it
+finds there, so only records that never reached Kafka are sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import msgspec
+import redis
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from agents.ingest import AppliedBatch
+from pipeline.context import Context
+from pipeline.tiering.records import TierChange
+from pipeline.tiering.store import TierKeys, TierStore
+
+log = logging.getLogger("tierflow.tiers")
+
+# Producer and broker clocks may differ a little; scan this much earlier.
+CLOCK_SKEW_MS = 5_000
+RECOVERY_BATCH = 1_000
+
+
+class TierPublisher:
+    def __init__(self, ctx: Context, tiers: TierStore) -> None:
+        self.ctx = ctx
+        self.tiers = tiers
+        self.topic = ctx.settings.topics.tier_changes
+        self.producer = Producer(
+            ctx.settings.kafka.confluent(**{"enable.idempotence": True, "linger.ms": 5})
+        )
+        self.published = 0
+
+    def publish(self, outbox: Mapping[str, list[TierChange]]) -> None:
+        if not outbox:
+            return
+        stamp = str(int(time.time() * 1000))
+        pipe = self.tiers.client.pipeline(transaction=False)
+        for user in outbox:
+            pipe.hset(TierKeys.of(user).tier, "pub_ms", stamp)
+        pipe.execute()
+        failures: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for user, records in outbox.items():
+            for record in records:
+                self.producer.produce(self.topic, key=user.encode(), value=msgspec.json.encode(record),
+                                      on_delivery=on_delivery)
+        if self.producer.flush(30) != 0 or failures:
+            raise RuntimeError(f"tier changes not delivered: {failures[:3]}")
+        self.tiers.ack_changes({user: records[-1].seq for user, records in outbox.items()})
+        self.published += sum(len(r) for r in outbox.values())
+
+    def recover(self) -> int:
+        """Acknowledge records a crashed run delivered but did not acknowledge, then
+        publish the rest. Returns how many records were found already published."""
+        found = 0
+        while True:
+            users = self.tiers.outbox_users(RECOVERY_BATCH)
+            pending = self.tiers.pending_changes(users)
+            if not pending:
+                return found
+            stamps = self.tiers.client.pipeline(transaction=False)
+            for user in pending:
+                stamps.hget(TierKeys.of(user).tier, "pub_ms")
+            attempted = [int(s) for s in stamps.execute() if s is not None]
+            if attempted:
+                on_topic = self._published_since(min(attempted) - CLOCK_SKEW_MS, set(pending))
+                done = {u: max(on_topic[u]) for u in pending if on_topic.get(u)}
+                found += sum(len(v) for v in on_topic.values())
+                self.tiers.ack_changes(done)
+                pending = self.tiers.pending_changes(list(pending))
+            self.publish(pending)
+            if len(users) < RECOVERY_BATCH:
+                return found
+
+    def _published_since(self, since_ms: int, users: set[str]) -> dict[str, set[int]]:
+        consumer = Consumer(self.ctx.settings.kafka.confluent(
+            **{"group.id": f"{self.ctx.settings.group_id}-recovery", "enable.auto.commit": False}))
+        seen: dict[str, set[int]] = {}
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+            wanted = [TopicPartition(self.topic, p, since_ms) for p in metadata.partitions]
+            starts = consumer.offsets_for_times(wanted, timeout=10)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+                    for p in metadata.partitions}
+            assignment = [tp for tp in starts if tp.offset >= 0 and tp.offset < ends[tp.partition]]
+            if not assignment:
+                return seen
+            consumer.assign(assignment)
+            remaining = {tp.partition for tp in assignment}
+            while remaining:
+                msg = consumer.poll(5)
+                if msg is None:
+                    raise RuntimeError("tier.changes recovery scan stalled")
+                if msg.error():
+                    continue
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    remaining.discard(msg.partition())
+                user = msg.key().decode() if msg.key() else ""
+                if user in users:
+                    record = msgspec.json.decode(msg.value(), type=TierChange)
+                    seen.setdefault(user, set()).add(record.seq)
+        finally:
+            consumer.close()
+        return seen
+
+
+class Clock:
+    """What "now" is for tiering: the wall clock, or (TIERFLOW_CLOCK=event, for
+    backfills and tests) the newest event time any worker has seen, kept in Redis
+    so that every worker and restart agrees."""
+
+    KEY = "tf:clock"
+
+    def __init__(self, mode: str, client: redis.Redis) -> None:
+        if mode not in ("wall", "event"):
+            raise ValueError(f"TIERFLOW_CLOCK must be 'wall' or 'event', not {mode!r}")
+        self.mode = mode
+        self.client = client
+
+    def observe(self, batch: AppliedBatch) -> None:
+        if self.mode == "event" and batch.events:
+            newest = max(item.ts_ms for item in batch.events)
+            self.client.zadd(self.KEY, {"now": newest}, gt=True)
+
+    def now(self) -> int:
+        if self.mode == "wall":
+            return int(time.time() * 1000)
+        return int(self.client.zscore(self.KEY, "now") or 0)
+
+
+class TierStage:
+    """The ingest hook: evaluate, commit, publish; before the offsets are committed."""
+
+    def __init__(self, ctx: Context, client: redis.Redis) -> None:
+        self.tiers = TierStore(client, ctx.config)
+        self.publisher = TierPublisher(ctx, self.tiers)
+        self.clock = Clock(ctx.settings.clock, client)
+
+    def __call__(self, batch: AppliedBatch) -> None:
+        self.clock.observe(batch)
+        if batch.applied == 0:
+            # A pure replay: tiers already reflect it, but a crashed run may have left records.
+            self.publisher.publish(self.tiers.pending_changes(batch.users))
+            return
+        result = self.tiers.on_batch(batch.events, self.clock.now())
+        self.publisher.publish(result.outbox)
+
+    def tick(self) -> int:
+        """Time decay and means shift; returns how many changes were published."""
+        now_ms = self.clock.now()
+        if now_ms == 0:  # event time before the first event: nothing to decay yet
+            return 0
+        result = self.tiers.tick(now_ms)
+        before = self.publisher.published
+        for part in (result.decayed, result.swept):
+            if part is not None:
+                self.publisher.publish(part.outbox)
+        return self.publisher.published - before
