@@ -98,6 +98,10 @@
   }
 
   function drawFunnel(f) {
+    if (!f.awareness) {
+      empty("funnel", "No events archived in this period yet.");
+      return rendered("funnel", f);
+    }
     const W = 600, rowH = 46, gap = 30, left = 104, barArea = W - left - 8;
     const H = STAGES.length * rowH + (STAGES.length - 1) * gap + 8;
     const root = frame("funnel", W, H);
