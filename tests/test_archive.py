@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 
@@ -29,8 +30,11 @@ from pipeline.archive.migrate import (
     split_statements,
 )
 from pipeline.context import Context
+from pipeline.rewards import records as reward_records
+from pipeline.rewards.records import RewardItem, RewardRecord
 from pipeline.settings import Settings
 from pipeline.synth import Population
+from pipeline.tiering.records import ChangeScores, TierChange
 from pipeline.topics import ensure_topics
 from tests.archive_support import (
     aipl_truth,
@@ -326,6 +330,42 @@ def test_tier_changes_and_reward_records_are_stored_once(ctx: Context, archive: 
     assert orjson.loads(stored[0][0]) == {"r": 5, "f": 4, "m": 5}
 
 
+def test_records_from_the_tiering_and_reward_engines_are_archived(
+    ctx: Context, archive: Archive
+) -> None:
+    """Contract: the producers' own record types, encoded as they publish them."""
+    change = TierChange(
+        user_id="u7", dimension="membership", old="ordinary", new="super", version=2, seq=5,
+        reason="event", scores=ChangeScores(r=5, f=3, m=4), points=1200, repurchases=2,
+        event_time="2026-03-02T12:30:00.250Z",
+    )
+    item = RewardItem(item_id="c-77", type="coupon", prize="c20", campaign="upgrade", rule="r1",
+                      value_cents=2000, granted_ms=1_772_454_600_250)
+    grant = RewardRecord(
+        record_id="grant:r1:u7:tier:membership:v2", kind="grant", user_id="u7",
+        at_ms=1_772_454_600_250, recorded_ms=1_772_454_601_000, items=[item], cost_cents=2000,
+        campaign="upgrade", rule="r1", prize="c20", prize_type="coupon",
+        trigger="tier:membership:v2",
+    )
+    topics = ctx.settings.topics
+    batch = archive_directly(ctx, archive, [
+        (topics.tier_changes, orjson.loads(msgspec.json.encode(change))),
+        (topics.reward_grants, orjson.loads(reward_records.encode(grant))),
+    ])
+    assert not batch.skipped
+    backend = archive.backend()
+    assert backend.query(
+        "SELECT dimension, old, new, version, seq, toUnixTimestamp64Milli(event_time), scores,"
+        " points, repurchases FROM tier_changes"
+    ) == [("membership", "ordinary", "super", 2, 5, 1_772_454_600_250,
+           '{"r":5,"f":3,"m":4}', 1200, 2)]
+    assert backend.query(
+        "SELECT kind, campaign, prize_type, cost_cents, trigger, item_ids, item_values_cents,"
+        " toUnixTimestamp64Milli(at) FROM reward_grants"
+    ) == [("grant", "upgrade", "coupon", 2000, "tier:membership:v2", ["c-77"], [2000],
+           1_772_454_600_250)]
+
+
 # --- the archive consumer on real Kafka ---------------------------------------------------
 
 
@@ -537,6 +577,8 @@ import faust
 from agents.app import create_app
 from pipeline.archive.service import install_archive
 from pipeline.context import Context
+from pipeline.rewards import records as reward_records
+from pipeline.rewards.records import RewardItem, RewardRecord
 from pipeline.config import load_config
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics

@@ -27,8 +27,8 @@ TOUCH_COLUMNS = (
     "kafka_topic", "kafka_partition", "kafka_offset",
 )
 TIER_COLUMNS = (
-    "user_id", "dimension", "old", "new", "reason", "version", "event_time", "scores",
-    "kafka_topic", "kafka_partition", "kafka_offset",
+    "user_id", "dimension", "old", "new", "reason", "version", "seq", "event_time", "scores",
+    "points", "repurchases", "kafka_topic", "kafka_partition", "kafka_offset",
 )
 GRANT_COLUMNS = (
     "record_id", "kind", "user_id", "at", "recorded_at", "campaign", "rule", "prize", "prize_type",
@@ -88,6 +88,8 @@ Value = str | int | float | bool | None
 
 
 class TierChangeRecord(msgspec.Struct, frozen=True):
+    """The fields of a tier.changes record (pipeline/tiering/records.py) the archive keeps."""
+
     user_id: Text
     dimension: Text
     version: Annotated[int, msgspec.Meta(ge=0)]
@@ -95,7 +97,10 @@ class TierChangeRecord(msgspec.Struct, frozen=True):
     old: Value = None
     new: Value = None
     reason: str = ""
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
     scores: dict[str, Any] | None = None
+    points: int = 0
+    repurchases: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class RewardItemRecord(msgspec.Struct, frozen=True):
@@ -156,7 +161,7 @@ def tier_row(value: bytes | None, source: Source) -> Row:
     scores = orjson.dumps(rec.scores).decode() if rec.scores is not None else "{}"
     return (
         rec.user_id, rec.dimension, _text(rec.old), _text(rec.new), rec.reason, rec.version,
-        _time(rec.event_time), scores, *source,
+        rec.seq, _time(rec.event_time), scores, rec.points, rec.repurchases, *source,
     )
 
 
