@@ -2,17 +2,22 @@
 `tier.changes`, and run the time-decay / means-shift timer.
 
 Publication is exactly once per (user, seq). Changes wait in each user's Redis
-outbox (written atomically with the new tiers, pipeline/lua/tiers.lua). Before
-producing a user's records we stamp the attempt time in Redis; after delivery we
-acknowledge (trim) them. A crash between delivery and acknowledgement leaves
-records that are already on the topic: on start-up `recover()` reads
-`tier.changes` from the oldest stamped attempt onwards and acknowledges what it
-finds there, so only records that never reached Kafka are sent again.
+outbox (written atomically with the new tiers, pipeline/lua/tiers.lua). A
+publisher first claims a user's records up to a seq (pipeline/lua/tier_claim.lua,
+which also stamps the time) and sends only what it newly claimed, so the timer
+and the ingest stage, or two workers, never send a record twice; after delivery
+it acknowledges (trims) them. A crash after claiming leaves records that may or
+may not be on the topic: on start-up `recover()` reads `tier.changes` from the
+oldest claim stamp onwards, acknowledges what it finds there, and re-sends only
+records that never reached Kafka. (Known limit: if two workers publish the same
+user's records in the very moment one of them dies, the survivor's acknowledgement
+can trim the dead one's undelivered records; consumers would see a version gap.)
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 
@@ -22,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from agents.ingest import AppliedBatch
 from pipeline.context import Context
+from pipeline.store import load_lua
 from pipeline.tiering.records import TierChange
 from pipeline.tiering.store import TierKeys, TierStore
 
@@ -41,29 +47,35 @@ class TierPublisher:
             ctx.settings.kafka.confluent(**{"enable.idempotence": True, "linger.ms": 5})
         )
         self.published = 0
+        self._claim = tiers.client.register_script(load_lua("tier_claim"))
 
-    def publish(self, outbox: Mapping[str, list[TierChange]]) -> None:
+    def publish(self, outbox: Mapping[str, list[TierChange]], *, recovering: bool = False) -> None:
+        """Send each user's unacknowledged records, then acknowledge them. Only records
+        this call claims are sent; in recovery, the caller has already checked the topic."""
         if not outbox:
             return
-        stamp = str(int(time.time() * 1000))
+        stamp = int(time.time() * 1000)
         pipe = self.tiers.client.pipeline(transaction=False)
-        for user in outbox:
-            pipe.hset(TierKeys.of(user).tier, "pub_ms", stamp)
-        pipe.execute()
+        for user, records in outbox.items():
+            self._claim(keys=[TierKeys.of(user).tier], args=[records[-1].seq, stamp], client=pipe)
+        claimed_before = pipe.execute()
         failures: list[str] = []
 
         def on_delivery(err: KafkaError | None, _msg: object) -> None:
             if err is not None:
                 failures.append(str(err))
 
-        for user, records in outbox.items():
+        sent = 0
+        for (user, records), previous in zip(outbox.items(), claimed_before, strict=True):
             for record in records:
-                self.producer.produce(self.topic, key=user.encode(), value=msgspec.json.encode(record),
-                                      on_delivery=on_delivery)
+                if recovering or record.seq > previous:
+                    self.producer.produce(self.topic, key=user.encode(), value=msgspec.json.encode(record),
+                                          on_delivery=on_delivery)
+                    sent += 1
         if self.producer.flush(30) != 0 or failures:
             raise RuntimeError(f"tier changes not delivered: {failures[:3]}")
         self.tiers.ack_changes({user: records[-1].seq for user, records in outbox.items()})
-        self.published += sum(len(r) for r in outbox.values())
+        self.published += sent
 
     def recover(self) -> int:
         """Acknowledge records a crashed run delivered but did not acknowledge, then
@@ -76,6 +88,7 @@ class TierPublisher:
                 return found
             stamps = self.tiers.client.pipeline(transaction=False)
             for user in pending:
+                # When a publisher last claimed this user's records: they may be on the topic.
                 stamps.hget(TierKeys.of(user).tier, "pub_ms")
             attempted = [int(s) for s in stamps.execute() if s is not None]
             if attempted:
@@ -84,7 +97,7 @@ class TierPublisher:
                 found += sum(len(v) for v in on_topic.values())
                 self.tiers.ack_changes(done)
                 pending = self.tiers.pending_changes(list(pending))
-            self.publish(pending)
+            self.publish(pending, recovering=True)
             if len(users) < RECOVERY_BATCH:
                 return found
 
@@ -151,24 +164,28 @@ class TierStage:
         self.tiers = TierStore(client, ctx.config)
         self.publisher = TierPublisher(ctx, self.tiers)
         self.clock = Clock(ctx.settings.clock, client)
+        # Ingest and the timer both evaluate and publish; one at a time, so each sees
+        # the other's acknowledgements.
+        self.lock = threading.Lock()
 
     def __call__(self, batch: AppliedBatch) -> None:
         self.clock.observe(batch)
-        if batch.applied == 0:
-            # A pure replay: tiers already reflect it, but a crashed run may have left records.
-            self.publisher.publish(self.tiers.pending_changes(batch.users))
-            return
-        result = self.tiers.on_batch(batch.events, self.clock.now())
-        self.publisher.publish(result.outbox)
+        with self.lock:
+            if batch.applied == 0:
+                # A pure replay: tiers already reflect it, but a crashed run may have left records.
+                self.publisher.publish(self.tiers.pending_changes(batch.users))
+                return
+            result = self.tiers.on_batch(batch.events, self.clock.now())
+            self.publisher.publish(result.outbox)
 
     def tick(self) -> int:
         """Time decay and means shift; returns how many changes were published."""
         now_ms = self.clock.now()
         if now_ms == 0:  # event time before the first event: nothing to decay yet
             return 0
-        result = self.tiers.tick(now_ms)
-        before = self.publisher.published
-        for part in (result.decayed, result.swept):
-            if part is not None:
+        with self.lock:
+            result = self.tiers.tick(now_ms)
+            before = self.publisher.published
+            for part in (result.decayed, result.swept):
                 self.publisher.publish(part.outbox)
-        return self.publisher.published - before
+            return self.publisher.published - before

@@ -7,11 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from pipeline import lag
 from pipeline.producer import EventSender
@@ -36,6 +39,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         TIERFLOW_GROUP=settings.group_id,
         TIERFLOW_PARTITIONS=str(settings.partitions),
         TIERFLOW_HOME=str(settings.home),
+        TIERFLOW_CLOCK=settings.clock,
         PYTHONPATH=str(ROOT),
     )
     if settings.config_path is not None:
@@ -120,3 +124,47 @@ def wait_processed(settings: Settings, worker: WorkerProcess, timeout: float = 3
         lag.wait(settings, timeout, check_alive)
     except TimeoutError:
         raise AssertionError(f"worker did not catch up; log:\n{worker.log_tail()}") from None
+
+
+def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list[dict]:
+    consumer = Consumer(settings.kafka.confluent(
+        **{"group.id": f"{settings.group_id}-reader", "auto.offset.reset": "earliest"}))
+    consumer.subscribe([topic])
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                records.append(orjson.loads(msg.value()))
+        # Anything beyond the expected count would be a duplicate dead letter.
+        extra = consumer.consume(100, 2.0)
+        records += [orjson.loads(m.value()) for m in extra if not m.error()]
+    finally:
+        consumer.close()
+    if len(records) < expected:
+        pytest.fail(f"only {len(records)} of {expected} records on {topic}")
+    return records
+
+
+def read_to_end(settings: Settings, topic: str, timeout: float = 60) -> list[dict]:
+    """Every record on the topic, up to its end offsets at the time of the call."""
+    consumer = Consumer(settings.kafka.confluent(**{"group.id": f"{settings.group_id}-end-reader"}))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        todo = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in todo])
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while todo:
+            assert time.monotonic() < deadline, f"could not read {topic} to the end"
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            records.append(orjson.loads(msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()][1]:
+                todo.discard(msg.partition())
+        return records
+    finally:
+        consumer.close()

@@ -11,8 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
-import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from pipeline import lag
 from pipeline.config import load_config
@@ -21,7 +20,7 @@ from pipeline.state import DAY_MS, summarize
 from pipeline.store import StateStore, connect
 from pipeline.synth import Population
 from tests import truth
-from tests.support import cli, running_worker, send_events, wait_processed
+from tests.support import cli, read_all, running_worker, send_events, wait_processed
 
 WINDOWS = [30, 90]
 
@@ -174,24 +173,3 @@ def test_bad_input_goes_to_the_dead_letter_topic(settings: Settings, tmp_path: P
     assert alice.frequency["lifetime"] == 3  # good-1, good-2, good-4
     assert store.read("bob") is not None
     assert store.read("mallory") is None
-
-
-def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60) -> list[dict]:
-    consumer = Consumer(settings.kafka.confluent(
-        **{"group.id": f"{settings.group_id}-reader", "auto.offset.reset": "earliest"}))
-    consumer.subscribe([topic])
-    records: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                records.append(orjson.loads(msg.value()))
-        # Anything beyond the expected count would be a duplicate dead letter.
-        extra = consumer.consume(100, 2.0)
-        records += [orjson.loads(m.value()) for m in extra if not m.error()]
-    finally:
-        consumer.close()
-    if len(records) < expected:
-        pytest.fail(f"only {len(records)} of {expected} records on {topic}")
-    return records

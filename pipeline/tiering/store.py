@@ -512,8 +512,10 @@ class TierStore:
                     if not self.client.exists(UserKeys.of(user).profile):
                         pipe.zrem(self.shards[shard_of(user, len(self.shards))].due, user)
                 pipe.execute()
-        taken = self.client.hget(SNAPSHOT_KEY, "taken_ms")
-        if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= now_ms:
+        # The cadence follows the wall clock even when evaluations run on event time:
+        # a backfill's clock stands still between events, the population does not.
+        taken = self.client.hget(SNAPSHOT_KEY, "wall_ms")
+        if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= wall_clock():
             result.shift = self.snapshot_means(now_ms)
         result.swept = self.sweep(now_ms)
         return result
@@ -569,6 +571,7 @@ class TierStore:
             "id": snapshot_id,
             # Commits refuse evaluations made against an older snapshot than the user's last.
             "taken_ms": max(now_ms, Snapshot.of(stored).taken_ms + 1),
+            "wall_ms": wall_clock(),
             "population": msgspec.json.encode(new),
             "sweep": orjson.dumps(pending),
         })
