@@ -17,6 +17,7 @@ from mode import Service
 from agents.ingest import IngestLoop
 from agents.rewards import RewardStage
 from agents.tiers import TierStage
+from pipeline.archive.service import install_archive
 from pipeline.context import Context
 from pipeline.store import connect
 
@@ -121,4 +122,5 @@ def create_app(ctx: Context) -> faust.App:
         if published:
             log.info("timer: %d tier changes (time decay / means shift)", published)
 
+    install_archive(app, ctx)
     return app

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -64,6 +65,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # Each worker gets its own home: an embedded chDB directory is single-process.
+        self.settings = replace(self.settings, home=self.log_path.parent / "home")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],

@@ -571,34 +571,14 @@ def test_domain_example_rates_in_cli_and_dashboard_json(tmp_path: Path) -> None:
 
 # --- inside the worker --------------------------------------------------------------------
 
-# The worker's app with the archive installed (agents/app.py may already do it).
-WORKER = """
-import faust
-from agents.app import create_app
-from pipeline.archive.service import install_archive
-from pipeline.context import Context
-from pipeline.rewards import records as reward_records
-from pipeline.rewards.records import RewardItem, RewardRecord
-from pipeline.config import load_config
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
-ctx = Context(Settings.from_env(), load_config())
-ensure_topics(ctx.settings)
-app = create_app(ctx)
-if not any(r.resource.canonical == "/api/aipl" for r in app.web.web_app.router.routes()):
-    install_archive(app, ctx)
-faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
-"""
-
-
 def test_worker_archives_and_serves_the_dashboard(settings: Settings, tmp_path: Path) -> None:
     ctx = archive_context(settings, tmp_path / "home")
     ensure_topics(ctx.settings)
     port = free_port()
     env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env, cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+                              env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         events = population(users=80, days=40, seed=41)
         produce(ctx, [(touch_topic(ctx, e), e["user_id"].encode(), orjson.dumps(e))
