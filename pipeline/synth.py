@@ -25,6 +25,8 @@ CATEGORIES = {
     "baby": (29.0, 259.0),
 }
 BRANDS = ("acme", "lotus", "panda", "zenith", "harbor")
+# The default paid-membership SKU (tiering.membership.paid.sku).
+MEMBERSHIP_SKU = "MEMBERSHIP-88VIP"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ class Population:
         ts: object = _iso(ts_ms) if self.rng.random() < 0.5 else ts_ms
         return {"event_id": self._event_id(), "type": kind, "user_id": user_id, "ts": ts, "channel": channel}
 
+    def _membership(self, user_id: str, channel: str) -> dict[str, object]:
+        """The paid top tier (88VIP) is bought like any SKU."""
+        return {**self._common(user_id, "purchase", self._ts(), channel), "order_id": f"{self.run}-m{self.counter}",
+                "amount": 88.0, "currency": "CNY",
+                "items": [{"sku": MEMBERSHIP_SKU, "category": "membership", "qty": 1, "price": 88.0}]}
+
     def user_events(self, user_id: str) -> Iterator[dict[str, object]]:
         persona = self.persona_of[user_id]
         rng = self.rng
@@ -126,6 +134,8 @@ class Population:
                 yield {**self._common(user_id, "cart", self._ts(), rng.choice(home_channels)),
                        "action": "add", "sku": f"{favourite[:2].upper()}001", "category": favourite,
                        "qty": 1, "price": round(rng.uniform(low, high), 2)}
+        if persona.name == "vip" and rng.random() < 0.5:
+            yield self._membership(user_id, rng.choice(home_channels))
         for _ in range(rng.randint(0, 4)):
             yield {**self._common(user_id, "interaction", self._ts(), rng.choice(home_channels)),
                    "kind": rng.choice(persona.interactions), "target": favourite}

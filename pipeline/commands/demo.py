@@ -120,8 +120,53 @@ def summary_lines(ctx: Context, population: Population, now_ms: int) -> list[str
     return lines
 
 
+def claim_codes(ctx: Context, population: Population, now_ms: int, limit: int) -> str:
+    """New visitors scan the NEW666 poster: each gets one random coupon of the pool."""
+    from pipeline.rewards.engine import RewardEngine
+
+    engine = RewardEngine(connect(ctx.settings.redis_url), ctx.config.rewards)
+    visitors = [u for u, p in population.persona_of.items() if p.name == "new_visitor"][:limit]
+    outcomes = Counter(engine.claim_code("NEW666", user, now_ms).status for user in visitors)
+    return ", ".join(f"{n} {status}" for status, n in outcomes.most_common())
+
+
+def wait_for_archive(ctx: Context, timeout: float) -> None:
+    """The archive is its own consumer group; let it catch up before reading ClickHouse."""
+    from dataclasses import replace
+
+    from pipeline.archive.writer import archive_group
+
+    try:
+        lag.wait(replace(ctx.settings, group_id=archive_group(ctx)), timeout)
+    except TimeoutError:
+        sys.stderr.write("archive is still catching up; AIPL figures may be partial\n")
+
+
+def final_reports(ctx: Context, now_ms: int) -> list[str]:
+    """Tiers, rewards and the AIPL funnel, as `segments`, `rewards` and `aipl` print them."""
+    from pipeline.archive import aipl
+    from pipeline.archive.handle import Archive
+    from pipeline.commands.archive import render as render_aipl
+    from pipeline.commands.rewards import render_report
+    from pipeline.commands.tiers import render_segments
+    from pipeline.rewards.engine import RewardEngine
+    from pipeline.tiering.store import TierStore
+
+    client = connect(ctx.settings.redis_url)
+    lines = ["", "Tiers (tierflow segments)", render_segments(TierStore(client, ctx.config).report()),
+             "", "Rewards (tierflow rewards)", render_report(RewardEngine(client, ctx.config.rewards).report(now_ms))]
+    archive = Archive(ctx.settings, ctx.config.archive)
+    try:
+        funnel = aipl.report(archive.backend(), None, None, None)
+        lines += ["", "AIPL funnel (tierflow aipl)", render_aipl(funnel, None)]
+    finally:
+        archive.close()
+    return lines
+
+
 def _demo(args: argparse.Namespace) -> int:
     from infra import services
+    from pipeline.livefeed import LiveFeed
     from pipeline.topics import ensure_topics
 
     ctx = from_args(args)
@@ -134,15 +179,28 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  worker      pid {worker.pid}, log {log_path}")
     now_ms = int(time.time() * 1000)
     population = Population(args.users, args.days, now_ms, seed=args.seed, run=f"demo{now_ms}")
+    feed = LiveFeed(ctx.settings)
+    feed.start()
+    print("live tier changes and reward grants (a sample):")
     try:
         events = stream(ctx, population, args.batch, worker)
+        print(f"  code NEW666 claimed by new visitors: {claim_codes(ctx, population, now_ms, 30)}")
         wait_for_worker(ctx, worker, args.timeout)
+        # Give the timer a moment: the means snapshot and its sweep follow the stream.
+        time.sleep(ctx.config.tiering.population.snapshot_interval_ms / 1000 + 2)
+        wait_for_archive(ctx, args.timeout)
+        feed.stop()
+        print(f"\n{feed.counts['tier']:,} tier changes and {feed.counts['reward']:,} reward records published")
         for line in summary_lines(ctx, population, now_ms):
             print(line)
-        print(f"\n{events:,} events processed. Try: tierflow user c000001   "
-              "(services keep running; `tierflow down` stops them)")
     finally:
+        feed.stop()
         stop_worker(worker)
+    # The worker held the embedded ClickHouse directory; now the demo may open it.
+    for line in final_reports(ctx, now_ms):
+        print(line)
+    print(f"\n{events:,} events processed. Try: tierflow user c000001, tierflow dashboard "
+          "(services keep running; `tierflow down` stops them)")
     return 0
 
 

@@ -13,19 +13,21 @@ from pipeline.store import StateStore, connect
 from pipeline.tiering.store import TierStore
 
 
+def render_segments(report: dict) -> str:
+    means = report["means"]
+    lines = [f"scored users {report['scored_users']:,} of {report['users']:,}; means "
+             + "  ".join(f"{d.upper()} {m:.2f}" if m is not None else f"{d.upper()} -" for d, m in means.items())]
+    for dimension in ("segments", "lifecycle", "membership", "aipl"):
+        lines.append(f"{dimension}:")
+        for name, count in sorted(report[dimension].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<22} {count:>8,}")
+    return "\n".join(lines)
+
+
 def _segments(args: argparse.Namespace) -> int:
     ctx = from_args(args)
     report = TierStore(connect(ctx.settings.redis_url), ctx.config).report()
-    if args.json:
-        print(orjson.dumps(report).decode())
-        return 0
-    means = report["means"]
-    print(f"scored users {report['scored_users']:,} of {report['users']:,}; means "
-          + "  ".join(f"{d.upper()} {m:.2f}" if m is not None else f"{d.upper()} -" for d, m in means.items()))
-    for dimension in ("segments", "lifecycle", "membership", "aipl"):
-        print(f"{dimension}:")
-        for name, count in sorted(report[dimension].items(), key=lambda kv: -kv[1]):
-            print(f"  {name:<22} {count:>8,}")
+    print(orjson.dumps(report).decode() if args.json else render_segments(report))
     return 0
 
 
