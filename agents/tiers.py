@@ -184,7 +184,8 @@ class TierStage:
         if now_ms == 0:  # event time before the first event: nothing to decay yet
             return 0
         with self.lock:
-            result = self.tiers.tick(now_ms)
+            # Means snapshots follow the wall clock even when tiering runs on event time.
+            result = self.tiers.tick(now_ms, cadence_ms=int(time.time() * 1000))
             before = self.publisher.published
             for part in (result.decayed, result.swept):
                 self.publisher.publish(part.outbox)

@@ -495,7 +495,7 @@ class TierStore:
         rows = [(u, int(s)) for shard_rows in pipe.execute() for u, s in shard_rows]
         return sorted(rows, key=lambda r: (r[1], r[0]))[:limit]
 
-    def tick(self, now_ms: int) -> TickResult:
+    def tick(self, now_ms: int, cadence_ms: int | None = None) -> TickResult:
         """The timer: re-evaluate due users (time_decay); snapshot the population when
         the interval passed and sweep the users it moves (means_shift)."""
         result = TickResult()
@@ -512,11 +512,12 @@ class TierStore:
                     if not self.client.exists(UserKeys.of(user).profile):
                         pipe.zrem(self.shards[shard_of(user, len(self.shards))].due, user)
                 pipe.execute()
-        # The cadence follows the wall clock even when evaluations run on event time:
-        # a backfill's clock stands still between events, the population does not.
-        taken = self.client.hget(SNAPSHOT_KEY, "wall_ms")
-        if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= wall_clock():
-            result.shift = self.snapshot_means(now_ms)
+        # The snapshot cadence may run on another clock than evaluations: on event time a
+        # backfill's clock stands still between events while the population moves on.
+        cadence = now_ms if cadence_ms is None else cadence_ms
+        taken = self.client.hget(SNAPSHOT_KEY, "cadence_ms")
+        if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= cadence:
+            result.shift = self.snapshot_means(now_ms, cadence)
         result.swept = self.sweep(now_ms)
         return result
 
@@ -537,7 +538,7 @@ class TierStore:
         """The snapshot evaluations score against."""
         return Snapshot.of(self.client.hgetall(SNAPSHOT_KEY)).population
 
-    def snapshot_means(self, now_ms: int) -> PopulationShift:
+    def snapshot_means(self, now_ms: int, cadence_ms: int | None = None) -> PopulationShift:
         """Take a snapshot of the means (and quantile cut points) and record which
         users it moves as the snapshot's pending sweep (merged with any unfinished one)."""
         counts = self.counts()
@@ -571,7 +572,7 @@ class TierStore:
             "id": snapshot_id,
             # Commits refuse evaluations made against an older snapshot than the user's last.
             "taken_ms": max(now_ms, Snapshot.of(stored).taken_ms + 1),
-            "wall_ms": wall_clock(),
+            "cadence_ms": now_ms if cadence_ms is None else cadence_ms,
             "population": msgspec.json.encode(new),
             "sweep": orjson.dumps(pending),
         })
