@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from schemas.events import Browse, Cart, Interaction, Purchase
 
 DAY_MS = 86_400_000
-_WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday)
+_WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday numbering)
+_THURSDAY = 3  # 1970-01-01, day 0, was a Thursday
 
 
 def cents(amount: float) -> int:
@@ -56,7 +57,7 @@ class UserKeys:
 def encode(event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int) -> list[object]:
     """The compact array the Lua script reads (see pipeline/lua/apply.lua)."""
     day = day_of(ts_ms)
-    weekend = 1 if datetime.fromtimestamp(ts_ms / 1000, UTC).weekday() in _WEEKEND else 0
+    weekend = 1 if (day + _THURSDAY) % 7 in _WEEKEND else 0
     head: list[object] = [event.event_id, offset]
     if isinstance(event, Purchase):
         items: list[object] = []

@@ -64,3 +64,26 @@ def test_any_input_is_accepted_or_rejected_with_a_reason(value: bytes) -> None:
     for r in rejected:
         assert r.reason in REASONS or r.reason.startswith("schema:")
         assert r.detail
+
+
+def test_fast_path_equals_the_full_path_on_realistic_records() -> None:
+    from pipeline.synth import Population
+    from pipeline.validate import parse_document
+
+    events = list(Population(60, 30, NOW - 86_400_000, seed=3).events())
+    records = [(orjson.dumps(e), e["user_id"].encode()) for e in events]
+    records += [(orjson.dumps({"events": events[i:i + 3]}), None) for i in range(0, 60, 3)]
+    limits = Limits(1_000_000, 10, LIMITS.min_ts_ms, LIMITS.max_future_ms)
+    for value, key in records:
+        fast = parse_record(value, key, limits, NOW)
+        full = parse_document(value, key.decode() if key else None, limits, NOW)
+        assert fast == full
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(EVENT)), json_values).map(lambda d: orjson.dumps({**EVENT, **d})))
+def test_fast_path_never_changes_a_decision(value: bytes) -> None:
+    from pipeline.validate import parse_document
+
+    for wrapped in (value, b'{"events": [' + value + b"]}"):
+        assert parse_record(wrapped, b"u1", LIMITS, NOW) == parse_document(wrapped, "u1", LIMITS, NOW)
