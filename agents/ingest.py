@@ -52,22 +52,13 @@ class IngestStats:
 BatchHook = Callable[[AppliedBatch], None]
 
 
-def limits_of(ctx: Context) -> Limits:
-    ingest = ctx.config.ingest
-    return Limits(
-        max_record_bytes=ingest.max_record_bytes,
-        max_batch_events=ingest.max_batch_events,
-        min_ts_ms=ctx.config.min_ts_ms,
-        max_future_ms=ingest.max_future_seconds * 1000,
-    )
-
 
 class IngestLoop:
     def __init__(self, ctx: Context, hooks: Sequence[BatchHook] = ()) -> None:
         self.ctx = ctx
         self.hooks = list(hooks)
         self.stats = IngestStats()
-        self.limits = limits_of(ctx)
+        self.limits = Limits.of(ctx.config)
         self.store = StateStore(connect(ctx.settings.redis_url), ctx.config.state.retention_days)
         kafka = ctx.settings.kafka
         self.consumer = Consumer(

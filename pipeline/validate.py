@@ -13,6 +13,7 @@ from datetime import datetime
 import msgspec
 import orjson
 
+from pipeline.config import Config
 from schemas.events import EVENT_TYPES, Browse, Event
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -39,6 +40,16 @@ class Limits:
     max_batch_events: int
     min_ts_ms: int
     max_future_ms: int
+
+    @classmethod
+    def of(cls, config: Config) -> Limits:
+        ingest = config.ingest
+        return cls(
+            max_record_bytes=ingest.max_record_bytes,
+            max_batch_events=ingest.max_batch_events,
+            min_ts_ms=config.min_ts_ms,
+            max_future_ms=ingest.max_future_seconds * 1000,
+        )
 
 
 def parse_ts(ts: str | int) -> int:

@@ -7,7 +7,7 @@ files are the contract producers in other languages validate against.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
@@ -21,20 +21,6 @@ Money = Annotated[float, msgspec.Meta(ge=0)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
 
-INTERACTION_KINDS = (
-    "favorite",
-    "like",
-    "share",
-    "follow",
-    "coupon_claim",
-    "campaign_join",
-    "referral_invite",
-    "referral_accept",
-    "sign_in",
-    "content_read",
-    "comment",
-    "review",
-)
 InteractionKind = Literal[
     "favorite",
     "like",
@@ -49,6 +35,7 @@ InteractionKind = Literal[
     "comment",
     "review",
 ]
+INTERACTION_KINDS: tuple[str, ...] = get_args(InteractionKind)
 
 
 class Item(msgspec.Struct, frozen=True):

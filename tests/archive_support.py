@@ -30,11 +30,11 @@ from pipeline.archive.writer import (
     RecordSorter,
     archive_group,
     insert_batch,
-    limits_of,
 )
 from pipeline.config import load_config
 from pipeline.context import Context
 from pipeline.settings import Settings
+from pipeline.validate import Limits
 from tests.support import ROOT, env_for
 from tests.truth import ts_ms
 
@@ -59,7 +59,7 @@ def drop_if_server(ctx: Context, archive: Archive) -> None:
 def archive_directly(ctx: Context, archive: Archive, records: Iterable[tuple[str, dict]]) -> Batch:
     """Run (topic, record) pairs through the writer's own routing and insert path, without Kafka."""
     topics = ctx.settings.topics
-    sorter = RecordSorter(topics.inputs, topics.tier_changes, topics.reward_grants, limits_of(ctx))
+    sorter = RecordSorter(topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config))
     batch = Batch()
     now_ms = int(time.time() * 1000)
     for offset, (topic, record) in enumerate(records):

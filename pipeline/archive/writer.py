@@ -62,15 +62,6 @@ def archive_group(ctx: Context) -> str:
     return ctx.settings.group_id + ctx.config.archive.group_suffix
 
 
-def limits_of(ctx: Context) -> Limits:
-    ingest = ctx.config.ingest
-    return Limits(
-        max_record_bytes=ingest.max_record_bytes,
-        max_batch_events=ingest.max_batch_events,
-        min_ts_ms=ctx.config.min_ts_ms,
-        max_future_ms=ingest.max_future_seconds * 1000,
-    )
-
 
 @dataclass
 class Batch:
@@ -173,7 +164,7 @@ class ArchiveWriter:
         topics = ctx.settings.topics
         self.topics = [*topics.inputs, topics.tier_changes, topics.reward_grants]
         self.sorter = RecordSorter(
-            topics.inputs, topics.tier_changes, topics.reward_grants, limits_of(ctx)
+            topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config)
         )
         self.status = WriterStatus(group=archive_group(ctx))
         self.consumer = Consumer(
