@@ -171,10 +171,8 @@ class TierStage:
     def __call__(self, batch: AppliedBatch) -> None:
         self.clock.observe(batch)
         with self.lock:
-            if batch.applied == 0:
-                # A pure replay: tiers already reflect it, but a crashed run may have left records.
-                self.publisher.publish(self.tiers.pending_changes(batch.users))
-                return
+            # Always evaluate, even a pure replay: a crash may have struck after the state was
+            # applied and before its tiers were committed. Evaluation is idempotent.
             result = self.tiers.on_batch(batch.events, self.clock.now())
             self.publisher.publish(result.outbox)
 
