@@ -4,8 +4,6 @@ Maven Central jars, so neither Docker nor a Kafka download site is needed."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -13,12 +11,12 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from infra.process import alive, file_lock
 from pipeline.settings import Settings
 
 KAFKA_VERSION = "4.4.0"  # keep in step with kafka.version in kafka-pom.xml
@@ -99,7 +97,7 @@ def start(settings: Settings, timeout: float = 90.0) -> str:
         )
     root = settings.home / "kafka"
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / "start.lock"):
+    with file_lock(root / "start.lock"):
         # Another process may have started it while we waited for the lock.
         if is_up(settings) or _our_pid(root) is not None:
             _wait_ready(settings, root, timeout)
@@ -142,11 +140,11 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
         return "not running"
     os.kill(pid, signal.SIGTERM)  # the broker does a controlled shutdown on SIGTERM
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.1)
     (root / "kafka.pid").unlink(missing_ok=True)
     return "stopped"
@@ -260,23 +258,7 @@ def _our_pid(root: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if MAIN_CLASS.encode() in cmdline.split(b"\0") and _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    # A zombie (exited, not yet reaped by whoever adopted it) still has a /proc entry.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return pid if MAIN_CLASS.encode() in cmdline.split(b"\0") and alive(pid) else None
 
 
 def _rotate(log: Path) -> None:

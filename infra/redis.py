@@ -3,19 +3,17 @@ append-only file under `home/redis` (the state store must survive restarts)."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 
+from infra.process import alive, file_lock
 from pipeline.settings import Settings
 
 
@@ -44,7 +42,7 @@ def start(settings: Settings, timeout: float = 30.0) -> str:
     root = settings.home / "redis"
     root.mkdir(parents=True, exist_ok=True)
     # Concurrent starts would race for the port and the pid file.
-    with _lock(root / "start.lock"):
+    with file_lock(root / "start.lock"):
         if is_up(settings):
             return "reused"
         server = _ensure_installed()
@@ -88,11 +86,11 @@ def stop(settings: Settings, timeout: float = 15.0) -> str:
         return "not running"
     os.kill(pid, signal.SIGTERM)  # redis flushes the append-only file and exits
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
+        while alive(pid):
             time.sleep(0.1)
     pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
     return "stopped"
@@ -120,23 +118,7 @@ def _our_pid(pidfile: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"redis-server" in cmdline and _alive(pid) else None
-
-
-def _alive(pid: int) -> bool:
-    # A zombie (exited, not yet reaped by whoever adopted it) still has a /proc entry.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return pid if b"redis-server" in cmdline and alive(pid) else None
 
 
 def _log_tail(log: Path, lines: int = 30) -> str:
