@@ -14,12 +14,12 @@ import threading
 import faust
 from mode import Service
 
-from agents.ingest import IngestLoop
-from agents.rewards import RewardStage
-from agents.tiers import TierStage
-from pipeline.archive.service import install_archive
-from pipeline.context import Context
-from pipeline.store import connect
+from tierflow.agents.ingest import IngestLoop
+from tierflow.agents.rewards import RewardStage
+from tierflow.agents.tiers import TierStage
+from tierflow.pipeline.archive.service import install_archive
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.state.store import connect
 
 log = logging.getLogger("tierflow.worker")
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from pipeline.context import Context
-from pipeline.dlq import dead_letter
-from pipeline.state import encode
-from pipeline.store import StateStore, connect
-from pipeline.validate import Limits, ValidEvent, parse_record
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.ingest.deadletter import dead_letter
+from tierflow.pipeline.ingest.validate import Limits, ValidEvent, parse_record
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import encode
 
 log = logging.getLogger("tierflow.ingest")
 

@@ -17,11 +17,11 @@ import orjson
 import redis
 from confluent_kafka import KafkaError, Producer
 
-from agents.ingest import AppliedBatch
-from agents.tiers import Clock
-from pipeline.context import Context
-from pipeline.rewards.engine import RewardEngine
-from pipeline.rewards.records import encode
+from tierflow.agents.ingest import AppliedBatch
+from tierflow.agents.tiers import Clock
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.rewards.engine import RewardEngine
+from tierflow.schemas.reward_grants import encode
 
 log = logging.getLogger("tierflow.rewards")
 

@@ -2,8 +2,8 @@
 `tier.changes`, and run the time-decay / means-shift timer.
 
 Publication is exactly once per (user, seq). Changes wait in each user's Redis
-outbox (written atomically with the new tiers, pipeline/lua/tiers.lua). A
-publisher first claims a user's records up to a seq (pipeline/lua/tier_claim.lua,
+outbox (written atomically with the new tiers, pipeline/tiering/tiers.lua). A
+publisher first claims a user's records up to a seq (pipeline/tiering/tier_claim.lua,
 which also stamps the time) and sends only what it newly claimed, so the timer
 and the ingest stage, or two workers, never send a record twice; after delivery
 it acknowledges (trims) them. A crash after claiming leaves records that may or
@@ -25,11 +25,10 @@ import msgspec
 import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from agents.ingest import AppliedBatch
-from pipeline.context import Context
-from pipeline.store import load_lua
-from pipeline.tiering.records import TierChange
-from pipeline.tiering.store import TierKeys, TierStore
+from tierflow.agents.ingest import AppliedBatch
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.tiering.store import TierKeys, TierStore
+from tierflow.schemas.tier_changes import TierChange
 
 log = logging.getLogger("tierflow.tiers")
 
@@ -47,7 +46,6 @@ class TierPublisher:
             ctx.settings.kafka.confluent(**{"enable.idempotence": True, "linger.ms": 5})
         )
         self.published = 0
-        self._claim = tiers.client.register_script(load_lua("tier_claim"))
 
     def publish(self, outbox: Mapping[str, list[TierChange]], *, recovering: bool = False) -> None:
         """Send each user's unacknowledged records, then acknowledge them. Only records
@@ -55,10 +53,7 @@ class TierPublisher:
         if not outbox:
             return
         stamp = int(time.time() * 1000)
-        pipe = self.tiers.client.pipeline(transaction=False)
-        for user, records in outbox.items():
-            self._claim(keys=[TierKeys.of(user).tier], args=[records[-1].seq, stamp], client=pipe)
-        claimed_before = pipe.execute()
+        claimed_before = self.tiers.claim_changes({user: records[-1].seq for user, records in outbox.items()}, stamp)
         failures: list[str] = []
 
         def on_delivery(err: KafkaError | None, _msg: object) -> None:

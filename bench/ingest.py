@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.settings import Settings, Topics
+from tierflow.pipeline.config.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = time.monotonic()  # child processes report start-up time from here
@@ -154,7 +154,7 @@ def child_raw(spec: dict[str, Any]) -> dict[str, object]:
     """The ceiling: the same consumer settings as IngestLoop, orjson.loads, nothing else."""
     from confluent_kafka import Consumer
 
-    from pipeline.config import load_config
+    from tierflow.pipeline.config.domain import load_config
 
     settings = child_settings(spec)
     ingest = load_config(settings.config_path).ingest
@@ -191,9 +191,9 @@ def child_faust(spec: dict[str, Any]) -> dict[str, object]:
     """A real Faust worker with one agent that only counts what it iterates."""
     import faust
 
-    from agents.app import faust_broker_credentials
-    from pipeline.config import load_config
-    from pipeline.context import Context
+    from tierflow.agents.app import faust_broker_credentials
+    from tierflow.pipeline.config.context import Context
+    from tierflow.pipeline.config.domain import load_config
 
     settings = child_settings(spec)
     ctx = Context(settings, load_config(settings.config_path))
@@ -228,9 +228,9 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, object]:
     """The real IngestLoop (consumer, validation, Lua apply, DLQ flush, commit)."""
     from confluent_kafka import Message
 
-    from agents.ingest import AppliedBatch, IngestLoop
-    from pipeline.config import load_config
-    from pipeline.context import Context
+    from tierflow.agents.ingest import AppliedBatch, IngestLoop
+    from tierflow.pipeline.config.context import Context
+    from tierflow.pipeline.config.domain import load_config
 
     settings = child_settings(spec)
     ctx = Context(settings, load_config(settings.config_path))
@@ -282,7 +282,7 @@ def log(message: str) -> None:
 
 def synthetic_events(n: int, users: int, seed: int, run: str) -> list[tuple[str, str, bytes]]:
     """n events of a realistic population, shuffled as apps' events interleave on arrival."""
-    from pipeline.synth import Population
+    from tierflow.pipeline.demo.synth import Population
 
     population = Population(users, HISTORY_DAYS, int(time.time() * 1000), seed=seed, run=run)
     events = list(islice(population.events(), n))
@@ -293,8 +293,8 @@ def synthetic_events(n: int, users: int, seed: int, run: str) -> list[tuple[str,
 
 
 def produce(settings: Settings, name: str, events: list[tuple[str, str, bytes]], batch: int) -> Dataset:
-    from pipeline.producer import EventSender
-    from pipeline.topics import ensure_topics
+    from tierflow.pipeline.kafka.sender import EventSender
+    from tierflow.pipeline.kafka.topics import ensure_topics
 
     ensure_topics(settings)
     sender = EventSender(settings, batch=batch)
@@ -405,7 +405,7 @@ def table(rows: list[Summary], datasets: Sequence[Dataset]) -> str:
 
 
 def delete_run_topics(settings: Settings, run_prefix: str) -> None:
-    from pipeline.topics import admin
+    from tierflow.pipeline.kafka.topics import admin
 
     client = admin(settings)
     names = [t for t in client.list_topics(timeout=10).topics if t.startswith(run_prefix)]
@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import redis
 
-    from infra.services import up
+    from tierflow.infra.services import up
 
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = [c for c in contenders if c not in CONTENDERS]

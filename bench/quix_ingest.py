@@ -30,11 +30,11 @@ import orjson
 from quixstreams import Application, message_context
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from pipeline.config import load_config
-from pipeline.settings import Settings, Topics
-from pipeline.state import encode
-from pipeline.store import StateStore, connect
-from pipeline.validate import Limits, parse_record
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings, Topics
+from tierflow.pipeline.ingest.validate import Limits, parse_record
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import encode
 
 STARTED = time.monotonic()
 # A checkpoint also closes after this many seconds without reaching commit_every;

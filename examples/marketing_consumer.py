@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import msgspec
 from confluent_kafka import Consumer, KafkaError
 
-from pipeline.settings import Settings
-from pipeline.tiering.records import TierChange
+from tierflow.pipeline.config.settings import Settings
+from tierflow.schemas.tier_changes import TierChange
 
 # The "typical action" column of DOMAIN.md section 5.
 SEGMENT_ACTIONS = {

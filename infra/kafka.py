@@ -16,8 +16,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from infra.process import alive, file_lock
-from pipeline.settings import Settings
+from tierflow.infra.process import alive, file_lock
+from tierflow.pipeline.config.settings import Settings
 
 KAFKA_VERSION = "4.4.0"  # keep in step with kafka.version in kafka-pom.xml
 POM = Path(__file__).with_name("kafka-pom.xml")

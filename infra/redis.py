@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from infra.process import alive, file_lock
-from pipeline.settings import Settings
+from tierflow.infra.process import alive, file_lock
+from tierflow.pipeline.config.settings import Settings
 
 
 def is_up(settings: Settings, timeout: float = 2.0) -> bool:

@@ -6,8 +6,8 @@ import importlib.util
 import urllib.request
 from urllib.parse import urlsplit
 
-from infra import kafka, redis
-from pipeline.settings import Settings
+from tierflow.infra import kafka, redis
+from tierflow.pipeline.config.settings import Settings
 
 Row = tuple[str, str, str]  # (service, address, state)
 

@@ -23,20 +23,20 @@ import msgspec
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.archive.handle import Archive
-from pipeline.archive.writer import (
+from tests.support import ROOT, env_for
+from tests.truth import ts_ms
+from tierflow.agents.archive import (
     ArchiveThread,
     Batch,
     RecordSorter,
     archive_group,
     insert_batch,
 )
-from pipeline.config import load_config
-from pipeline.context import Context
-from pipeline.settings import Settings
-from pipeline.validate import Limits
-from tests.support import ROOT, env_for
-from tests.truth import ts_ms
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.ingest.validate import Limits
 
 
 def archive_context(settings: Settings, home: Path) -> Context:
@@ -239,7 +239,7 @@ def cli_env(ctx: Context, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def tierflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tierflow.pipeline.cli.main", *args], env=env, cwd=ROOT,
                           capture_output=True, timeout=120)
 
 
@@ -247,7 +247,7 @@ def tierflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def dashboard_process(env: dict[str, str], port: int, *args: str) -> Iterator[str]:
     """`tierflow dashboard` on loopback; yields its base URL once it answers."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "dashboard", "--host", "127.0.0.1",
+        [sys.executable, "-m", "tierflow.pipeline.cli.main", "dashboard", "--host", "127.0.0.1",
          "--port", str(port), *args],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from pipeline.settings import Settings, Topics
+from tierflow.pipeline.config.settings import Settings, Topics
 
 # Parallel local runs may point different sessions at different databases.
 TEST_REDIS_DB = int(os.environ.get("TIERFLOW_TEST_REDIS_DB", "1"))
@@ -32,7 +32,7 @@ def base_settings() -> Settings:
 @pytest.fixture(scope="session")
 def services(base_settings: Settings) -> Settings:
     """Kafka and Redis up (started, or reused when already answering)."""
-    from infra.services import up
+    from tierflow.infra.services import up
 
     up(base_settings)
     return base_settings

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import lag
-from pipeline.producer import EventSender
-from pipeline.settings import Settings
-from pipeline.topics import ensure_topics
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.kafka import lag
+from tierflow.pipeline.kafka.sender import EventSender
+from tierflow.pipeline.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def cli(
     settings: Settings, *args: str, input: bytes | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "tierflow.pipeline.cli.main", *args],
         env=env_for(settings), cwd=ROOT, input=input, capture_output=True, timeout=timeout,
     )
 
@@ -69,7 +69,7 @@ class WorkerProcess:
         self.settings = replace(self.settings, home=self.log_path.parent / "home")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "tierflow.pipeline.cli.main", "worker", "--loglevel", "warning"],
             env=env_for(self.settings, TIERFLOW_WEB_PORT=str(free_port())),
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

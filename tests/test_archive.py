@@ -20,22 +20,6 @@ import msgspec
 import orjson
 import pytest
 
-from pipeline.archive import aipl, reports
-from pipeline.archive.handle import Archive
-from pipeline.archive.migrate import (
-    MIGRATIONS_DIR,
-    MigrationError,
-    load_migrations,
-    migrate,
-    split_statements,
-)
-from pipeline.context import Context
-from pipeline.rewards import records as reward_records
-from pipeline.rewards.records import RewardItem, RewardRecord
-from pipeline.settings import Settings
-from pipeline.synth import Population
-from pipeline.tiering.records import ChangeScores, TierChange
-from pipeline.topics import ensure_topics
 from tests.archive_support import (
     aipl_truth,
     archive_context,
@@ -57,6 +41,22 @@ from tests.archive_support import (
     with_archive_settings,
 )
 from tests.support import ROOT, free_port
+from tierflow.pipeline.archive import aipl, reports
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.archive.migrate import (
+    MIGRATIONS_DIR,
+    MigrationError,
+    load_migrations,
+    migrate,
+    split_statements,
+)
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.demo.synth import Population
+from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.schemas import reward_grants as reward_records
+from tierflow.schemas.reward_grants import RewardItem, RewardRecord
+from tierflow.schemas.tier_changes import ChangeScores, TierChange
 
 DAY_MS = 86_400_000
 
@@ -514,9 +514,9 @@ HOLD_CHDB = """
 import sys
 from dataclasses import replace
 from pathlib import Path
-from pipeline.archive.handle import Archive
-from pipeline.config import load_config
-from pipeline.settings import Settings
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
 settings = replace(Settings.from_env(), home=Path(sys.argv[1]), clickhouse_url=None)
 archive = Archive(settings, load_config().archive)
 archive.backend()
@@ -577,7 +577,7 @@ def test_worker_archives_and_serves_the_dashboard(settings: Settings, tmp_path: 
     port = free_port()
     env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+    worker = subprocess.Popen([sys.executable, "-m", "tierflow.pipeline.cli.main", "worker", "--loglevel", "warning"],
                               env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         events = population(users=80, days=40, seed=41)

@@ -18,11 +18,6 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.archive.aipl import monday
-from pipeline.archive.handle import Archive
-from pipeline.context import Context
-from pipeline.dashboard.server import build_app, is_loopback, needs_token
-from pipeline.settings import Settings
 from tests.archive_support import (
     aipl_truth,
     archive_context,
@@ -35,6 +30,11 @@ from tests.archive_support import (
     touch_topic,
 )
 from tests.support import ROOT, free_port
+from tierflow.pipeline.archive.aipl import monday
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.dashboard.server import build_app, is_loopback, needs_token
 
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "t0ken-for-tests"

@@ -15,8 +15,8 @@ import redis as redis_py
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra import kafka, services
-from pipeline.settings import KafkaSettings, Settings
+from tierflow.infra import kafka, services
+from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
 SHARED = Settings.from_env()  # what tests/conftest.py brings up too
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.rewards.engine import RewardEngine
-from pipeline.store import connect
-from schemas.events import Interaction
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.rewards.engine import RewardEngine
+from tierflow.pipeline.state.store import connect
+from tierflow.schemas.events import Interaction
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-04-23T12:00:00Z"
@@ -27,7 +27,7 @@ DAY_MS = 86_400_000
 def tierflow(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "TIERFLOW_CONFIG"}
     env.update(REDIS_URL=redis_url, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tierflow.pipeline.cli.main", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

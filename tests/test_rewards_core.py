@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, load_config
-from pipeline.rewards import catalogue, redeem, rules
-from pipeline.rewards.catalogue import DAY_MS, IssueContext
-from pipeline.rewards.config import RewardsConfig
-from pipeline.rewards.pricing import Product, Shopper, simulate
-from pipeline.rewards.records import CouponTerms, RewardItem, RewardRecord, encode
-from pipeline.rewards.wallet import RewardError, plan_consume
-from schemas.events import Browse, Interaction, Item, Purchase
+from tierflow.pipeline.config.domain import ConfigError, load_config
+from tierflow.pipeline.rewards import catalogue, redeem, rules
+from tierflow.pipeline.rewards.catalogue import DAY_MS, IssueContext
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.pricing import Product, Shopper, simulate
+from tierflow.pipeline.rewards.wallet import RewardError, plan_consume
+from tierflow.schemas.events import Browse, Interaction, Item, Purchase
+from tierflow.schemas.reward_grants import CouponTerms, RewardItem, RewardRecord, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = int(datetime(2026, 4, 23, 12, tzinfo=UTC).timestamp() * 1000)

@@ -17,18 +17,18 @@ import msgspec
 import pytest
 import redis
 
-from pipeline.config import load_config
-from pipeline.rewards import catalogue
-from pipeline.rewards.catalogue import DAY_MS
-from pipeline.rewards.config import RewardsConfig
-from pipeline.rewards.engine import RewardEngine
-from pipeline.rewards.ledger import CampaignKeys, RewardKeys
-from pipeline.rewards.records import RewardRecord, encode
-from pipeline.rewards.rules import GrantIntent
-from pipeline.rewards.wallet import RewardError
-from pipeline.state import encode as encode_event
-from pipeline.store import StateStore, connect
-from schemas.events import Interaction, Item, Purchase
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards.catalogue import DAY_MS
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.engine import RewardEngine
+from tierflow.pipeline.rewards.ledger import CampaignKeys, RewardKeys
+from tierflow.pipeline.rewards.rules import GrantIntent
+from tierflow.pipeline.rewards.wallet import RewardError
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import encode as encode_event
+from tierflow.schemas.events import Interaction, Item, Purchase
+from tierflow.schemas.reward_grants import RewardRecord, encode
 
 NOW = 1_777_000_000_000  # 2026-04-24, the engine's injected clock
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "reward.grants.json").read_text())

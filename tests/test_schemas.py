@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
-from schemas.events import EVENT_TYPES, Event
+from tierflow.schemas.events import EVENT_TYPES, Event
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

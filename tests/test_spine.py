@@ -13,14 +13,14 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from pipeline import lag
-from pipeline.config import load_config
-from pipeline.settings import Settings
-from pipeline.state import DAY_MS, summarize
-from pipeline.store import StateStore, connect
-from pipeline.synth import Population
 from tests import truth
 from tests.support import cli, read_all, running_worker, send_events, wait_processed
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.demo.synth import Population
+from tierflow.pipeline.kafka import lag
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import DAY_MS, summarize
 
 WINDOWS = [30, 90]
 

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, load_config
-from pipeline.state import DAY_MS, Summary
-from pipeline.tiering.config import check_against
-from pipeline.tiering.evaluate import Change, Evaluation, diff, evaluate
-from pipeline.tiering.membership import PaidPurchase, paid_until
-from pipeline.tiering.rfm import (
+from tierflow.pipeline.config.domain import ConfigError, load_config
+from tierflow.pipeline.state.summary import DAY_MS, Summary
+from tierflow.pipeline.tiering.config import check_against
+from tierflow.pipeline.tiering.evaluate import Change, Evaluation, diff, evaluate
+from tierflow.pipeline.tiering.membership import PaidPurchase, paid_until
+from tierflow.pipeline.tiering.rfm import (
     Population,
     RawRfm,
     quantile_cuts,

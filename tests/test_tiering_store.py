@@ -18,14 +18,14 @@ import msgspec
 import pytest
 import redis
 
-from pipeline.config import Config, load_config
-from pipeline.state import DAY_MS, UserKeys, encode
-from pipeline.store import StateStore, connect
-from pipeline.tiering.records import TierChange
-from pipeline.tiering.rfm import DIMENSIONS, quantile_cuts
-from pipeline.tiering.store import SNAPSHOT_KEY, Result, TierKeys, TierStore, WatermarkClock
-from pipeline.validate import ValidEvent
-from schemas.events import Browse, Interaction, Item, Purchase
+from tierflow.pipeline.config.domain import Config, load_config
+from tierflow.pipeline.ingest.validate import ValidEvent
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import DAY_MS, UserKeys, encode
+from tierflow.pipeline.tiering.rfm import DIMENSIONS, quantile_cuts
+from tierflow.pipeline.tiering.store import SNAPSHOT_KEY, Result, TierKeys, TierStore, WatermarkClock
+from tierflow.schemas.events import Browse, Interaction, Item, Purchase
+from tierflow.schemas.tier_changes import TierChange
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "schemas" / "tier.changes.json").read_text())
@@ -241,7 +241,6 @@ def crash_before_flush(w: World, users: list[str], now: int, *, applied_half: bo
     """Run an evaluation round (commit) and die before the population deltas are
     applied, or after applying some of them twice (a crash before clearing)."""
     deltas: list[str] = []
-    w.tiers._ensure_loaded()
     w.tiers._round(users, now, "event", {}, {}, Result(), deltas)
     if applied_half:
         half = deltas[: len(deltas) // 2]
@@ -265,7 +264,6 @@ def test_a_crash_between_commit_and_population_update_is_counted_once(world: Wor
 
 def test_an_evaluation_of_a_state_that_moved_on_is_refused_and_redone(world: World) -> None:
     world.apply([world.purchase("u1", T0)])
-    world.tiers._ensure_loaded()
     loaded, snapshot = world.tiers._load(["u1"], {})
     stale = world.tiers._evaluate("u1", loaded["u1"], snapshot.population, T0)
     world.apply([world.purchase("u1", T0 + 1), world.purchase("u1", T0 + 2)])
@@ -288,7 +286,6 @@ def test_time_never_goes_back_for_a_user(world: World) -> None:
 
 def test_an_evaluation_against_an_older_snapshot_than_the_users_last_is_refused(world: World) -> None:
     world.ingest([world.purchase("u1", T0)], T0)
-    world.tiers._ensure_loaded()
     loaded, old_snapshot = world.tiers._load(["u1"], {})
     world.tiers.snapshot_means(T0)
     world.tiers.sweep(T0)
@@ -497,7 +494,7 @@ def test_example_marketing_consumer_acts_once_per_change(
 ) -> None:
     from confluent_kafka import Producer
 
-    from pipeline.topics import ensure_topics
+    from tierflow.pipeline.kafka.topics import ensure_topics
 
     # examples/ is not an installed package: load the script the way a user runs it.
     spec = importlib.util.spec_from_file_location("marketing_consumer", ROOT / "examples" / "marketing_consumer.py")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import orjson
 
-from pipeline import lag
-from pipeline.config import load_config
-from pipeline.settings import Settings
-from pipeline.state import DAY_MS, iso
-from pipeline.store import connect
-from pipeline.tiering.store import TierStore
 from tests.support import WorkerProcess, read_to_end, running_worker, send_events, wait_processed
 from tests.test_spine import population_events
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.kafka import lag
+from tierflow.pipeline.state.store import connect
+from tierflow.pipeline.state.summary import DAY_MS, iso
+from tierflow.pipeline.tiering.store import TierStore
 
 
 def purchase(user: str, n: int, ts_ms: int, amount: float = 300.0) -> dict:

@@ -6,7 +6,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.validate import Limits, parse_record
+from tierflow.pipeline.ingest.validate import Limits, parse_record
 
 NOW = 1_795_000_000_000
 LIMITS = Limits(max_record_bytes=4096, max_batch_events=3, min_ts_ms=946_684_800_000, max_future_ms=86_400_000)
@@ -67,8 +67,8 @@ def test_any_input_is_accepted_or_rejected_with_a_reason(value: bytes) -> None:
 
 
 def test_fast_path_equals_the_full_path_on_realistic_records() -> None:
-    from pipeline.synth import Population
-    from pipeline.validate import parse_document
+    from tierflow.pipeline.demo.synth import Population
+    from tierflow.pipeline.ingest.validate import parse_document
 
     events = list(Population(60, 30, NOW - 86_400_000, seed=3).events())
     records = [(orjson.dumps(e), e["user_id"].encode()) for e in events]
@@ -83,7 +83,7 @@ def test_fast_path_equals_the_full_path_on_realistic_records() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(EVENT)), json_values).map(lambda d: orjson.dumps({**EVENT, **d})))
 def test_fast_path_never_changes_a_decision(value: bytes) -> None:
-    from pipeline.validate import parse_document
+    from tierflow.pipeline.ingest.validate import parse_document
 
     for wrapped in (value, b'{"events": [' + value + b"]}"):
         assert parse_record(wrapped, b"u1", LIMITS, NOW) == parse_document(wrapped, "u1", LIMITS, NOW)

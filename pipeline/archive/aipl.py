@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from pipeline.archive.backend import Backend
+from tierflow.pipeline.archive.backend import Backend
 
 LOYAL_MIN_ORDERS = 2  # the definition of a repurchase, not a tunable
 RATE_DECIMALS = 6

@@ -29,8 +29,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from pipeline.archive.config import ArchiveConfig, chdb_path
-from pipeline.settings import Settings
+from tierflow.pipeline.archive.config import ArchiveConfig, chdb_path
+from tierflow.pipeline.config.settings import Settings
 
 log = logging.getLogger("tierflow.archive")
 

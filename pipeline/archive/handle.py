@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.archive.backend import Backend, open_backend
-from pipeline.archive.config import ArchiveConfig
-from pipeline.archive.migrate import applied, migrate
-from pipeline.settings import Settings
+from tierflow.pipeline.archive.backend import Backend, open_backend
+from tierflow.pipeline.archive.config import ArchiveConfig
+from tierflow.pipeline.archive.migrate import applied, migrate
+from tierflow.pipeline.config.settings import Settings
 
 
 class Archive:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import infra
-from pipeline.archive.backend import Backend
+from tierflow import infra
+from tierflow.pipeline.archive.backend import Backend
 
 MIGRATIONS_DIR = Path(infra.__file__).with_name("clickhouse")
 _FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from pipeline.archive.aipl import Period, data_range
-from pipeline.archive.backend import Backend
+from tierflow.pipeline.archive.aipl import Period, data_range
+from tierflow.pipeline.archive.backend import Backend
 
 GRANT, CANCELLATION, REDEMPTION = "grant", "cancellation", "redemption"
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 import orjson
 
-from pipeline.state import cents
-from pipeline.validate import ValidEvent, parse_ts
-from schemas.events import Browse, Cart, Interaction, Purchase
+from tierflow.pipeline.ingest.validate import ValidEvent, parse_ts
+from tierflow.pipeline.state.summary import cents
+from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -1,6 +1,6 @@
 """The archive inside the Faust worker: one call from the app factory.
 
-    from pipeline.archive.service import install_archive
+    from tierflow.pipeline.archive.service import install_archive
     install_archive(app, ctx)   # in agents/app.py create_app, before returning the app
 
 It mounts the dashboard and its JSON API on the worker's web server and, when
@@ -16,10 +16,10 @@ import asyncio
 import faust
 from mode import Service
 
-from pipeline.archive.handle import Archive
-from pipeline.archive.writer import ArchiveThread
-from pipeline.context import Context
-from pipeline.dashboard.server import add_routes
+from tierflow.agents.archive import ArchiveThread
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.dashboard.server import add_routes
 
 
 def install_archive(app: faust.App, ctx: Context) -> Archive:

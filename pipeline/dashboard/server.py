@@ -34,10 +34,10 @@ from typing import Any, cast
 import orjson
 from aiohttp import web
 
-from pipeline.archive import aipl, reports
-from pipeline.archive.backend import ArchiveUnavailable, Backend
-from pipeline.archive.handle import Archive
-from pipeline.config import Config
+from tierflow.pipeline.archive import aipl, reports
+from tierflow.pipeline.archive.backend import ArchiveUnavailable, Backend
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.config.domain import Config
 
 log = logging.getLogger("tierflow.dashboard")
 

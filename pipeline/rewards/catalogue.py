@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from pipeline.rewards.records import CouponTerms, Fulfilment, RewardItem, Scope
+from tierflow.schemas.reward_grants import CouponTerms, Fulfilment, RewardItem, Scope
 
 DAY_MS = 86_400_000
 _CODE = re.compile(r"^[A-Z0-9]{1,32}$")

@@ -14,9 +14,9 @@ from typing import Literal
 
 import msgspec
 
-from pipeline.rewards import catalogue
-from pipeline.rewards.catalogue import Prize, ReferralCoupon
-from schemas.events import InteractionKind
+from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards.catalogue import Prize, ReferralCoupon
+from tierflow.schemas.events import InteractionKind
 
 Dimension = Literal["segment", "lifecycle", "membership", "aipl"]
 EventType = Literal["purchase", "cart", "browse", "interaction"]

@@ -26,14 +26,13 @@ import msgspec
 import orjson
 import redis
 
-from pipeline.rewards import catalogue, redeem, rules
-from pipeline.rewards.catalogue import IssueContext, ReferralCoupon, UniversalCode
-from pipeline.rewards.config import RewardsConfig
-from pipeline.rewards.ledger import Ledger, PoolNeed, RewardKeys, Update
-from pipeline.rewards.records import RewardItem, RewardRecord, decode, encode
-from pipeline.rewards.report import ReportBuilder, stocked_prizes
-from pipeline.rewards.rules import GrantIntent, TierChange
-from pipeline.rewards.wallet import (
+from tierflow.pipeline.rewards import catalogue, redeem, rules
+from tierflow.pipeline.rewards.catalogue import IssueContext, ReferralCoupon, UniversalCode
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.ledger import Ledger, PoolNeed, RewardKeys, Update
+from tierflow.pipeline.rewards.report import ReportBuilder, stocked_prizes
+from tierflow.pipeline.rewards.rules import GrantIntent, TierChange
+from tierflow.pipeline.rewards.wallet import (
     RawWallet,
     RewardError,
     balances,
@@ -41,7 +40,8 @@ from pipeline.rewards.wallet import (
     plan_consume,
     wallet_view,
 )
-from schemas.events import Event, Interaction, Purchase
+from tierflow.schemas.events import Event, Interaction, Purchase
+from tierflow.schemas.reward_grants import RewardItem, RewardRecord, decode, encode
 
 K = RewardKeys
 # Compare-and-set commits retry on a concurrent change to the same wallet;
@@ -103,7 +103,7 @@ def _ledger_entry(op: str, lot: str, points: int, at_ms: int, ref: str,
 
 def grant_payload(records: Sequence[RewardRecord], items: Sequence[RewardItem],
                   referral: Mapping[str, str] | None = None) -> dict[str, object]:
-    """What rewards_grant.lua writes for one grant."""
+    """What grant.lua writes for one grant."""
     encoded = [encode(r).decode() for r in records]
     ref = records[-1].idempotency_key or ""
     lots = [i for i in items if i.type == "points"]

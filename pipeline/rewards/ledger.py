@@ -1,4 +1,4 @@
-"""Reward effects in Redis: every state change is one Lua script (pipeline/lua/rewards_*.lua).
+"""Reward effects in Redis: every state change is one Lua script (the *.lua files beside this module).
 
 Key layout
 ----------
@@ -20,17 +20,17 @@ Why this stays correct on Redis Cluster
 A grant touches two slots: its campaign's and its user's. No script spans both;
 instead a grant is a reservation followed by an idempotent write:
 
-1. Reserve on the campaign slot (`rewards_reserve.lua`): check and take budget,
+1. Reserve on the campaign slot (`reserve.lua`): check and take budget,
    inventory and pool coupons, and record the reservation under the grant's
    idempotency key (rule, user, trigger). A second reserve with the same key takes
    nothing more and returns the first reservation (same coupons). Two workers
    granting at once serialise on this one script, so spend never exceeds the
    budget and no pool coupon is handed out twice.
-2. Write the user side (`rewards_grant.lua`): at most once per idempotency key,
+2. Write the user side (`grant.lua`): at most once per idempotency key,
    within the per-user limit, with the wallet entries, ledger lines and outbox
    records in the same script.
 3. If the user side refuses (per-user limit reached, a concurrent referral
-   step-up), release the reservation (`rewards_release.lua`): budget, inventory
+   step-up), release the reservation (`release.lua`): budget, inventory
    and coupons return. A duplicate is not refused: its reservation is the one
    the first write used.
 
@@ -50,17 +50,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis
 
-from pipeline.rewards.report import RawCampaign
-from pipeline.rewards.wallet import RawWallet
-from pipeline.state import UserKeys, user_tag
-
-_LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+from tierflow.pipeline import lua
+from tierflow.pipeline.rewards.report import RawCampaign
+from tierflow.pipeline.rewards.wallet import RawWallet
+from tierflow.pipeline.state.summary import UserKeys, user_tag
 
 USERS = "{rw}:users"
 OUTBOX_INDEX = "{rw}:outbox"
@@ -98,7 +96,7 @@ class RewardKeys:
     def invites(self, rule_id: str) -> str:
         return f"{self.tag}:rw:i:{rule_id}"
 
-    # 1-based indexes into as_list(), as rewards_update.lua addresses keys.
+    # 1-based indexes into as_list(), as update.lua addresses keys.
     ITEMS, STATUS, REMAINING, EXPIRY, LEDGER, OUTBOX, ACCOUNT = 3, 4, 5, 6, 7, 9, 12
 
 
@@ -142,17 +140,13 @@ class Reservation:
 
 @dataclass
 class Update:
-    """A compare-and-set commit for rewards_update.lua (key indexes from RewardKeys)."""
+    """A compare-and-set commit for update.lua (key indexes from RewardKeys)."""
 
     checks: list[list[Any]] = field(default_factory=list)
     hset: list[list[Any]] = field(default_factory=list)
     zadd: list[list[Any]] = field(default_factory=list)
     zrem: list[list[Any]] = field(default_factory=list)
     push: list[list[Any]] = field(default_factory=list)
-
-
-def _script(client: redis.Redis, name: str) -> Any:
-    return client.register_script((_LUA_DIR / f"rewards_{name}.lua").read_text())
 
 
 def _text(value: bytes | str) -> str:
@@ -164,12 +158,12 @@ class Ledger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._reserve = _script(client, "reserve")
-        self._release = _script(client, "release")
-        self._grant = _script(client, "grant")
-        self._redeem = _script(client, "redeem")
-        self._update = _script(client, "update")
-        self._ack = _script(client, "ack")
+        self._reserve = lua.register(client, __file__, "reserve")
+        self._release = lua.register(client, __file__, "release")
+        self._grant = lua.register(client, __file__, "grant")
+        self._redeem = lua.register(client, __file__, "redeem")
+        self._update = lua.register(client, __file__, "update")
+        self._ack = lua.register(client, __file__, "ack")
 
     # --- campaign side -------------------------------------------------------
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.rewards import redeem
-from pipeline.rewards.records import RewardItem
+from tierflow.pipeline.rewards import redeem
+from tierflow.schemas.reward_grants import RewardItem
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.rewards.records import CouponTerms, RewardItem
-from pipeline.state import cents
-from schemas.events import Purchase
+from tierflow.pipeline.state.summary import cents
+from tierflow.schemas.events import Purchase
+from tierflow.schemas.reward_grants import CouponTerms, RewardItem
 
 COUPON_TYPES = ("coupon", "free_shipping", "referral_coupon")
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pipeline.rewards import catalogue, rules
-from pipeline.rewards.config import RewardsConfig
-from pipeline.rewards.wallet import Balances, RawWallet, balances, items_of
-from pipeline.state import iso
+from tierflow.pipeline.rewards import catalogue, rules
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.wallet import Balances, RawWallet, balances, items_of
+from tierflow.pipeline.state.summary import iso
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,9 @@ from typing import Literal
 
 import orjson
 
-from pipeline.rewards.catalogue import ms
-from pipeline.rewards.config import (
+from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.rewards.catalogue import ms
+from tierflow.pipeline.rewards.config import (
     Campaign,
     CodeTrigger,
     EventTrigger,
@@ -22,9 +23,8 @@ from pipeline.rewards.config import (
     Rule,
     TierTrigger,
 )
-from pipeline.state import cents
-from pipeline.validate import parse_ts
-from schemas.events import Event, Interaction, Purchase
+from tierflow.pipeline.state.summary import cents
+from tierflow.schemas.events import Event, Interaction, Purchase
 
 DIMENSIONS = ("segment", "lifecycle", "membership", "aipl")
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import msgspec
 import orjson
 
-from pipeline.rewards.records import RewardItem
-from pipeline.rewards.redeem import COUPON_TYPES
-from pipeline.state import iso
+from tierflow.pipeline.rewards.redeem import COUPON_TYPES
+from tierflow.pipeline.state.summary import iso
+from tierflow.schemas.reward_grants import RewardItem
 
 _item = msgspec.json.Decoder(RewardItem)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.tiering.config import AiplConfig
+from tierflow.pipeline.tiering.config import AiplConfig
 
 STAGES = ("aware", "interest", "purchase", "loyalty")
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.events import InteractionKind
+from tierflow.schemas.events import InteractionKind
 
 Mode = Literal["thresholds", "quantiles"]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -207,7 +207,7 @@ class TieringConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def check_against(windows_days: list[int], tiering: TieringConfig) -> None:
     """Cross-section check: the F/M window must be kept by the state store."""
-    from pipeline.config import ConfigError  # pipeline.config imports this module
+    from tierflow.pipeline.config.domain import ConfigError  # pipeline.config imports this module
 
     if tiering.window_days not in windows_days:
         raise ConfigError(

@@ -11,12 +11,12 @@ from collections.abc import Iterable
 
 import msgspec
 
-from pipeline.state import DAY_MS, Summary, day_of, iso
-from pipeline.tiering import membership as member
-from pipeline.tiering.aipl import aipl_stage
-from pipeline.tiering.config import TieringConfig
-from pipeline.tiering.lifecycle import Lifecycle, lifecycle
-from pipeline.tiering.rfm import (
+from tierflow.pipeline.state.summary import DAY_MS, Summary, day_of, iso
+from tierflow.pipeline.tiering import membership as member
+from tierflow.pipeline.tiering.aipl import aipl_stage
+from tierflow.pipeline.tiering.config import TieringConfig
+from tierflow.pipeline.tiering.lifecycle import Lifecycle, lifecycle
+from tierflow.pipeline.tiering.rfm import (
     High,
     Population,
     RawRfm,
@@ -26,7 +26,7 @@ from pipeline.tiering.rfm import (
     score,
     segment_of,
 )
-from pipeline.tiering.tags import tags
+from tierflow.pipeline.tiering.tags import tags
 
 # The dimensions published on tier.changes, each with its own version counter.
 TRACKED = ("segment", "lifecycle", "membership", "aipl")

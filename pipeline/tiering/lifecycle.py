@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pipeline.tiering.config import LifecycleConfig
+from tierflow.pipeline.tiering.config import LifecycleConfig
 
 STAGES = ("new", "first_purchase", "repeat", "vip")
 

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from pipeline.state import DAY_MS
-from pipeline.tiering.config import MembershipConfig, PointsConfig, exact
+from tierflow.pipeline.state.summary import DAY_MS
+from tierflow.pipeline.tiering.config import MembershipConfig, PointsConfig, exact
 
 
 class PaidPurchase(msgspec.Struct, frozen=True):

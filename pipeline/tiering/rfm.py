@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from pipeline.state import DAY_MS
-from pipeline.tiering.config import BOUND_COUNT, TieringConfig
+from tierflow.pipeline.state.summary import DAY_MS
+from tierflow.pipeline.tiering.config import BOUND_COUNT, TieringConfig
 
 DIMENSIONS = ("r", "f", "m")
 SCORES = (1, 2, 3, 4, 5)

@@ -1,7 +1,7 @@
 """The Redis side of tiering: per-user tiers with versioned change records, exact
 population counts, the time-decay schedule and the means-shift sweep.
 
-Every Lua call (pipeline/lua/tiers.lua) touches one hash tag, so all of this
+Every Lua call (tiers.lua beside this module) touches one hash tag, so all of this
 runs unchanged on Redis Cluster.
 
 Per user (hash tag `{u:ID}`, beside the state store's keys):
@@ -87,14 +87,14 @@ import msgspec
 import orjson
 import redis
 
-from pipeline.config import Config
-from pipeline.state import AsOfOutOfRange, RawState, UserKeys, iso, summarize, user_tag
-from pipeline.store import load_lua
-from pipeline.tiering.config import check_against
-from pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
-from pipeline.tiering.membership import PaidPurchase
-from pipeline.tiering.records import REASONS, Reason, TierChange
-from pipeline.tiering.rfm import (
+from tierflow.pipeline import lua
+from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.ingest.validate import ValidEvent
+from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, iso, summarize, user_tag
+from tierflow.pipeline.tiering.config import check_against
+from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
+from tierflow.pipeline.tiering.membership import PaidPurchase
+from tierflow.pipeline.tiering.rfm import (
     DIMENSIONS,
     SCORES,
     SEGMENT_IDS,
@@ -102,8 +102,8 @@ from pipeline.tiering.rfm import (
     cuts_from_ranked,
     quantile_ranks,
 )
-from pipeline.validate import ValidEvent
-from schemas.events import Purchase
+from tierflow.schemas.events import Purchase
+from tierflow.schemas.tier_changes import REASONS, Reason, TierChange
 
 SNAPSHOT_KEY = "tf:tier:pop"
 # Re-evaluation rounds before giving up on a user whose state keeps moving under us.
@@ -246,7 +246,8 @@ class TierStore:
         self.config = config
         self.tiering = config.tiering
         self.shards = [ShardKeys.of(n) for n in range(self.tiering.population.shards)]
-        self._script = client.register_script(load_lua("tiers"))
+        self._script = lua.register(client, __file__, "tiers")
+        self._claim = lua.register(client, __file__, "tier_claim")
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -275,7 +276,6 @@ class TierStore:
         the changes and apply the population deltas. Users without state are skipped."""
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
-        self._ensure_loaded()
         result = Result()
         deltas: list[str] = []
         todo = list(dict.fromkeys(user_ids))
@@ -425,14 +425,9 @@ class TierStore:
             self._script(keys=[TierKeys.of(user).pending], args=["clear", seq], client=pipe)
         pipe.execute()
 
-    def _ensure_loaded(self) -> None:
-        # Pipelines call scripts by hash: load once up front.
-        self._script.sha = self._script.sha or self.client.script_load(self._script.script)
-
     def preview(self, user_id: str, as_of_ms: int) -> Evaluation | None:
         """Evaluate as of any instant without committing (e.g. `tierflow user --as-of`).
         Raises pipeline.state.AsOfOutOfRange past the retained history."""
-        self._ensure_loaded()
         loaded, snapshot = self._load([user_id], {})
         state = loaded.get(user_id)
         return None if state is None else self._evaluate(user_id, state, snapshot.population, as_of_ms)
@@ -460,12 +455,20 @@ class TierStore:
                 out[user] = [msgspec.json.decode(r, type=TierChange) for r in rows]
         return out
 
+    def claim_changes(self, upto: Mapping[str, int], stamp_ms: int) -> list[int]:
+        """Claim each user's records up to a seq for publication, stamping the time (for
+        crash recovery). Returns, per user in order, the seq claimed before this call:
+        only records above it are this caller's to send."""
+        pipe = self.client.pipeline(transaction=False)
+        for user, seq in upto.items():
+            self._claim(keys=[TierKeys.of(user).tier], args=[seq, stamp_ms], client=pipe)
+        return [int(previous) for previous in pipe.execute()]
+
     def ack_changes(self, published: Mapping[str, int]) -> int:
         """Drop each user's records up to the given seq (published and flushed).
         Idempotent. Returns how many records were dropped."""
         if not published:
             return 0
-        self._ensure_loaded()
         pipe = self.client.pipeline(transaction=False)
         for user, seq in published.items():
             self._script(keys=[TierKeys.of(user).outbox], args=["ack", seq], client=pipe)
@@ -594,7 +597,6 @@ class TierStore:
         result = Result()
         for chunk in _chunks(itertools.chain.from_iterable(groups), self.tiering.decay.due_batch):
             result.merge(self.evaluate_users(chunk, now_ms, reason))
-        self._ensure_loaded()
         self._script(keys=[SNAPSHOT_KEY], args=["sweep_done", snapshot["id"]])
         return result
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.state import Summary
-from pipeline.tiering.config import TagsConfig
+from tierflow.pipeline.state.summary import Summary
+from tierflow.pipeline.tiering.config import TagsConfig
 
 
 def repurchase_tag(purchases: int) -> str | None:

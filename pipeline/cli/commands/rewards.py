@@ -20,14 +20,14 @@ import msgspec
 import orjson
 import redis
 
-from pipeline.context import Context, from_args
-from pipeline.errors import CliError
-from pipeline.rewards.engine import ClaimResult, RewardEngine
-from pipeline.rewards.records import RewardItem
-from pipeline.rewards.wallet import describe
-from pipeline.state import iso
-from pipeline.store import connect
-from pipeline.validate import parse_ts
+from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.rewards.engine import ClaimResult, RewardEngine
+from tierflow.pipeline.rewards.wallet import describe
+from tierflow.pipeline.state.store import connect
+from tierflow.pipeline.state.summary import iso
+from tierflow.schemas.reward_grants import RewardItem
 
 EXIT_UNKNOWN_CODE = 3
 EXIT_EXHAUSTED = 4

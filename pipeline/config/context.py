@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 
-from pipeline.config import Config, load_config
-from pipeline.settings import Settings
+from tierflow.pipeline.config.domain import Config, load_config
+from tierflow.pipeline.config.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import time
 
 import orjson
 
-from pipeline.context import from_args
-from pipeline.store import StateStore, connect
-from pipeline.tiering.store import TierStore
+from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.tiering.store import TierStore
 
 
 def render_segments(report: dict) -> str:

@@ -19,12 +19,12 @@ from urllib.parse import urlencode
 
 import orjson
 
-from pipeline.archive import aipl
-from pipeline.archive.backend import ArchiveBusy, ArchiveUnavailable, open_backend
-from pipeline.archive.handle import Archive
-from pipeline.archive.migrate import MigrationError, migrate
-from pipeline.cli import CliError
-from pipeline.context import Context, from_args
+from tierflow.pipeline.archive import aipl
+from tierflow.pipeline.archive.backend import ArchiveBusy, ArchiveUnavailable, open_backend
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.archive.migrate import MigrationError, migrate
+from tierflow.pipeline.cli.main import CliError
+from tierflow.pipeline.config.context import Context, from_args
 
 
 def _day(text: str) -> date:
@@ -137,7 +137,7 @@ def _aipl(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from pipeline.dashboard.server import build_app, needs_token
+    from tierflow.pipeline.dashboard.server import build_app, needs_token
 
     ctx = from_args(args)
     host = args.host or ctx.settings.web_host

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from schemas.events import Browse, Cart, Interaction, Purchase
+from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
 
 DAY_MS = 86_400_000
 _WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday numbering)

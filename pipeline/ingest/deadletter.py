@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from pipeline.validate import Rejection
+from tierflow.pipeline.ingest.validate import Rejection
 
 
 def dead_letter(

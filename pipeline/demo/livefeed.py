@@ -11,7 +11,7 @@ from collections import Counter
 import orjson
 from confluent_kafka import Consumer
 
-from pipeline.settings import Settings
+from tierflow.pipeline.config.settings import Settings
 
 LINES_PER_SECOND = 2
 

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pipeline.state import DAY_MS
+from tierflow.pipeline.state.summary import DAY_MS
 
 CHANNELS = ("app", "mini_program", "web", "store", "marketplace", "chat")
 CATEGORIES = {

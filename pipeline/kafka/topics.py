@@ -7,7 +7,7 @@ import os
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.settings import Settings
+from tierflow.pipeline.config.settings import Settings
 
 
 def admin(settings: Settings) -> AdminClient:

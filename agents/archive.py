@@ -31,10 +31,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from pipeline.archive.backend import Backend, server_display
-from pipeline.archive.config import chdb_path
-from pipeline.archive.handle import Archive
-from pipeline.archive.rows import (
+from tierflow.pipeline.archive.backend import Backend, server_display
+from tierflow.pipeline.archive.config import chdb_path
+from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.archive.rows import (
     GRANT_COLUMNS,
     TIER_COLUMNS,
     TOUCH_COLUMNS,
@@ -44,8 +44,8 @@ from pipeline.archive.rows import (
     tier_row,
     touch_row,
 )
-from pipeline.context import Context
-from pipeline.validate import Limits, parse_record
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.ingest.validate import Limits, parse_record
 
 log = logging.getLogger("tierflow.archive")
 

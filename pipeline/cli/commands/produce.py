@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.context import from_args
-from pipeline.errors import CliError
-from pipeline.producer import EventSender, send_lines
-from pipeline.topics import ensure_topics
+from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.kafka.sender import EventSender, send_lines
+from tierflow.pipeline.kafka.topics import ensure_topics
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.context import from_args
-from pipeline.topics import ensure_topics
+from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.kafka.topics import ensure_topics
 
 
 def _up(args: argparse.Namespace) -> int:
-    from infra import services
+    from tierflow.infra import services
 
     ctx = from_args(args)
     for name, address, state in services.up(ctx.settings):
@@ -21,7 +21,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from infra import services
+    from tierflow.infra import services
 
     ctx = from_args(args)
     for name, address, state in services.down(ctx.settings):
@@ -30,7 +30,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from infra import services
+    from tierflow.infra import services
 
     ctx = from_args(args)
     rows = services.status(ctx.settings)

@@ -4,19 +4,14 @@ source partition, all calls of a consumer batch in one pipelined round trip."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import orjson
 import redis
 
-from pipeline.state import RawState, UserKeys
+from tierflow.pipeline import lua
+from tierflow.pipeline.state.summary import RawState, UserKeys
 
-_LUA_DIR = Path(__file__).with_name("lua")
 USERS_KEY = "tf:users"
-
-
-def load_lua(name: str) -> str:
-    return (_LUA_DIR / f"{name}.lua").read_text()
 
 
 def connect(url: str) -> redis.Redis:
@@ -27,14 +22,12 @@ class StateStore:
     def __init__(self, client: redis.Redis, retention_days: int) -> None:
         self.client = client
         self.retention_days = retention_days
-        self._apply = client.register_script(load_lua("apply"))
+        self._apply = lua.register(client, __file__, "apply")
 
     def apply(self, groups: Mapping[tuple[str, str], Iterable[list[object]]]) -> int:
         """Apply events grouped by (user_id, "topic:partition"); returns how many were new."""
         if not groups:
             return 0
-        # Scripts must be loaded before a pipeline may call them by hash.
-        self._apply.sha = self._apply.sha or self.client.script_load(self._apply.script)
         pipe = self.client.pipeline(transaction=False)
         for (user_id, source), events in groups.items():
             self._apply(

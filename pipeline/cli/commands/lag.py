@@ -7,9 +7,9 @@ import sys
 
 import orjson
 
-from pipeline import lag
-from pipeline.context import from_args
-from pipeline.errors import CliError
+from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.kafka import lag
 
 
 def _lag(args: argparse.Namespace) -> int:

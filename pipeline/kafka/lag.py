@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.settings import Settings
+from tierflow.pipeline.config.settings import Settings
 
 
 @dataclass(frozen=True)

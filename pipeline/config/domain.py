@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from pipeline.archive.config import ArchiveConfig
-from pipeline.rewards.config import RewardsConfig
-from pipeline.tiering.config import TieringConfig
+from tierflow.pipeline.archive.config import ArchiveConfig
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.tiering.config import TieringConfig
 
 DEFAULTS_DIR = Path(__file__).with_name("defaults")
 

@@ -6,15 +6,15 @@ import argparse
 import gc
 import logging
 
-from pipeline.context import from_args
-from pipeline.topics import ensure_topics
+from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.kafka.topics import ensure_topics
 
 
 def _worker(args: argparse.Namespace) -> int:
     # Faust is heavy to import; only the worker needs it.
     import faust
 
-    from agents.app import create_app
+    from tierflow.agents.app import create_app
 
     ctx = from_args(args)
     # Ingest allocates many short-lived, cycle-free objects; frequent gen-0 sweeps cost ~10%.

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.events import RFC3339
+from tierflow.schemas.events import RFC3339
 
 Dimension = Literal["segment", "lifecycle", "membership", "aipl"]
 Reason = Literal["event", "time_decay", "means_shift", "config_change"]

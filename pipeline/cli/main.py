@@ -9,9 +9,9 @@ import pkgutil
 import sys
 from pathlib import Path
 
-import pipeline.commands
-from pipeline.config import ConfigError
-from pipeline.errors import CliError
+from tierflow.pipeline.cli import commands
+from tierflow.pipeline.config.domain import ConfigError
+from tierflow.pipeline.errors import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="domain config TOML (default: $TIERFLOW_CONFIG, else built-in defaults)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in sorted(pkgutil.iter_modules(pipeline.commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"pipeline.commands.{module.name}").register(sub)
+    for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
     return parser
 
 

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import orjson
 
-from pipeline import lag
-from pipeline.context import Context, from_args
-from pipeline.errors import CliError
-from pipeline.state import summarize
-from pipeline.store import StateStore, connect
-from pipeline.synth import Population
+from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.demo.synth import Population
+from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.kafka import lag
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import summarize
 
 
 def start_worker(ctx: Context, log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pipeline.cli"]
+    command = [sys.executable, "-m", "tierflow.pipeline.cli.main"]
     if ctx.settings.config_path is not None:
         command += ["--config", str(ctx.settings.config_path)]
     return subprocess.Popen(
@@ -48,7 +48,7 @@ def stop_worker(proc: subprocess.Popen) -> None:
 
 
 def stream(ctx: Context, population: Population, batch: int, worker: subprocess.Popen) -> int:
-    from pipeline.producer import EventSender
+    from tierflow.pipeline.kafka.sender import EventSender
 
     sender = EventSender(ctx.settings, batch=batch)
     started = time.monotonic()
@@ -122,7 +122,7 @@ def summary_lines(ctx: Context, population: Population, now_ms: int) -> list[str
 
 def claim_codes(ctx: Context, population: Population, now_ms: int, limit: int) -> str:
     """New visitors scan the NEW666 poster: each gets one random coupon of the pool."""
-    from pipeline.rewards.engine import RewardEngine
+    from tierflow.pipeline.rewards.engine import RewardEngine
 
     engine = RewardEngine(connect(ctx.settings.redis_url), ctx.config.rewards)
     visitors = [u for u, p in population.persona_of.items() if p.name == "new_visitor"][:limit]
@@ -134,7 +134,7 @@ def wait_for_archive(ctx: Context, timeout: float) -> None:
     """The archive is its own consumer group; let it catch up before reading ClickHouse."""
     from dataclasses import replace
 
-    from pipeline.archive.writer import archive_group
+    from tierflow.agents.archive import archive_group
 
     try:
         lag.wait(replace(ctx.settings, group_id=archive_group(ctx)), timeout)
@@ -144,13 +144,13 @@ def wait_for_archive(ctx: Context, timeout: float) -> None:
 
 def final_reports(ctx: Context, now_ms: int) -> list[str]:
     """Tiers, rewards and the AIPL funnel, as `segments`, `rewards` and `aipl` print them."""
-    from pipeline.archive import aipl
-    from pipeline.archive.handle import Archive
-    from pipeline.commands.archive import render as render_aipl
-    from pipeline.commands.rewards import render_report
-    from pipeline.commands.tiers import render_segments
-    from pipeline.rewards.engine import RewardEngine
-    from pipeline.tiering.store import TierStore
+    from tierflow.pipeline.archive import aipl
+    from tierflow.pipeline.archive.handle import Archive
+    from tierflow.pipeline.cli.commands.archive import render as render_aipl
+    from tierflow.pipeline.cli.commands.rewards import render_report
+    from tierflow.pipeline.cli.commands.tiers import render_segments
+    from tierflow.pipeline.rewards.engine import RewardEngine
+    from tierflow.pipeline.tiering.store import TierStore
 
     client = connect(ctx.settings.redis_url)
     lines = ["", "Tiers (tierflow segments)", render_segments(TierStore(client, ctx.config).report()),
@@ -165,9 +165,9 @@ def final_reports(ctx: Context, now_ms: int) -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from infra import services
-    from pipeline.livefeed import LiveFeed
-    from pipeline.topics import ensure_topics
+    from tierflow.infra import services
+    from tierflow.pipeline.demo.livefeed import LiveFeed
+    from tierflow.pipeline.kafka.topics import ensure_topics
 
     ctx = from_args(args)
     print("tierflow demo: starting services")

@@ -13,8 +13,8 @@ from datetime import datetime
 import msgspec
 import orjson
 
-from pipeline.config import Config
-from schemas.events import EVENT_TYPES, Browse, Event
+from tierflow.pipeline.config.domain import Config
+from tierflow.schemas.events import EVENT_TYPES, Browse, Event
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MONEY_FIELDS = re.compile(r"^(amount|price|items\[\d+\]\.price)$")

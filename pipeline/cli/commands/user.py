@@ -8,12 +8,12 @@ from datetime import datetime
 
 import orjson
 
-from pipeline.context import Context, from_args
-from pipeline.errors import CliError
-from pipeline.state import AsOfOutOfRange, summarize
-from pipeline.store import StateStore, connect
-from pipeline.tiering.store import TierStore
-from pipeline.validate import parse_ts
+from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import AsOfOutOfRange, summarize
+from tierflow.pipeline.tiering.store import TierStore
 
 
 def _as_of_ms(text: str | None) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline.settings import INPUT_TYPES, Settings
+from tierflow.pipeline.config.settings import INPUT_TYPES, Settings
 
 
 @dataclass

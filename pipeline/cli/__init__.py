@@ -1,0 +1,1 @@
+"""The `tierflow` command line."""

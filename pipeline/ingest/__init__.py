@@ -1,0 +1,1 @@
+"""Ingest: decode and validate records, dead letters for what is invalid."""

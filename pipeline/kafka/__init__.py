@@ -1,0 +1,1 @@
+"""Kafka clients: configuration, the publisher, topics, consumer lag, the event sender."""
