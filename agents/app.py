@@ -1,8 +1,13 @@
 """The Faust application that hosts every stage of the worker.
 
 Faust owns the process: lifecycle, signals, timers, the web server and the
-agents on low-volume topics. The high-volume input topics are read by
-`agents.ingest.IngestLoop` in a thread it supervises (see that module for why).
+agent on the low-volume `tier.changes` topic. The high-volume input topics are
+read by `IngestLoop` in a thread under the supervisor (see agents/ingest.py for
+why), and the archive writer runs the same way (agents/archive.py).
+
+One worker process has one Redis client, one clock, one Kafka publisher, and
+the stages in data-flow order: state (inside the ingest loop) -> tiers ->
+rewards, then the archive as its own consumer group.
 """
 
 from __future__ import annotations
@@ -14,19 +19,17 @@ import threading
 import faust
 from mode import Service
 
+from tierflow.agents.archive import install_archive
+from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import IngestLoop
 from tierflow.agents.rewards import RewardStage
+from tierflow.agents.supervisor import Supervisor
 from tierflow.agents.tiers import TierStage
-from tierflow.pipeline.archive.service import install_archive
 from tierflow.pipeline.config.context import Context
-from tierflow.pipeline.state.store import connect
+from tierflow.pipeline.kafka.publisher import Publisher
+from tierflow.pipeline.state.store import StateStore, connect
 
 log = logging.getLogger("tierflow.worker")
-
-RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
-# Tier changes are granted in small batches, one Redis round trip each.
-REWARD_BATCH = 500
-REWARD_BATCH_WITHIN_S = 0.2
 
 
 def faust_broker_credentials(ctx: Context) -> faust.SASLCredentials | None:
@@ -40,45 +43,9 @@ def faust_broker_credentials(ctx: Context) -> faust.SASLCredentials | None:
     return None
 
 
-class IngestService(Service):
-    """Runs the ingest loop in a thread and restarts it after failures
-    (Redis or Kafka outages): uncommitted batches are replayed, never lost."""
-
-    def __init__(self, ctx: Context, tiers: TierStage, rewards: RewardStage, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self.ctx = ctx
-        self.tiers = tiers
-        self.rewards = rewards
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def supervise(self) -> None:
-        failures = 0
-        while not self.stop_event.is_set():
-            try:
-                recovered = self.tiers.publisher.recover()
-                if recovered:
-                    log.info("recovery: %d tier changes were already published", recovered)
-                IngestLoop(self.ctx, hooks=[self.tiers, self.rewards]).run(self.stop_event)
-                failures = 0
-            except Exception:
-                delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-                failures += 1
-                log.exception("ingest loop failed; restarting in %ss", delay)
-                self.stop_event.wait(delay)
-
-    async def on_start(self) -> None:
-        self.thread = threading.Thread(target=self.supervise, name="tierflow-ingest", daemon=True)
-        self.thread.start()
-
-    async def on_stop(self) -> None:
-        self.stop_event.set()
-        if self.thread is not None:
-            await asyncio.to_thread(self.thread.join, 30)
-
-
 def create_app(ctx: Context) -> faust.App:
     settings = ctx.settings
+    worker = ctx.config.worker
     app = faust.App(
         f"{settings.group_id}-agents",
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")],
@@ -93,21 +60,36 @@ def create_app(ctx: Context) -> faust.App:
     )
 
     client = connect(settings.redis_url)
-    tiers = TierStage(ctx, client)
-    rewards = RewardStage(ctx, client, tiers.clock)
+    publisher = Publisher(settings.kafka, worker.delivery_timeout_s)
+    clock = Clock(settings.clock, client)
+    store = StateStore(client, ctx.config.state.retention_days)
+    tiers = TierStage(ctx, client, clock, publisher)
+    rewards = RewardStage(ctx, client, clock, publisher)
 
-    class Ingest(IngestService):
-        def __init__(self, **kwargs: object) -> None:
-            super().__init__(ctx, tiers, rewards, **kwargs)
+    def ingest(stop: threading.Event) -> None:
+        recovered = tiers.publisher.recover()
+        if recovered:
+            log.info("recovery: %d tier changes were already published", recovered)
+        IngestLoop(ctx, store, publisher, stages=[tiers, rewards]).run(stop)
 
-    app.service(Ingest)
+    supervisor = Supervisor("ingest", ingest, worker.restart_backoff_s)
+
+    class IngestService(Service):
+        async def on_start(self) -> None:
+            supervisor.start()
+
+        async def on_stop(self) -> None:
+            await asyncio.to_thread(supervisor.stop, worker.delivery_timeout_s)
+            publisher.close()
+
+    app.service(IngestService)
 
     tier_changes = app.topic(settings.topics.tier_changes, value_serializer="raw")
 
     @app.agent(tier_changes)
     async def grant_on_tier_changes(stream: faust.StreamT) -> None:
         """Tier-triggered rewards; Faust commits the offsets once a batch is granted."""
-        async for values in stream.take(REWARD_BATCH, within=REWARD_BATCH_WITHIN_S):
+        async for values in stream.take(worker.reward_batch, within=worker.reward_batch_within_ms / 1000):
             await asyncio.to_thread(rewards.on_tier_changes, list(values))
 
     @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)

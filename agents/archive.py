@@ -21,6 +21,7 @@ ids); see docs/bi.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -29,23 +30,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+import faust
+from confluent_kafka import KafkaError, Message, TopicPartition
+from mode import Service
 
-from tierflow.pipeline.archive.backend import Backend, server_display
+from tierflow.agents.checkpoint import Checkpoint
+from tierflow.agents.supervisor import Supervisor
+from tierflow.pipeline.archive.backend import server_display
+from tierflow.pipeline.archive.batch import Batch, RecordSorter, backoff_ms, insert_batch
 from tierflow.pipeline.archive.config import chdb_path
 from tierflow.pipeline.archive.handle import Archive
-from tierflow.pipeline.archive.rows import (
-    GRANT_COLUMNS,
-    TIER_COLUMNS,
-    TOUCH_COLUMNS,
-    RecordError,
-    Row,
-    grant_row,
-    tier_row,
-    touch_row,
-)
 from tierflow.pipeline.config.context import Context
-from tierflow.pipeline.ingest.validate import Limits, parse_record
+from tierflow.pipeline.dashboard.server import add_routes
+from tierflow.pipeline.ingest.validate import Limits
+from tierflow.pipeline.kafka import clients
 
 log = logging.getLogger("tierflow.archive")
 
@@ -53,72 +51,8 @@ log = logging.getLogger("tierflow.archive")
 IDLE_POLL_S = 0.5
 
 
-def backoff_ms(attempt: int, initial_ms: int, max_ms: int) -> int:
-    """Delay before retry number `attempt` (0-based): doubling, capped."""
-    return min(initial_ms * 2 ** min(attempt, 32), max_ms)
-
-
 def archive_group(ctx: Context) -> str:
     return ctx.settings.group_id + ctx.config.archive.group_suffix
-
-
-
-@dataclass
-class Batch:
-    """Rows for each table plus the offsets to commit once they are stored."""
-
-    records: int = 0
-    touches: list[Row] = field(default_factory=list)
-    tiers: list[Row] = field(default_factory=list)
-    grants: list[Row] = field(default_factory=list)
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    skipped: Counter[str] = field(default_factory=Counter)
-
-    def tables(self) -> list[tuple[str, tuple[str, ...], list[Row]]]:
-        return [
-            ("touch_events", TOUCH_COLUMNS, self.touches),
-            ("tier_changes", TIER_COLUMNS, self.tiers),
-            ("reward_grants", GRANT_COLUMNS, self.grants),
-        ]
-
-
-def insert_batch(backend: Backend, batch: Batch) -> None:
-    """Every table's rows; a failure part way is fine to retry (duplicates are absorbed)."""
-    for table, columns, rows in batch.tables():
-        backend.insert(table, rows, columns)
-
-
-class RecordSorter:
-    """Pure routing of Kafka records into a batch (no I/O)."""
-
-    def __init__(self, inputs: tuple[str, ...], tier_topic: str, grant_topic: str, limits: Limits):
-        self.inputs = frozenset(inputs)
-        self.tier_topic = tier_topic
-        self.grant_topic = grant_topic
-        self.limits = limits
-
-    def add(
-        self, batch: Batch, topic: str, partition: int, offset: int,
-        key: bytes | None, value: bytes | None, timestamp_ms: int,
-    ) -> None:
-        batch.records += 1
-        batch.next_offsets[(topic, partition)] = offset + 1
-        source = (topic, partition, offset)
-        if topic in self.inputs:
-            valid, rejected = parse_record(value, key, self.limits, timestamp_ms)
-            batch.touches.extend(touch_row(item, source) for item in valid)
-            batch.skipped.update(f"touch:{r.reason}" for r in rejected)
-            return
-        try:
-            if topic == self.tier_topic:
-                batch.tiers.append(tier_row(value, source))
-            elif topic == self.grant_topic:
-                batch.grants.append(grant_row(value, source))
-            else:
-                batch.skipped["unknown_topic"] += 1
-        except RecordError as exc:
-            batch.skipped[f"{topic}:invalid"] += 1
-            log.warning("archive: skipping %s[%d]@%d: %s", topic, partition, offset, exc)
 
 
 @dataclass
@@ -164,18 +98,11 @@ class ArchiveWriter:
         topics = ctx.settings.topics
         self.topics = [*topics.inputs, topics.tier_changes, topics.reward_grants]
         self.sorter = RecordSorter(
-            topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config)
+            topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config.ingest)
         )
         self.status = WriterStatus(group=archive_group(ctx))
-        self.consumer = Consumer(
-            ctx.settings.kafka.confluent(
-                **{
-                    "group.id": archive_group(ctx),
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                }
-            )
-        )
+        self.consumer = clients.consumer(ctx.settings.kafka, archive_group(ctx), **{"auto.offset.reset": "earliest"})
+        self.checkpoint = Checkpoint(self.consumer, "archive")
 
     def run(self, stop: threading.Event) -> None:
         """Consume, insert and commit until `stop` is set."""
@@ -219,6 +146,7 @@ class ArchiveWriter:
                 if deadline is None:
                     deadline = self.clock() + self.cfg.flush_interval_ms / 1000
                 kind, stamp = msg.timestamp()
+                self.checkpoint.track(msg.topic(), msg.partition(), msg.offset())
                 self.sorter.add(
                     batch, msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
                     stamp if kind != 0 and stamp > 0 else int(time.time() * 1000),
@@ -305,60 +233,59 @@ class ArchiveWriter:
         for table, _columns, rows in batch.tables():
             self.status.rows[table] += len(rows)
         self.status.skipped.update(batch.skipped)
-        try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()],
-                asynchronous=False,
-            )
+        # A refused commit (a rebalance moved the partitions) is replayed by the new
+        # owner, and the tables absorb the re-inserted rows.
+        if self.checkpoint.commit():
             self.status.last_commit = time.time()
-        except KafkaException as exc:
-            # Lost a partition in a rebalance: its new owner re-inserts, which the tables absorb.
-            log.warning("archive: offset commit failed (%s); the batch will be replayed harmlessly",
-                        exc)
-
-
-# Restart delays after the writer itself crashed (not ClickHouse outages: the
-# writer rides those out on its own), like the worker's ingest supervisor.
-RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
 
 class ArchiveThread:
-    """The writer in a daemon thread, restarted after unexpected failures.
-
-    The worker creates one per process: `start()` when it starts, `stop()` when
-    it stops; `status()` feeds /api/archive/status.
-    """
+    """The writer under the supervisor, restarted after unexpected failures (not
+    ClickHouse outages: the writer rides those out on its own). The worker runs
+    one per process; `status()` feeds /api/archive/status."""
 
     def __init__(self, ctx: Context, archive: Archive) -> None:
         self.ctx = ctx
         self.archive = archive
-        self.stop_event = threading.Event()
         self.writer: ArchiveWriter | None = None
-        self.thread: threading.Thread | None = None
+        self.supervisor = Supervisor("archive", self._run, ctx.config.worker.restart_backoff_s)
 
-    def supervise(self) -> None:
-        failures = 0
-        while not self.stop_event.is_set():
-            try:
-                self.writer = ArchiveWriter(self.ctx, self.archive)
-                self.writer.run(self.stop_event)
-                failures = 0
-            except Exception:
-                delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
-                failures += 1
-                log.exception("archive writer failed; restarting in %ss", delay)
-                self.stop_event.wait(delay)
+    def _run(self, stop: threading.Event) -> None:
+        self.writer = ArchiveWriter(self.ctx, self.archive)
+        self.writer.run(stop)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.supervise, name="tierflow-archive", daemon=True)
-        self.thread.start()
+        self.supervisor.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self.stop_event.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.supervisor.stop(timeout_s)
 
     def status(self) -> dict[str, Any]:
         if self.writer is None:
             return WriterStatus(state="starting").snapshot()
         return self.writer.status.snapshot()
+
+
+def install_archive(app: faust.App, ctx: Context) -> Archive:
+    """Mount the dashboard and its JSON API on the worker's web server and, when
+    `archive.enabled`, run the archive writer while the worker runs. Both share one
+    `Archive`, so an embedded chDB directory is opened once, by the worker."""
+    archive = Archive(ctx.settings, ctx.config.archive)
+    writer = ArchiveThread(ctx, archive) if ctx.config.archive.enabled else None
+
+    class ArchiveService(Service):
+        async def on_start(self) -> None:
+            if writer is not None:
+                writer.start()
+
+        async def on_stop(self) -> None:
+            if writer is not None:
+                await asyncio.to_thread(writer.stop)
+            archive.close()
+
+    app.service(ArchiveService)
+    add_routes(
+        app.web.web_app.router, archive, ctx.config, host=ctx.settings.web_host,
+        token=ctx.settings.dashboard_token, status=writer.status if writer else None,
+    )
+    return archive

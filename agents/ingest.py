@@ -1,29 +1,35 @@
-"""Ingest: input topics -> validation -> per-user state in Redis.
+"""Ingest: input topics -> validation -> per-user state in Redis -> the stages.
 
 The hot path runs on a confluent-kafka consumer in its own thread (hosted by
 the Faust worker, see agents/app.py): a Faust stream moves ~8k records/s per
 process, librdkafka ~170k/s, and batching is what lets Redis keep up. Per
 consumer batch: validate every record, dead-letter what is invalid, apply the
-rest with one Lua call per user in a single pipelined round trip, then commit
-the offsets. A crash between apply and commit replays the batch; the Lua
-script's event-id set and per-source offset watermark make that a no-op.
+rest with one Lua call per user in a single pipelined round trip, run the
+stages (tiers, rewards) over what was applied, then let the checkpoint commit
+the offsets once the dead letters are delivered. A crash before the commit
+replays the batch; the Lua script's event-id set and per-source offset
+watermark make that a no-op, and every stage is idempotent.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message
 
+from tierflow.agents.checkpoint import Checkpoint
+from tierflow.agents.clock import wall_ms
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.ingest.deadletter import dead_letter
 from tierflow.pipeline.ingest.validate import Limits, ValidEvent, parse_record
-from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.kafka import clients
+from tierflow.pipeline.kafka.publisher import Publisher
+from tierflow.pipeline.state.store import StateStore
 from tierflow.pipeline.state.summary import encode
 
 log = logging.getLogger("tierflow.ingest")
@@ -49,30 +55,31 @@ class IngestStats:
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
-BatchHook = Callable[[AppliedBatch], None]
+class Stage(Protocol):
+    """A step that runs over every applied batch, before its offsets are committed."""
+
+    def run(self, batch: AppliedBatch) -> None: ...
 
 
 
 class IngestLoop:
-    def __init__(self, ctx: Context, hooks: Sequence[BatchHook] = ()) -> None:
+    def __init__(self, ctx: Context, store: StateStore, publisher: Publisher, stages: Sequence[Stage] = ()) -> None:
         self.ctx = ctx
-        self.hooks = list(hooks)
+        self.store = store
+        self.publisher = publisher
+        self.stages = list(stages)
         self.stats = IngestStats()
-        self.limits = Limits.of(ctx.config)
-        self.store = StateStore(connect(ctx.settings.redis_url), ctx.config.state.retention_days)
-        kafka = ctx.settings.kafka
-        self.consumer = Consumer(
-            kafka.confluent(
-                **{
-                    "group.id": ctx.settings.group_id,
-                    "enable.auto.commit": False,
-                    "auto.offset.reset": "earliest",
-                    "partition.assignment.strategy": "cooperative-sticky",
-                    "fetch.wait.max.ms": ctx.config.ingest.batch_max_ms,
-                }
-            )
+        self.limits = Limits.of(ctx.config.ingest)
+        self.consumer = clients.consumer(
+            ctx.settings.kafka,
+            ctx.settings.group_id,
+            **{
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.wait.max.ms": ctx.config.ingest.batch_max_ms,
+            },
         )
-        self.dlq = Producer(kafka.confluent(**{"enable.idempotence": True, "linger.ms": 5}))
+        self.checkpoint = Checkpoint(self.consumer, "ingest")
 
     def run(self, stop: threading.Event) -> None:
         cfg = self.ctx.config.ingest
@@ -86,20 +93,19 @@ class IngestLoop:
                     self.process(messages)
         finally:
             self.consumer.close()
-            self.dlq.flush(10)
 
     def process(self, messages: list[Message]) -> AppliedBatch:
-        now_ms = int(time.time() * 1000)
+        now_ms = wall_ms()
         groups: dict[tuple[str, str], list[list[object]]] = defaultdict(list)
         valid_events: list[ValidEvent] = []
-        next_offsets: dict[tuple[str, int], int] = {}
+        dead_letters = self.publisher.delivery()
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            next_offsets[(topic, partition)] = offset + 1
+            self.checkpoint.track(topic, partition, offset)
             self.stats.records += 1
             value, key = msg.value(), msg.key()
             valid, rejected = parse_record(value, key, self.limits, now_ms)
@@ -110,7 +116,7 @@ class IngestLoop:
             for rejection in rejected:
                 self.stats.rejected += 1
                 self.stats.reasons[rejection.reason] += 1
-                self.dlq.produce(
+                dead_letters.send(
                     self.ctx.settings.topics.dlq,
                     key=key,
                     value=dead_letter(
@@ -124,18 +130,8 @@ class IngestLoop:
         self.stats.applied += applied
         self.stats.batches += 1
         batch = AppliedBatch(valid_events, {user for user, _ in groups}, applied, now_ms)
-        for hook in self.hooks:
-            hook(batch)
+        for stage in self.stages:
+            stage.run(batch)
         # Dead letters must be durable before the offsets that produced them are committed.
-        if self.dlq.flush(30) != 0:
-            raise RuntimeError("dead-letter records were not delivered; not committing offsets")
-        if next_offsets:
-            try:
-                self.consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                    asynchronous=False,
-                )
-            except KafkaException as exc:
-                # Lost the partition in a rebalance: its new owner replays, which is a no-op.
-                log.warning("offset commit failed (%s); the batch will be replayed harmlessly", exc)
+        self.checkpoint.commit(dead_letters)
         return batch

@@ -18,33 +18,31 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping
 
 import msgspec
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 
+from tierflow.agents.clock import Clock, wall_ms
 from tierflow.agents.ingest import AppliedBatch
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.kafka import clients
+from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.tiering.store import TierKeys, TierStore
 from tierflow.schemas.tier_changes import TierChange
 
 log = logging.getLogger("tierflow.tiers")
 
-# Producer and broker clocks may differ a little; scan this much earlier.
-CLOCK_SKEW_MS = 5_000
-RECOVERY_BATCH = 1_000
-
-
 class TierPublisher:
-    def __init__(self, ctx: Context, tiers: TierStore) -> None:
+    """Drains the users' tier-change outboxes to `tier.changes`."""
+
+    def __init__(self, ctx: Context, tiers: TierStore, publisher: Publisher) -> None:
         self.ctx = ctx
         self.tiers = tiers
+        self.publisher = publisher
+        self.worker = ctx.config.worker
         self.topic = ctx.settings.topics.tier_changes
-        self.producer = Producer(
-            ctx.settings.kafka.confluent(**{"enable.idempotence": True, "linger.ms": 5})
-        )
         self.published = 0
 
     def publish(self, outbox: Mapping[str, list[TierChange]], *, recovering: bool = False) -> None:
@@ -52,32 +50,22 @@ class TierPublisher:
         this call claims are sent; in recovery, the caller has already checked the topic."""
         if not outbox:
             return
-        stamp = int(time.time() * 1000)
+        stamp = wall_ms()
         claimed_before = self.tiers.claim_changes({user: records[-1].seq for user, records in outbox.items()}, stamp)
-        failures: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        sent = 0
+        delivery = self.publisher.delivery()
         for (user, records), previous in zip(outbox.items(), claimed_before, strict=True):
             for record in records:
                 if recovering or record.seq > previous:
-                    self.producer.produce(self.topic, key=user.encode(), value=msgspec.json.encode(record),
-                                          on_delivery=on_delivery)
-                    sent += 1
-        if self.producer.flush(30) != 0 or failures:
-            raise RuntimeError(f"tier changes not delivered: {failures[:3]}")
+                    delivery.send(self.topic, user.encode(), msgspec.json.encode(record))
+        self.published += delivery.wait()
         self.tiers.ack_changes({user: records[-1].seq for user, records in outbox.items()})
-        self.published += sent
 
     def recover(self) -> int:
         """Acknowledge records a crashed run delivered but did not acknowledge, then
         publish the rest. Returns how many records were found already published."""
         found = 0
         while True:
-            users = self.tiers.outbox_users(RECOVERY_BATCH)
+            users = self.tiers.outbox_users(self.worker.recovery_batch)
             pending = self.tiers.pending_changes(users)
             if not pending:
                 return found
@@ -87,18 +75,17 @@ class TierPublisher:
                 stamps.hget(TierKeys.of(user).tier, "pub_ms")
             attempted = [int(s) for s in stamps.execute() if s is not None]
             if attempted:
-                on_topic = self._published_since(min(attempted) - CLOCK_SKEW_MS, set(pending))
+                on_topic = self._published_since(min(attempted) - self.worker.clock_skew_ms, set(pending))
                 done = {u: max(on_topic[u]) for u in pending if on_topic.get(u)}
                 found += sum(len(v) for v in on_topic.values())
                 self.tiers.ack_changes(done)
                 pending = self.tiers.pending_changes(list(pending))
             self.publish(pending, recovering=True)
-            if len(users) < RECOVERY_BATCH:
+            if len(users) < self.worker.recovery_batch:
                 return found
 
     def _published_since(self, since_ms: int, users: set[str]) -> dict[str, set[int]]:
-        consumer = Consumer(self.ctx.settings.kafka.confluent(
-            **{"group.id": f"{self.ctx.settings.group_id}-recovery", "enable.auto.commit": False}))
+        consumer = clients.consumer(self.ctx.settings.kafka, f"{self.ctx.settings.group_id}-recovery")
         seen: dict[str, set[int]] = {}
         try:
             metadata = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
@@ -128,43 +115,19 @@ class TierPublisher:
         return seen
 
 
-class Clock:
-    """What "now" is for tiering: the wall clock, or (TIERFLOW_CLOCK=event, for
-    backfills and tests) the newest event time any worker has seen, kept in Redis
-    so that every worker and restart agrees."""
-
-    KEY = "tf:clock"
-
-    def __init__(self, mode: str, client: redis.Redis) -> None:
-        if mode not in ("wall", "event"):
-            raise ValueError(f"TIERFLOW_CLOCK must be 'wall' or 'event', not {mode!r}")
-        self.mode = mode
-        self.client = client
-
-    def observe(self, batch: AppliedBatch) -> None:
-        if self.mode == "event" and batch.events:
-            newest = max(item.ts_ms for item in batch.events)
-            self.client.zadd(self.KEY, {"now": newest}, gt=True)
-
-    def now(self) -> int:
-        if self.mode == "wall":
-            return int(time.time() * 1000)
-        return int(self.client.zscore(self.KEY, "now") or 0)
-
-
 class TierStage:
-    """The ingest hook: evaluate, commit, publish; before the offsets are committed."""
+    """Runs over every applied batch: evaluate, commit, publish; before the offsets are committed."""
 
-    def __init__(self, ctx: Context, client: redis.Redis) -> None:
+    def __init__(self, ctx: Context, client: redis.Redis, clock: Clock, publisher: Publisher) -> None:
         self.tiers = TierStore(client, ctx.config)
-        self.publisher = TierPublisher(ctx, self.tiers)
-        self.clock = Clock(ctx.settings.clock, client)
+        self.publisher = TierPublisher(ctx, self.tiers, publisher)
+        self.clock = clock
         # Ingest and the timer both evaluate and publish; one at a time, so each sees
         # the other's acknowledgements.
         self.lock = threading.Lock()
 
-    def __call__(self, batch: AppliedBatch) -> None:
-        self.clock.observe(batch)
+    def run(self, batch: AppliedBatch) -> None:
+        self.clock.observe(item.ts_ms for item in batch.events)
         with self.lock:
             # Always evaluate, even a pure replay: a crash may have struck after the state was
             # applied and before its tiers were committed. Evaluation is idempotent.
@@ -178,7 +141,7 @@ class TierStage:
             return 0
         with self.lock:
             # Means snapshots follow the wall clock even when tiering runs on event time.
-            result = self.tiers.tick(now_ms, cadence_ms=int(time.time() * 1000))
+            result = self.tiers.tick(now_ms, cadence_ms=wall_ms())
             before = self.publisher.published
             for part in (result.decayed, result.swept):
                 self.publisher.publish(part.outbox)

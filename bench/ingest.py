@@ -231,6 +231,8 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, object]:
     from tierflow.agents.ingest import AppliedBatch, IngestLoop
     from tierflow.pipeline.config.context import Context
     from tierflow.pipeline.config.domain import load_config
+    from tierflow.pipeline.kafka.publisher import Publisher
+    from tierflow.pipeline.state.store import StateStore, connect
 
     settings = child_settings(spec)
     ctx = Context(settings, load_config(settings.config_path))
@@ -245,8 +247,11 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, object]:
                 stop.set()
             return batch
 
-    loop = TimedLoop(ctx)
+    publisher = Publisher(settings.kafka, ctx.config.worker.delivery_timeout_s)
+    store = StateStore(connect(settings.redis_url), ctx.config.state.retention_days)
+    loop = TimedLoop(ctx, store, publisher)
     loop.run(stop)
+    publisher.close()
     return clock.result(applied=loop.stats.applied, rejected=loop.stats.rejected)
 
 

@@ -108,7 +108,7 @@ def main(spec: dict[str, Any]) -> int:
     ingest = config.ingest
     limits = Limits(
         max_record_bytes=ingest.max_record_bytes, max_batch_events=ingest.max_batch_events,
-        min_ts_ms=config.min_ts_ms, max_future_ms=ingest.max_future_seconds * 1000,
+        min_ts_ms=ingest.min_ts_ms, max_future_ms=ingest.max_future_seconds * 1000,
     )
     store = StateStore(connect(settings.redis_url), config.state.retention_days)
     per_message = spec["contender"] == "quix-msg"

@@ -1,11 +1,16 @@
-"""User-facing errors shared by the CLI and its commands."""
+"""The base of every error tierflow raises on purpose.
+
+Each package defines its own errors beside its code and derives them from
+`TierflowError`, so a caller can tell tierflow's expected failures (bad
+configuration, an unreachable archive, a failed delivery) from bugs.
+"""
 
 from __future__ import annotations
 
 
-class CliError(Exception):
-    """A user-facing failure: printed without a traceback, exit status attached."""
+class TierflowError(Exception):
+    """An expected failure with a message meant for the operator."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
+
+class ConfigError(TierflowError, ValueError):
+    """The configuration file is missing, malformed or inconsistent."""

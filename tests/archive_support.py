@@ -25,13 +25,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.support import ROOT, env_for
 from tests.truth import ts_ms
-from tierflow.agents.archive import (
-    ArchiveThread,
-    Batch,
-    RecordSorter,
-    archive_group,
-    insert_batch,
-)
+from tierflow.agents.archive import ArchiveThread, archive_group
+from tierflow.pipeline.archive.batch import Batch, RecordSorter, insert_batch
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
@@ -59,7 +54,7 @@ def drop_if_server(ctx: Context, archive: Archive) -> None:
 def archive_directly(ctx: Context, archive: Archive, records: Iterable[tuple[str, dict]]) -> Batch:
     """Run (topic, record) pairs through the writer's own routing and insert path, without Kafka."""
     topics = ctx.settings.topics
-    sorter = RecordSorter(topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config))
+    sorter = RecordSorter(topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config.ingest))
     batch = Batch()
     now_ms = int(time.time() * 1000)
     for offset, (topic, record) in enumerate(records):

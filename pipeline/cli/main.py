@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from tierflow.pipeline.cli import commands
-from tierflow.pipeline.config.domain import ConfigError
-from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.cli.errors import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,48 +1,50 @@
 """Domain configuration: one TOML file (``--config`` or ``TIERFLOW_CONFIG``).
 
-Every section has documented defaults (``pipeline/defaults/*.toml``, one file
-per capability); a user file only needs the keys it changes. Unknown keys and wrong types are errors with
-the offending path, so a typo never silently falls back to a default.
+Every section has documented defaults (``pipeline/config/defaults/*.toml``, one
+file per capability) and its type lives in the stage package that reads it
+(``tierflow.pipeline.tiering.config`` for ``[tiering]``, ...); this module only
+assembles them. A user file only needs the keys it changes. Unknown keys and
+wrong types are errors with the offending path, so a typo never silently falls
+back to a default.
 """
 
 from __future__ import annotations
 
 import tomllib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from tierflow.pipeline.archive.config import ArchiveConfig
+from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.ingest.config import IngestConfig
 from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.state.config import StateConfig
 from tierflow.pipeline.tiering.config import TieringConfig
 
 DEFAULTS_DIR = Path(__file__).with_name("defaults")
 
 
-class ConfigError(ValueError):
-    """The configuration file is missing, malformed or inconsistent."""
+class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The `[worker]` section: how the runtime batches, retries and recovers."""
 
-
-class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    # Rolling windows for frequency and monetary, in calendar days.
-    windows_days: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=3650)]], msgspec.Meta(min_length=1)]
-    # Day buckets older than this many days before a user's newest event are pruned
-    # (by event time, so backfills keep working). Must cover the longest window.
-    retention_days: Annotated[int, msgspec.Meta(ge=1)]
-
-
-class IngestConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    max_record_bytes: Annotated[int, msgspec.Meta(ge=256)]
-    max_batch_events: Annotated[int, msgspec.Meta(ge=1)]
-    # Events before this instant, or further than max_future_seconds past the
-    # wall clock, are rejected as ts_out_of_range.
-    min_ts: datetime
-    max_future_seconds: Annotated[int, msgspec.Meta(ge=0)]
-    # Consumer batching: whichever limit is reached first closes a batch.
-    batch_max_records: Annotated[int, msgspec.Meta(ge=1)]
-    batch_max_ms: Annotated[int, msgspec.Meta(ge=1)]
+    # Delays before restarting a failed ingest loop or archive writer; the last one repeats.
+    restart_backoff_s: Annotated[list[Annotated[float, msgspec.Meta(gt=0)]], msgspec.Meta(min_length=1)]
+    # Tier-triggered rewards: the agent on tier.changes takes up to this many records,
+    # or what arrived within reward_batch_within_ms.
+    reward_batch: Annotated[int, msgspec.Meta(ge=1)]
+    reward_batch_within_ms: Annotated[int, msgspec.Meta(ge=1)]
+    # Records read from an outbox per Redis round trip when draining it to Kafka.
+    outbox_batch: Annotated[int, msgspec.Meta(ge=1)]
+    # Users whose points lots are expired per timer tick.
+    points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
+    # Start-up recovery of tier.changes: users per round, and how far before the oldest
+    # claim stamp the topic is scanned (producer and broker clocks may differ a little).
+    recovery_batch: Annotated[int, msgspec.Meta(ge=1)]
+    clock_skew_ms: Annotated[int, msgspec.Meta(ge=0)]
+    # Longest wait for the broker to acknowledge published records before a batch fails.
+    delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -51,13 +53,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     archive: ArchiveConfig
     rewards: RewardsConfig
     tiering: TieringConfig
+    worker: WorkerConfig
 
-    @property
-    def min_ts_ms(self) -> int:
-        ts = self.ingest.min_ts
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=UTC)
-        return int(ts.timestamp() * 1000)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

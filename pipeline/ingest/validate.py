@@ -13,7 +13,7 @@ from datetime import datetime
 import msgspec
 import orjson
 
-from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.ingest.config import IngestConfig
 from tierflow.schemas.events import EVENT_TYPES, Browse, Event
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -42,12 +42,11 @@ class Limits:
     max_future_ms: int
 
     @classmethod
-    def of(cls, config: Config) -> Limits:
-        ingest = config.ingest
+    def of(cls, ingest: IngestConfig) -> Limits:
         return cls(
             max_record_bytes=ingest.max_record_bytes,
             max_batch_events=ingest.max_batch_events,
-            min_ts_ms=config.min_ts_ms,
+            min_ts_ms=ingest.min_ts_ms,
             max_future_ms=ingest.max_future_seconds * 1000,
         )
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.kafka.errors import is_transient
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,25 @@ def partitions(consumer: Consumer, topics: tuple[str, ...]) -> list[TopicPartiti
     ]
 
 
+# A broker that is electing leaders or loading the group coordinator (fresh topics,
+# a restart) answers with retriable errors for a few seconds.
+RETRIABLE_FOR_S = 30.0
+RETRY_EVERY_S = 0.5
+
+
 def measure(settings: Settings, end_offsets: dict[tuple[str, int], int] | None = None) -> list[PartitionLag]:
     """Lag per partition; against given end offsets, or the current ones."""
+    deadline = time.monotonic() + RETRIABLE_FOR_S
+    while True:
+        try:
+            return _measure(settings, end_offsets)
+        except KafkaException as exc:
+            if not is_transient(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(RETRY_EVERY_S)
+
+
+def _measure(settings: Settings, end_offsets: dict[tuple[str, int], int] | None) -> list[PartitionLag]:
     consumer = _probe(settings)
     try:
         tps = partitions(consumer, settings.topics.inputs)

@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from tierflow.pipeline.config.settings import INPUT_TYPES, Settings
+from tierflow.pipeline.kafka import clients
 
 
 @dataclass
@@ -25,22 +26,13 @@ class ProduceReport:
     errors: list[str] = field(default_factory=list)
 
 
-def make_producer(settings: Settings) -> Producer:
-    return Producer(
-        settings.kafka.confluent(
-            **{"enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
-               "batch.size": 1_000_000}
-        )
-    )
-
-
 class EventSender:
     """Buffers events per user and sends them as single or batch records."""
 
     def __init__(self, settings: Settings, batch: int = 1) -> None:
         self.settings = settings
         self.batch = batch
-        self.producer = make_producer(settings)
+        self.producer = clients.producer(settings.kafka, bulk=True)
         self.report = ProduceReport()
         self.pending: dict[str, list[bytes]] = {}
         self.pending_type: dict[str, str] = {}

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from tierflow.pipeline.errors import ConfigError
 from tierflow.schemas.events import InteractionKind
 
 Mode = Literal["thresholds", "quantiles"]
@@ -207,8 +208,6 @@ class TieringConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def check_against(windows_days: list[int], tiering: TieringConfig) -> None:
     """Cross-section check: the F/M window must be kept by the state store."""
-    from tierflow.pipeline.config.domain import ConfigError  # pipeline.config imports this module
-
     if tiering.window_days not in windows_days:
         raise ConfigError(
             f"tiering.window_days = {tiering.window_days} is not one of "

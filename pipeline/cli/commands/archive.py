@@ -23,7 +23,7 @@ from tierflow.pipeline.archive import aipl
 from tierflow.pipeline.archive.backend import ArchiveBusy, ArchiveUnavailable, open_backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.migrate import MigrationError, migrate
-from tierflow.pipeline.cli.main import CliError
+from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
 
 

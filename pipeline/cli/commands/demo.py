@@ -20,7 +20,7 @@ import orjson
 
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.demo.synth import Population
-from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import summarize

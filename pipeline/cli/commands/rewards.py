@@ -21,7 +21,7 @@ import orjson
 import redis
 
 from tierflow.pipeline.config.context import Context, from_args
-from tierflow.pipeline.errors import CliError
+from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.ingest.validate import parse_ts
 from tierflow.pipeline.rewards.engine import ClaimResult, RewardEngine
 from tierflow.pipeline.rewards.wallet import describe

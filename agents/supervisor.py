@@ -1,0 +1,48 @@
+"""The one supervisor: a piece of work in a daemon thread, run again after it fails.
+
+The ingest loop and the archive writer run this way. A failure (Redis or Kafka
+down, an unexpected error) ends the work; whatever it had not committed is
+replayed by the next run, which starts after a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("tierflow.supervisor")
+
+Work = Callable[[threading.Event], None]
+
+
+class Supervisor:
+    def __init__(self, name: str, work: Work, backoff_s: Sequence[float]) -> None:
+        """`work(stop)` runs until `stop` is set; `backoff_s` are the delays after
+        consecutive failures (the last one repeats)."""
+        self.name = name
+        self.work = work
+        self.backoff_s = list(backoff_s)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.failures = 0
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.work(self.stop_event)
+                self.failures = 0
+            except Exception:
+                delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
+                self.failures += 1
+                log.exception("%s failed; restarting in %ss", self.name, delay)
+                self.stop_event.wait(delay)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"tierflow-{self.name}", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join(timeout_s)

@@ -1,0 +1,85 @@
+"""Kafka records -> one batch of archive rows per table (routing is pure), and the
+insert of a batch. The runtime that consumes, retries and commits is
+tierflow.agents.archive."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tierflow.pipeline.archive.backend import Backend
+from tierflow.pipeline.archive.rows import (
+    GRANT_COLUMNS,
+    TIER_COLUMNS,
+    TOUCH_COLUMNS,
+    RecordError,
+    Row,
+    grant_row,
+    tier_row,
+    touch_row,
+)
+from tierflow.pipeline.ingest.validate import Limits, parse_record
+
+log = logging.getLogger("tierflow.archive")
+
+
+def backoff_ms(attempt: int, initial_ms: int, max_ms: int) -> int:
+    """Delay before retry number `attempt` (0-based): doubling, capped."""
+    return min(initial_ms * 2 ** min(attempt, 32), max_ms)
+
+
+@dataclass
+class Batch:
+    """Rows for each table plus the offsets to commit once they are stored."""
+
+    records: int = 0
+    touches: list[Row] = field(default_factory=list)
+    tiers: list[Row] = field(default_factory=list)
+    grants: list[Row] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def tables(self) -> list[tuple[str, tuple[str, ...], list[Row]]]:
+        return [
+            ("touch_events", TOUCH_COLUMNS, self.touches),
+            ("tier_changes", TIER_COLUMNS, self.tiers),
+            ("reward_grants", GRANT_COLUMNS, self.grants),
+        ]
+
+
+def insert_batch(backend: Backend, batch: Batch) -> None:
+    """Every table's rows; a failure part way is fine to retry (duplicates are absorbed)."""
+    for table, columns, rows in batch.tables():
+        backend.insert(table, rows, columns)
+
+
+class RecordSorter:
+    """Pure routing of Kafka records into a batch (no I/O)."""
+
+    def __init__(self, inputs: tuple[str, ...], tier_topic: str, grant_topic: str, limits: Limits):
+        self.inputs = frozenset(inputs)
+        self.tier_topic = tier_topic
+        self.grant_topic = grant_topic
+        self.limits = limits
+
+    def add(
+        self, batch: Batch, topic: str, partition: int, offset: int,
+        key: bytes | None, value: bytes | None, timestamp_ms: int,
+    ) -> None:
+        batch.records += 1
+        source = (topic, partition, offset)
+        if topic in self.inputs:
+            valid, rejected = parse_record(value, key, self.limits, timestamp_ms)
+            batch.touches.extend(touch_row(item, source) for item in valid)
+            batch.skipped.update(f"touch:{r.reason}" for r in rejected)
+            return
+        try:
+            if topic == self.tier_topic:
+                batch.tiers.append(tier_row(value, source))
+            elif topic == self.grant_topic:
+                batch.grants.append(grant_row(value, source))
+            else:
+                batch.skipped["unknown_topic"] += 1
+        except RecordError as exc:
+            batch.skipped[f"{topic}:invalid"] += 1
+            log.warning("archive: skipping %s[%d]@%d: %s", topic, partition, offset, exc)
