@@ -31,6 +31,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from tierflow.pipeline.archive.config import ArchiveConfig, chdb_path
 from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.errors import TierflowError
 
 log = logging.getLogger("tierflow.archive")
 
@@ -44,7 +45,7 @@ _OPEN_HERE: Counter[str] = Counter()
 _OPEN_LOCK = threading.Lock()
 
 
-class ArchiveUnavailable(RuntimeError):
+class ArchiveUnavailable(TierflowError, RuntimeError):
     """ClickHouse cannot be reached right now (server down, network, data dir held)."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tierflow import infra
 from tierflow.pipeline.archive.backend import Backend
+from tierflow.pipeline.errors import TierflowError
 
 MIGRATIONS_DIR = Path(infra.__file__).with_name("clickhouse")
 _FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -33,7 +34,7 @@ ORDER BY version
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(TierflowError, RuntimeError):
     """The migration files or the recorded history are inconsistent."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from tierflow.pipeline.errors import TierflowError
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
 
 DAY_MS = 86_400_000
@@ -82,7 +83,7 @@ class RawState:
     channels: dict[str, str]
 
 
-class AsOfOutOfRange(ValueError):
+class AsOfOutOfRange(TierflowError, ValueError):
     """The requested window reaches behind the retained day buckets."""
 
 
