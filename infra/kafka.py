@@ -239,7 +239,7 @@ def _java(libs: Path, root: Path) -> list[str]:
 def _wait_ready(settings: Settings, root: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_up(settings, timeout=2.0):
+        if is_up(settings, timeout=2.0) and _groups_ready(settings):
             return
         if _our_pid(root) is None:
             raise RuntimeError(f"Kafka exited during startup; log tail:\n{_log_tail(root)}")
@@ -248,6 +248,17 @@ def _wait_ready(settings: Settings, root: Path, timeout: float) -> None:
         f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {timeout:.0f} s; "
         f"log tail ({root / 'kafka.log'}):\n{_log_tail(root)}"
     )
+
+
+def _groups_ready(settings: Settings) -> bool:
+    """A fresh broker serves metadata before its group coordinator (the offsets topic)
+    is loaded; consumers committing offsets then fail, so wait for that too."""
+    admin = AdminClient(settings.kafka.confluent(log_level=0))
+    try:
+        admin.describe_consumer_groups(["tierflow-readiness"])["tierflow-readiness"].result(timeout=2.0)
+    except KafkaException:
+        return False
+    return True
 
 
 def _our_pid(root: Path) -> int | None:
