@@ -17,13 +17,12 @@ import logging
 import threading
 
 import faust
-from mode import Service
 
 from tierflow.agents.archive import install_archive
 from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import IngestLoop
 from tierflow.agents.rewards import RewardStage
-from tierflow.agents.supervisor import Supervisor
+from tierflow.agents.supervisor import Supervisor, hosted
 from tierflow.agents.tiers import TierStage
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.kafka.publisher import Publisher
@@ -73,16 +72,7 @@ def create_app(ctx: Context) -> faust.App:
         IngestLoop(ctx, store, publisher, stages=[tiers, rewards]).run(stop)
 
     supervisor = Supervisor("ingest", ingest, worker.restart_backoff_s)
-
-    class IngestService(Service):
-        async def on_start(self) -> None:
-            supervisor.start()
-
-        async def on_stop(self) -> None:
-            await asyncio.to_thread(supervisor.stop, worker.delivery_timeout_s)
-            publisher.close()
-
-    app.service(IngestService)
+    app.service(hosted(supervisor, worker.stop_timeout_s, publisher.close))
 
     tier_changes = app.topic(settings.topics.tier_changes, value_serializer="raw")
 

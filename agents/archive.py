@@ -21,7 +21,6 @@ ids); see docs/bi.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -32,10 +31,9 @@ from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, Message, TopicPartition
-from mode import Service
 
 from tierflow.agents.checkpoint import Checkpoint
-from tierflow.agents.supervisor import Supervisor
+from tierflow.agents.supervisor import Supervisor, hosted
 from tierflow.pipeline.archive.backend import server_display
 from tierflow.pipeline.archive.batch import Batch, RecordSorter, backoff_ms, insert_batch
 from tierflow.pipeline.archive.config import chdb_path
@@ -273,17 +271,7 @@ def install_archive(app: faust.App, ctx: Context) -> Archive:
     archive = Archive(ctx.settings, ctx.config.archive)
     writer = ArchiveThread(ctx, archive) if ctx.config.archive.enabled else None
 
-    class ArchiveService(Service):
-        async def on_start(self) -> None:
-            if writer is not None:
-                writer.start()
-
-        async def on_stop(self) -> None:
-            if writer is not None:
-                await asyncio.to_thread(writer.stop)
-            archive.close()
-
-    app.service(ArchiveService)
+    app.service(hosted(writer.supervisor if writer else None, ctx.config.worker.stop_timeout_s, archive.close))
     add_routes(
         app.web.web_app.router, archive, ctx.config, host=ctx.settings.web_host,
         token=ctx.settings.dashboard_token, status=writer.status if writer else None,

@@ -7,9 +7,12 @@ replayed by the next run, which starts after a growing delay.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
+
+from mode import Service
 
 log = logging.getLogger("tierflow.supervisor")
 
@@ -46,3 +49,20 @@ class Supervisor:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(timeout_s)
+
+
+def hosted(supervisor: Supervisor | None, stop_timeout_s: float, on_stopped: Callable[[], None]) -> type[Service]:
+    """A service for the Faust app: the supervised work starts and stops with the
+    worker, then `on_stopped` releases what the work shared (a producer, the archive)."""
+
+    class Hosted(Service):
+        async def on_start(self) -> None:
+            if supervisor is not None:
+                supervisor.start()
+
+        async def on_stop(self) -> None:
+            if supervisor is not None:
+                await asyncio.to_thread(supervisor.stop, stop_timeout_s)
+            on_stopped()
+
+    return Hosted

@@ -90,7 +90,8 @@ def seed(redis_url: str) -> None:
     """Rewards as the worker would grant them: a tier upgrade and two accepted invites."""
     engine = RewardEngine(connect(redis_url), load_config().rewards)
     engine.on_tier_change({"user_id": "carol", "dimension": "membership", "old": "ordinary", "new": "super",
-                           "version": 1, "event_time": NOW}, NOW_MS)
+                           "version": 1, "seq": 1, "reason": "event", "scores": {"r": 5, "f": 4, "m": 5},
+                           "points": 2000, "repurchases": 1, "event_time": NOW}, NOW_MS)
     for n in (1, 2):
         invite = Interaction(event_id=f"inv{n}", user_id="carol", ts=NOW_MS, channel="app",
                              kind="referral_accept", target=f"f{n}")

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tierflow.pipeline.config.domain import load_config
-from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards import catalogue, redeem, redemption
 from tierflow.pipeline.rewards.catalogue import DAY_MS
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.engine import RewardEngine
@@ -63,8 +63,10 @@ def accept(user: str, n: int, ts: int = NOW) -> Interaction:
 
 
 def upgrade(user: str, version: int = 1) -> dict[str, Any]:
+    """A `tier.changes` record value, as the tier stage publishes it."""
     return {"user_id": user, "dimension": "membership", "old": "ordinary", "new": "super", "version": version,
-            "seq": version, "reason": "event", "event_time": "2026-04-24T03:06:40Z"}
+            "seq": version, "reason": "event", "scores": {"r": 5, "f": 4, "m": 5}, "points": 2000,
+            "repurchases": 1, "event_time": "2026-04-24T03:06:40Z"}
 
 
 def campaign_hash(url: str, campaign: str) -> dict[str, str]:
@@ -208,6 +210,15 @@ def test_replayed_tier_change_grants_once(redis_url: str) -> None:
     assert engine.wallet("u1", NOW)["points"]["balance"] == 2000  # type: ignore[index]
 
 
+def test_malformed_tier_change_is_a_value_error_and_grants_nothing(redis_url: str) -> None:
+    engine = engine_for(redis_url)
+    for broken in ({**upgrade("m1"), "dimension": "mood"}, {**upgrade("m1"), "event_time": 1_777_000_000_000},
+                   {k: v for k, v in upgrade("m1").items() if k != "version"}):
+        with pytest.raises(ValueError):
+            engine.on_tier_change(broken, NOW)
+    assert engine.outbox(10).records == []
+
+
 def test_crash_after_reservation_is_completed_by_the_replay(redis_url: str) -> None:
     """The worker reserved the budget, then died before writing the wallet."""
     engine = engine_for(redis_url)
@@ -336,6 +347,20 @@ def test_purchases_redeem_coupons_once_and_say_why_not(redis_url: str) -> None:
     campaign = engine.report(NOW)["campaigns"]["new_customer"]  # type: ignore[index]
     assert (campaign["redemptions"], campaign["discount_cents"]) == (1, 600)
     validate_outbox(engine)
+
+
+def test_a_coupon_redeemed_between_read_and_write_is_rejected(redis_url: str) -> None:
+    """Two purchases name one coupon; both read it active, the first write wins."""
+    engine = engine_for(redis_url)
+    coupon = engine.claim_code("NEW666", "race", NOW).coupon
+    assert coupon is not None
+    second = buy("race", 2, coupons=(coupon.item_id,))
+    order = redeem.Order.from_purchase(second, NOW, engine.config.shop)
+    planned = redemption.plan(second, coupon.item_id, engine.ledger.read("race"), order, NOW)
+    [first] = engine.on_event(buy("race", 1, coupons=(coupon.item_id,)), NOW, NOW)
+    assert first.kind == "redemption"
+    [lost] = engine.ledger.redeem("race", [planned])
+    assert (lost.kind, lost.reason, lost.discount_cents) == ("redemption_rejected", "coupon_not_active", None)
 
 
 def test_first_purchase_is_read_from_the_state_store(redis_url: str) -> None:

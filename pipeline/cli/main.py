@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from tierflow.pipeline.cli import commands
-from tierflow.pipeline.errors import ConfigError
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

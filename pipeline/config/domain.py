@@ -45,6 +45,8 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     clock_skew_ms: Annotated[int, msgspec.Meta(ge=0)]
     # Longest wait for the broker to acknowledge published records before a batch fails.
     delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+    # How long a stopping worker waits for its ingest loop and archive writer to finish a batch.
+    stop_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

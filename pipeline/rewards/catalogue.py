@@ -1,5 +1,7 @@
-"""The prize catalogue (DOMAIN.md section 7): prize types, their validation,
-what they cost a campaign budget, and the wallet items a grant produces.
+"""The prize catalogue: prize types (coupons, free shipping, referral coupons,
+universal codes, points, cash envelopes, physical goods, third-party rights,
+gift packs), their validation, what they cost a campaign budget, and the wallet
+items a grant produces.
 
 Pure: no I/O. Money is integer cents.
 """
@@ -16,9 +18,9 @@ from typing import Literal
 
 import msgspec
 
+from tierflow.pipeline.state.summary import DAY_MS
 from tierflow.schemas.reward_grants import CouponTerms, Fulfilment, RewardItem, Scope
 
-DAY_MS = 86_400_000
 _CODE = re.compile(r"^[A-Z0-9]{1,32}$")
 
 
@@ -413,6 +415,13 @@ def _issue_one(component: Component, index: int, prizes: Mapping[str, Prize], ct
                               fulfilment=Fulfilment("pending_partner", partner=prize.partner, right=prize.right),
                               **base)
     raise TypeError(f"prize {pid!r} of type {prize_type(prize)} is not issued by issue()")
+
+
+def initial_status(item: RewardItem) -> str:
+    """An issued item's status in the wallet before anything happens to it."""
+    if item.fulfilment is not None:
+        return item.fulfilment.status
+    return "granted" if item.type == "cash_envelope" else "active"
 
 
 def _off(prize: Coupon | FreeShipping) -> int:

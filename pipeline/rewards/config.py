@@ -1,6 +1,6 @@
 """The `[rewards]` section: prize catalogue, campaigns and rules.
 
-Defaults (a documented sample campaign set) live in pipeline/defaults/rewards.toml.
+Defaults (a documented sample campaign set) live in pipeline/config/defaults/rewards.toml.
 Everything is checked when the configuration loads; every error names the prize,
 campaign or rule at fault, and all of them are reported at once.
 """
@@ -16,16 +16,11 @@ import msgspec
 
 from tierflow.pipeline.rewards import catalogue
 from tierflow.pipeline.rewards.catalogue import Prize, ReferralCoupon
+from tierflow.pipeline.tiering.rfm import SEGMENT_IDS
 from tierflow.schemas.events import InteractionKind
+from tierflow.schemas.tier_changes import Dimension
 
-Dimension = Literal["segment", "lifecycle", "membership", "aipl"]
 EventType = Literal["purchase", "cart", "browse", "interaction"]
-# The eight RFM segment ids (DOMAIN.md section 5); other dimensions name their
-# tiers in the segmentation config.
-SEGMENTS = (
-    "important_value", "important_develop", "important_retain", "important_win_back",
-    "general_value", "general_develop", "general_retain", "general_win_back",
-)
 # Ids end up in Redis keys and idempotency keys: keep them plain.
 _ID = re.compile(r"^[a-z0-9_]{1,64}$")
 
@@ -108,9 +103,10 @@ def _check_trigger(rule: Rule, config: RewardsConfig) -> list[str]:
     trigger, prize = rule.trigger, config.prizes.get(rule.prize)
     errors: list[str] = []
     if isinstance(trigger, TierTrigger):
+        # Other dimensions name their tiers in the segmentation config.
         if trigger.dimension == "segment":
-            errors += [f"unknown segment {s!r} (one of {', '.join(SEGMENTS)})"
-                       for s in (trigger.entered, *trigger.from_) if s not in SEGMENTS]
+            errors += [f"unknown segment {s!r} (one of {', '.join(SEGMENT_IDS)})"
+                       for s in (trigger.entered, *trigger.from_) if s not in SEGMENT_IDS]
         if trigger.entered in trigger.from_:
             errors.append(f"from lists the tier it enters ({trigger.entered!r})")
     elif isinstance(trigger, EventTrigger):

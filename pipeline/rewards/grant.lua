@@ -2,7 +2,7 @@
 -- (rule, user, trigger), within the rule's per-user limit. A referral step-up
 -- also cancels the coupon it replaces, provided the user's referral state is
 -- still the one the decision was made on (compare-and-set).
--- KEYS: the user's reward keys (pipeline/rewards/ledger.py RewardKeys, one hash tag):
+-- KEYS: the user's reward keys (RewardKeys in ledger.py beside this script, one hash tag):
 --   1 grants  2 per-rule counts  3 items  4 item status  5 points remaining  6 points expiry
 --   7 points ledger  8 referral state  9 outbox  10 dedupe  11 redemptions  12 account
 -- ARGV: 1 idempotency key  2 rule  3 per-user limit (0 = step-up: neither checked nor counted)

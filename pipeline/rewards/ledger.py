@@ -48,21 +48,28 @@ the user has something due, at the cost of occasional empty visits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 import redis
 
 from tierflow.pipeline import lua
+from tierflow.pipeline.rewards.catalogue import initial_status
 from tierflow.pipeline.rewards.report import RawCampaign
-from tierflow.pipeline.rewards.wallet import RawWallet
+from tierflow.pipeline.rewards.wallet import RawWallet, RewardError, encode_item
 from tierflow.pipeline.state.summary import UserKeys, user_tag
+from tierflow.schemas.reward_grants import RewardItem, RewardRecord, decode, encode
 
 USERS = "{rw}:users"
 OUTBOX_INDEX = "{rw}:outbox"
 EXPIRY_INDEX = "{rw}:expiry"
+# Compare-and-set commits retry on a concurrent change to the same wallet;
+# events of one user arrive on one partition, so more than one retry is rare.
+CAS_ATTEMPTS = 5
+_stored = msgspec.json.Decoder(list[RewardRecord])
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +156,56 @@ class Update:
     push: list[list[Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class RedeemOp:
+    """One coupon named on a purchase, for redeem.lua, written once per `dedupe`."""
+
+    dedupe: str
+    record: RewardRecord  # the redemption, or the rejection when `coupon` is ""
+    coupon: str = ""  # the wallet item to mark redeemed if it is still active
+    detail: Mapping[str, object] | None = None  # kept beside the redeemed coupon
+    rejected: RewardRecord | None = None  # written instead when the coupon is no longer active
+
+
+def dedupe_key(*parts: object) -> str:
+    """Unambiguous whatever characters the parts hold."""
+    return orjson.dumps(parts).decode()
+
+
+def expiry_score(expires_ms: int | None) -> str:
+    return "+inf" if expires_ms is None else str(expires_ms)
+
+
+def points_entry(op: str, lot: str, points: int, at_ms: int, ref: str, expires_ms: int | None = None) -> str:
+    """One line of the points ledger (earn, spend, adjust, expire)."""
+    return orjson.dumps({"op": op, "lot": lot, "points": points, "at_ms": at_ms, "ref": ref,
+                         "expires_ms": expires_ms}).decode()
+
+
+def grant_payload(records: Sequence[RewardRecord], items: Sequence[RewardItem],
+                  referral: Mapping[str, str] | None = None) -> dict[str, object]:
+    """What grant.lua writes for one grant."""
+    encoded = [encode(r).decode() for r in records]
+    ref = records[-1].idempotency_key or ""
+    lots = [i for i in items if i.type == "points"]
+    return {
+        "stored": "[" + ",".join(encoded) + "]",
+        "records": encoded,
+        "items": [[i.item_id, encode_item(i), initial_status(i)] for i in items],
+        "lots": [[i.item_id, i.points, expiry_score(i.expires_ms)] for i in lots],
+        "ledger": [points_entry("earn", i.item_id, i.points or 0, i.granted_ms, ref, i.expires_ms) for i in lots],
+        "referral": referral,
+    }
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 class Ledger:
-    """Thin wrappers around the reward scripts and reads. No decisions here."""
+    """Thin wrappers around the reward scripts and reads. No decisions here: the
+    caller decides (`commit` runs the caller's `decide` on the wallet it read).
+    Every user-side write indexes the user before and after itself."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -209,27 +260,56 @@ class Ledger:
             pipe.zadd(EXPIRY_INDEX, {user_id: expiry_ms}, lt=True)
         pipe.execute()
 
-    def stored_grant(self, user_id: str, key: str) -> str | None:
+    def stored_grant(self, user_id: str, key: str) -> list[RewardRecord] | None:
+        """The records written by the grant under this idempotency key, if it was made."""
         value = self.client.hget(RewardKeys.of(user_id).grants, key)
-        return None if value is None else _text(value)
+        return None if value is None else _stored.decode(value)
 
-    def commit_grant(self, user_id: str, key: str, rule_id: str, limit: int,
-                     payload: Mapping[str, Any]) -> tuple[str, str | None]:
+    def commit_grant(self, user_id: str, key: str, rule_id: str, limit: int, records: Sequence[RewardRecord],
+                     items: Sequence[RewardItem], referral: Mapping[str, str] | None = None,
+                     expiry_ms: int | None = None) -> tuple[str, list[RewardRecord] | None]:
+        """grant.lua: (status, the stored records when a duplicate)."""
+        payload = grant_payload(records, items, referral)
+        self.touch(user_id, expiry_ms)
         reply = self._grant(keys=RewardKeys.of(user_id).as_list(),
                             args=[key, rule_id, limit, orjson.dumps(payload)])
-        return _text(reply[0]), (_text(reply[1]) if len(reply) > 1 else None)
+        self.touch(user_id, expiry_ms)
+        return _text(reply[0]), (_stored.decode(reply[1]) if len(reply) > 1 else None)
 
-    def redeem(self, user_id: str, ops: Sequence[Mapping[str, str]]) -> list[str]:
-        written = self._redeem(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(list(ops))])
-        return [_text(r) for r in written]
+    def redeem(self, user_id: str, ops: Sequence[RedeemOp]) -> list[RewardRecord]:
+        """redeem.lua: the records newly written."""
+        payload = [{"dedupe": op.dedupe, "item": op.coupon,
+                    "detail": orjson.dumps(op.detail).decode() if op.detail is not None else "",
+                    "ok": encode(op.record).decode(),
+                    "fail": encode(op.rejected).decode() if op.rejected is not None else ""} for op in ops]
+        self.touch(user_id)
+        written = self._redeem(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)])
+        self.touch(user_id)
+        return [decode(r) for r in written]
 
     def applied(self, user_id: str, dedupe: str) -> bool:
         return bool(self.client.hexists(RewardKeys.of(user_id).dedupe, dedupe))
 
-    def update(self, user_id: str, dedupe: str, update: Update) -> int:
+    def update(self, user_id: str, dedupe: str, update: Update, expiry_ms: int | None = None) -> int:
+        """update.lua: 1 applied, 0 conflict, -1 applied before."""
         payload = {"dedupe": dedupe, "checks": update.checks, "hset": update.hset,
                    "zadd": update.zadd, "zrem": update.zrem, "push": update.push}
-        return int(self._update(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)]))
+        self.touch(user_id, expiry_ms)
+        result = int(self._update(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)]))
+        self.touch(user_id, expiry_ms)
+        return result
+
+    def commit(self, user_id: str, dedupe: str, decide: Callable[[RawWallet], Update],
+               expiry_ms: int | None = None) -> bool:
+        """Read the wallet, decide, commit with compare-and-set; decide again on a conflict.
+        Once per dedupe key: False when it was applied before (nothing is decided again)."""
+        for _ in range(CAS_ATTEMPTS):
+            if self.applied(user_id, dedupe):
+                return False
+            result = self.update(user_id, dedupe, decide(self.read(user_id)), expiry_ms)
+            if result != 0:
+                return result == 1
+        raise RewardError(f"user {user_id!r}: wallet kept changing, try again")
 
     def add_invite(self, user_id: str, rule_id: str, member: str) -> int:
         """Record an accepted invite (each invitee counts once); the number so far."""
@@ -256,9 +336,9 @@ class Ledger:
         items, status, remaining, redemptions, account = map(_strs, pipe.execute())
         return RawWallet(items, status, remaining, redemptions, account)
 
-    def grants(self, user_id: str) -> list[str]:
-        """Every stored grant (a JSON list of records each) of a user."""
-        return [_text(v) for v in self.client.hvals(RewardKeys.of(user_id).grants)]
+    def grants(self, user_id: str) -> list[RewardRecord]:
+        """The records of every grant a user received (step-ups include their cancellations)."""
+        return [r for v in self.client.hvals(RewardKeys.of(user_id).grants) for r in _stored.decode(v)]
 
     def first_purchase_ms(self, user_id: str) -> int | None:
         """From the state store's profile (the event was applied there before rewards see it)."""

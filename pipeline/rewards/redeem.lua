@@ -2,7 +2,7 @@
 -- active to redeemed only if it is still active (compare-and-set); otherwise the
 -- rejection record is written instead. Every outcome is written once per
 -- (event, coupon), so a replayed purchase changes nothing.
--- KEYS: the user's reward keys (see rewards_grant.lua)
+-- KEYS: the user's reward keys (see grant.lua)
 -- ARGV: 1 JSON [{"dedupe": key, "item": coupon id or "" (already rejected), "detail": redemption JSON,
 --               "ok": record, "fail": record written when the coupon is no longer active}, ...]
 -- Returns the records written.

@@ -1,6 +1,6 @@
 -- Give back a reservation whose user-side write was refused (per-user limit,
 -- a concurrent referral step-up): budget, inventory and popped coupons return.
--- KEYS: as rewards_reserve.lua (4.. the pools named in ARGV[2], same order)
+-- KEYS: as reserve.lua (4.. the pools named in ARGV[2], same order)
 -- ARGV: 1 idempotency key  2 JSON [pool prize, ...]
 -- Returns 1 when released, 0 when nothing was reserved under the key.
 local camp, res, stock = KEYS[1], KEYS[2], KEYS[3]

@@ -14,6 +14,7 @@ from tierflow.pipeline.rewards import catalogue, rules
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.wallet import Balances, RawWallet, balances, items_of
 from tierflow.pipeline.state.summary import iso
+from tierflow.schemas.reward_grants import RewardRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +48,13 @@ class ReportBuilder:
     def _campaign(self, cid: str) -> _Campaign:
         return self.campaigns.setdefault(cid, _Campaign())
 
-    def add_user(self, raw: RawWallet, grants: Iterable[str]) -> None:
+    def add_user(self, raw: RawWallet, grants: Iterable[RewardRecord]) -> None:
+        """`grants`: the records of every grant the user received (cancellations included)."""
         self.users += 1
-        for stored in grants:
-            for record in orjson.loads(stored):
-                if record["kind"] == "grant":
-                    self.by_prize_type[record["prize_type"]] += 1
-                    self._campaign(record["campaign"]).grants += 1
+        for record in grants:
+            if record.kind == "grant":
+                self.by_prize_type[record.prize_type or ""] += 1
+                self._campaign(record.campaign or "").grants += 1
         items = items_of(raw)
         self.by_item_type.update(i.type for i in items)
         for detail in raw.redemptions.values():

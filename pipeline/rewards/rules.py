@@ -25,46 +25,7 @@ from tierflow.pipeline.rewards.config import (
 )
 from tierflow.pipeline.state.summary import cents
 from tierflow.schemas.events import Event, Interaction, Purchase
-
-DIMENSIONS = ("segment", "lifecycle", "membership", "aipl")
-
-
-@dataclass(frozen=True, slots=True)
-class TierChange:
-    """A `tier.changes` record, as far as rewards care."""
-
-    user_id: str
-    dimension: str
-    old: str | None
-    new: str | None
-    version: int
-    at_ms: int
-
-    @classmethod
-    def parse(cls, record: Mapping[str, object]) -> TierChange:
-        """From the record value (extra fields such as reason and scores are ignored).
-        `event_time` may be RFC 3339 or epoch milliseconds."""
-        try:
-            user_id, dimension, version = record["user_id"], record["dimension"], record["version"]
-            event_time = record["event_time"]
-        except KeyError as exc:
-            raise ValueError(f"tier change without {exc.args[0]!r}") from None
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError("tier change user_id must be a non-empty string")
-        if dimension not in DIMENSIONS:
-            raise ValueError(f"tier change dimension {dimension!r} is not one of {', '.join(DIMENSIONS)}")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ValueError("tier change version must be an integer")
-        if not isinstance(event_time, str | int) or isinstance(event_time, bool):
-            raise ValueError("tier change event_time must be RFC 3339 or epoch milliseconds")
-        old, new = record.get("old"), record.get("new")
-        return cls(user_id, str(dimension), None if old is None else str(old),
-                   None if new is None else str(new), version, parse_ts(event_time))
-
-    @property
-    def trigger_id(self) -> str:
-        # (dimension, version) is unique per user: replays carry the same version.
-        return f"tier:{self.dimension}:v{self.version}"
+from tierflow.schemas.tier_changes import TierChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +61,7 @@ def _intents(config: RewardsConfig, rules: Mapping[str, Rule], user_id: str, tri
 
 
 def match_tier_change(config: RewardsConfig, change: TierChange) -> list[GrantIntent]:
+    """Rules on the tier entered. Raises ValueError if `event_time` is not a real time."""
     fired = {
         rid: rule for rid, rule in config.active_rules().items()
         if isinstance(rule.trigger, TierTrigger)
@@ -107,7 +69,9 @@ def match_tier_change(config: RewardsConfig, change: TierChange) -> list[GrantIn
         and change.new == rule.trigger.entered
         and (not rule.trigger.from_ or change.old in rule.trigger.from_)
     }
-    return _intents(config, fired, change.user_id, change.trigger_id, change.at_ms)
+    # (dimension, version) is unique per user: replays carry the same version.
+    trigger_id = f"tier:{change.dimension}:v{change.version}"
+    return _intents(config, fired, change.user_id, trigger_id, parse_ts(change.event_time))
 
 
 def wants_first_purchase(config: RewardsConfig, event: Event) -> bool:

@@ -1,7 +1,7 @@
 -- Commit a decision taken on a snapshot of one user's rewards (points spend,
 -- adjustment and expiry, cash withdrawal, fulfilment address): apply the writes
 -- only if every field read is unchanged (compare-and-set), once per dedupe key.
--- KEYS: the user's reward keys (see rewards_grant.lua)
+-- KEYS: the user's reward keys (see grant.lua)
 -- ARGV: 1 JSON {"dedupe": key, "checks": [[key index, field, expected or null = absent]],
 --               "hset": [[key index, field, value]], "zadd": [[key index, score, member]],
 --               "zrem": [[key index, member]], "push": [[key index, value]]}

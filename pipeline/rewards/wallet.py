@@ -1,5 +1,6 @@
 """A user's wallet as of a time, and the pure decisions taken on it (which
-points lots a spend takes). Works on what the ledger read from Redis."""
+points lots a spend takes). Works on what the ledger read from Redis; wallet
+items are encoded for storage and decoded here."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from tierflow.schemas.reward_grants import RewardItem
 _item = msgspec.json.Decoder(RewardItem)
 
 
+def encode_item(item: RewardItem) -> str:
+    """As a wallet item is stored (immutable once issued)."""
+    return msgspec.json.encode(item).decode()
+
+
 class RewardError(ValueError):
     """A wallet operation the user asked for cannot be done (not enough points, ...)."""
 
@@ -30,9 +36,18 @@ class RawWallet:
     redemptions: dict[str, str]
     account: dict[str, str]
 
+    def item(self, item_id: str) -> RewardItem | None:
+        stored = self.items.get(item_id)
+        return None if stored is None else _item.decode(stored)
+
 
 def items_of(raw: RawWallet) -> list[RewardItem]:
     return sorted((_item.decode(v) for v in raw.items.values()), key=lambda i: (i.granted_ms, i.item_id))
+
+
+def lots(raw: RawWallet) -> list[tuple[RewardItem, int]]:
+    """Every points lot with the points left in it."""
+    return [(i, int(raw.remaining.get(i.item_id, "0"))) for i in items_of(raw) if i.type == "points"]
 
 
 def coupon_state(item: RewardItem, status: str, now_ms: int) -> str:
@@ -139,8 +154,6 @@ def wallet_view(user_id: str, raw: RawWallet, now_ms: int, withdraw_min_cents: i
                       "items": envelopes},
         "goods": goods,
     }
-
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
+from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.demo.synth import Population
-from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import summarize

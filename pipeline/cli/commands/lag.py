@@ -7,8 +7,8 @@ import sys
 
 import orjson
 
-from tierflow.pipeline.config.context import from_args
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.config.context import from_args
 from tierflow.pipeline.kafka import lag
 
 

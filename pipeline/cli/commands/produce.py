@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tierflow.pipeline.config.context import from_args
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.config.context import from_args
 from tierflow.pipeline.kafka.sender import EventSender, send_lines
 from tierflow.pipeline.kafka.topics import ensure_topics
 

@@ -20,10 +20,11 @@ import msgspec
 import orjson
 import redis
 
-from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.ingest.validate import parse_ts
-from tierflow.pipeline.rewards.engine import ClaimResult, RewardEngine
+from tierflow.pipeline.rewards.claims import ClaimResult
+from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.pipeline.rewards.wallet import describe
 from tierflow.pipeline.state.store import connect
 from tierflow.pipeline.state.summary import iso

@@ -8,8 +8,8 @@ from datetime import datetime
 
 import orjson
 
-from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.ingest.validate import parse_ts
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import AsOfOutOfRange, summarize

@@ -1,0 +1,96 @@
+"""Points after they are granted: the expiry sweep, spending (soonest-expiring
+lots first) and manual adjustments. Each change is decided on the wallet as read
+and committed with compare-and-set, once per reference, with its points-ledger
+lines and its reward.grants record in the same write."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.ledger import Ledger, Update, dedupe_key, expiry_score, points_entry
+from tierflow.pipeline.rewards.ledger import RewardKeys as K
+from tierflow.pipeline.rewards.wallet import RawWallet, RewardError, encode_item, lots, plan_consume
+from tierflow.schemas.reward_grants import RewardItem, RewardRecord, encode
+
+
+def expire_points(ledger: Ledger, now_ms: int, max_users: int) -> list[RewardRecord]:
+    """Expire every points lot due by now_ms, for up to max_users users; the expiry records.
+    A lot changed meanwhile (spent) is left for the next sweep."""
+    written: list[RewardRecord] = []
+    for user in ledger.due_expiries(now_ms, max_users):
+        for item, left in lots(ledger.read(user)):
+            if not left or item.expires_ms is None or item.expires_ms > now_ms:
+                continue
+            record = RewardRecord(
+                record_id=f"expiry:{item.item_id}", kind="expiry", user_id=user, at_ms=item.expires_ms,
+                recorded_ms=now_ms, items=[item], campaign=item.campaign, rule=item.rule, prize=item.prize,
+                prize_type="points", points_delta=-left, reason="points_expired")
+            update = Update(
+                checks=[[K.REMAINING, item.item_id, str(left)]],
+                hset=[[K.REMAINING, item.item_id, "0"]], zrem=[[K.EXPIRY, item.item_id]],
+                push=[[K.LEDGER, points_entry("expire", item.item_id, -left, item.expires_ms, record.record_id)],
+                      [K.OUTBOX, encode(record).decode()]])
+            if ledger.update(user, dedupe_key("expire", item.item_id), update) == 1:
+                written.append(record)
+        ledger.reindex_expiry(user)
+    return written
+
+
+def spend_points(ledger: Ledger, user_id: str, amount: int, ref: str, now_ms: int) -> RewardRecord | None:
+    """Spend `amount` points (cash offset, redemption): soonest-expiring lots first. Once per
+    `ref` (e.g. the order id): a repeat returns None. Raises RewardError if the balance is short."""
+    return _take(ledger, user_id, amount, ref, now_ms, "points_spend")
+
+
+def adjust_points(ledger: Ledger, config: RewardsConfig, user_id: str, delta: int, ref: str, now_ms: int,
+                  reason: str, expires_days: int | None = None) -> RewardRecord | None:
+    """A manual correction, once per `ref`: positive adds a lot (expiring after
+    expires_days, or never), negative takes points like a spend."""
+    if delta < 0:
+        return _take(ledger, user_id, -delta, ref, now_ms, "points_adjust", reason)
+    if delta == 0:
+        raise RewardError("an adjustment needs a non-zero delta")
+    expires = now_ms + expires_days * catalogue.DAY_MS if expires_days is not None else None
+    key = dedupe_key("adjust", ref)
+    item = RewardItem(catalogue.item_id("P", key, 0), "points", prize="adjustment", campaign=None, rule=None,
+                      value_cents=delta * config.point_value_cents, granted_ms=now_ms, points=delta,
+                      expires_ms=expires)
+    record = RewardRecord(record_id=f"points_adjust:{ref}", kind="points_adjust", user_id=user_id,
+                          at_ms=now_ms, recorded_ms=now_ms, items=[item], prize_type="points",
+                          points_delta=delta, reason=reason)
+    update = Update(
+        checks=[[K.ITEMS, item.item_id, None]],
+        hset=[[K.ITEMS, item.item_id, encode_item(item)], [K.STATUS, item.item_id, "active"],
+              [K.REMAINING, item.item_id, str(delta)]],
+        zadd=[[K.EXPIRY, expiry_score(expires), item.item_id]],
+        push=[[K.LEDGER, points_entry("adjust", item.item_id, delta, now_ms, ref, expires)],
+              [K.OUTBOX, encode(record).decode()]])
+    return record if ledger.commit(user_id, key, lambda _raw: update, expires) else None
+
+
+def _take(ledger: Ledger, user_id: str, points: int, ref: str, now_ms: int,
+          kind: Literal["points_spend", "points_adjust"], reason: str | None = None) -> RewardRecord | None:
+    """Take points from the live lots, soonest-expiring first (a spend or a negative adjustment)."""
+    if points <= 0:
+        raise RewardError("points to take must be positive")
+    op = "spend" if kind == "points_spend" else "adjust"
+    record = RewardRecord(record_id=f"{kind}:{ref}", kind=kind, user_id=user_id, at_ms=now_ms,
+                          recorded_ms=now_ms, items=[], prize_type="points", points_delta=-points,
+                          reason=reason or ref)
+    taken: list[RewardRecord] = []
+
+    def decide(raw: RawWallet) -> Update:
+        changes = plan_consume(lots(raw), points, now_ms)
+        taken[:] = [msgspec.structs.replace(record, items=[c.item for c in changes])]
+        return Update(
+            checks=[[K.REMAINING, c.item.item_id, str(c.before)] for c in changes],
+            hset=[[K.REMAINING, c.item.item_id, str(c.after)] for c in changes],
+            zrem=[[K.EXPIRY, c.item.item_id] for c in changes if c.after == 0],
+            push=[*([K.LEDGER, points_entry(op, c.item.item_id, c.after - c.before, now_ms, ref)] for c in changes),
+                  [K.OUTBOX, encode(taken[0]).decode()]])
+
+    return taken[0] if ledger.commit(user_id, dedupe_key(op, ref), decide) else None
