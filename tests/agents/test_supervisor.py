@@ -1,0 +1,63 @@
+"""The supervisor runs work again after it fails, and stops it when asked."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+from tierflow.agents.supervisor import Supervisor
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_failed_work_is_run_again_until_it_keeps_running() -> None:
+    runs: list[int] = []
+    running = threading.Event()
+
+    def work(stop: threading.Event) -> None:
+        runs.append(len(runs))
+        if len(runs) <= 2:
+            raise ConnectionError("redis down")
+        running.set()
+        stop.wait()
+
+    supervisor = Supervisor("test", work, backoff_s=[0.01, 0.02])
+    supervisor.start()
+    wait_for(running.is_set)
+    assert runs == [0, 1, 2]
+    supervisor.stop(5)
+    assert supervisor.thread is not None and not supervisor.thread.is_alive()
+
+
+def test_delays_grow_with_consecutive_failures_and_the_last_repeats() -> None:
+    started: list[float] = []
+
+    def work(stop: threading.Event) -> None:
+        started.append(time.monotonic())
+        raise RuntimeError("boom")
+
+    supervisor = Supervisor("test", work, backoff_s=[0.05, 0.2])
+    supervisor.start()
+    wait_for(lambda: len(started) >= 4)
+    supervisor.stop(5)
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    assert gaps[0] >= 0.05
+    assert all(gap >= 0.2 for gap in gaps[1:3])
+
+
+def test_stop_interrupts_the_backoff_wait() -> None:
+    def work(stop: threading.Event) -> None:
+        raise RuntimeError("boom")
+
+    supervisor = Supervisor("test", work, backoff_s=[60])
+    supervisor.start()
+    wait_for(lambda: supervisor.failures == 1)
+    began = time.monotonic()
+    supervisor.stop(5)
+    assert time.monotonic() - began < 2
