@@ -2,15 +2,15 @@
 
     python -m bench.ingest [--events N] [--users U] [--repeats R] [--json out.json]
 
-Pre-produces N synthetic events (pipeline.synth, shuffled arrival) twice: once
-as single-event records, once as per-user batch records (pipeline.producer,
+Pre-produces N synthetic events (tierflow.pipeline.demo.synth, shuffled arrival) twice: once
+as single-event records, once as per-user batch records (tierflow.pipeline.kafka.sender,
 --batch events per record). Then, for each data set, runs every contender in
 its own process against a fresh consumer group (and a flushed Redis db), back
 to back, R times, and reports the median:
 
   raw     confluent-kafka consume + orjson.loads: the ceiling of any Python reader
   faust   a no-op Faust agent (faust.App, value_serializer='raw') over the topics
-  ingest  tierflow's agents.ingest.IngestLoop: validate, encode, Lua apply, commit
+  ingest  tierflow's tierflow.agents.ingest.IngestLoop: validate, encode, Lua apply, commit
   quix    Quix Streams doing the same work in a batching sink (bench/quix_ingest.py)
 
 Each contender's clock runs from the first record in hand to the last record
@@ -432,7 +432,7 @@ def faust_available() -> str | None:
     """None if Faust's Kafka client can read this project's records, else why not."""
     from aiokafka.codec import has_lz4
 
-    if not has_lz4():  # pipeline.producer compresses with lz4
+    if not has_lz4():  # the bulk producer compresses with lz4
         return "aiokafka cannot decompress lz4 records: pip install 'aiokafka[lz4]'"
     return None
 

@@ -1,12 +1,12 @@
-"""The Quix Streams contender of bench.ingest: the same work as agents.ingest.IngestLoop.
+"""The Quix Streams contender of bench.ingest: the same work as tierflow.agents.ingest.IngestLoop.
 
 Run by bench.ingest with an interpreter that has quixstreams installed (it pins
 an older confluent-kafka than tierflow, hence its own virtualenv):
 
     python -m bench.quix_ingest SPEC_JSON
 
-Per record: pipeline.validate.parse_record, pipeline.state.encode, grouped per
-(user, "topic:partition"), applied with pipeline.store.StateStore. Two shapes:
+Per record: ingest.validate.parse_record, state.summary.encode, grouped per
+(user, "topic:partition"), applied with state.store.StateStore. Two shapes:
 
   quix      a BatchingSink: Quix hands it each partition's records at every
             checkpoint (commit_every = the worker's batch_max_records), so it gets

@@ -1,13 +1,15 @@
-"""Python records for the input topics. They mirror the JSON Schema files beside
-this module (tests/test_schemas.py proves the two agree).
+"""The input records: one event per topic (touch.purchase, touch.cart, touch.browse,
+touch.interaction) and the batch record `{"events": [...]}` any of them may carry.
 
-msgspec validates while converting, which keeps ingest fast; the JSON Schema
-files are the contract producers in other languages validate against.
+msgspec validates while converting, which keeps ingest fast; the JSON Schema files
+beside this module are generated from these types (`python -m tierflow.schemas`)
+for producers in other languages. Consumers ignore fields they do not know, so
+producers may add fields.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -19,7 +21,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Timestamp = Annotated[str, msgspec.Meta(pattern=RFC3339)] | Annotated[int, msgspec.Meta(ge=0)]
 Money = Annotated[float, msgspec.Meta(ge=0)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")]
 
 InteractionKind = Literal[
     "favorite",
@@ -35,10 +37,11 @@ InteractionKind = Literal[
     "comment",
     "review",
 ]
-INTERACTION_KINDS: tuple[str, ...] = get_args(InteractionKind)
 
 
 class Item(msgspec.Struct, frozen=True):
+    """One order line."""
+
     sku: Id
     category: Name
     qty: Quantity
@@ -47,21 +50,31 @@ class Item(msgspec.Struct, frozen=True):
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type"):
-    event_id: Id
-    user_id: Id
-    ts: Timestamp
-    channel: Name
+    event_id: Annotated[
+        Id, msgspec.Meta(description="Unique id of this event; the idempotency key (duplicates are applied once).")
+    ]
+    user_id: Annotated[Id, msgspec.Meta(description="The customer; also the Kafka record key.")]
+    ts: Annotated[Timestamp, msgspec.Meta(description="Event time: RFC 3339 with an offset, or epoch milliseconds.")]
+    channel: Annotated[
+        Name, msgspec.Meta(description="Touchpoint channel: app, mini_program, web, store, marketplace, chat, ...")
+    ]
 
 
 class Purchase(_Event, frozen=True, tag="purchase"):
+    """Value of a record on topic touch.purchase: one event, or a batch {"events": [...]}
+    of one user's events (see batch.json)."""
+
     order_id: Id
-    amount: Money
+    amount: Annotated[Money, msgspec.Meta(description="Order total; must be >= 0.")]
     currency: Currency
     items: Annotated[list[Item], msgspec.Meta(min_length=1, max_length=500)]
-    coupons: list[Id] = []
+    coupons: Annotated[list[Id], msgspec.Meta(description="Ids of coupons redeemed on this order.")] = []
 
 
 class Cart(_Event, frozen=True, tag="cart"):
+    """Value of a record on topic touch.cart: one event, or a batch {"events": [...]}
+    of one user's events (see batch.json)."""
+
     action: Literal["add", "remove"]
     sku: Id
     category: Name
@@ -70,15 +83,32 @@ class Cart(_Event, frozen=True, tag="cart"):
 
 
 class Browse(_Event, frozen=True, tag="browse"):
+    """Value of a record on topic touch.browse: one event, or a batch {"events": [...]}
+    of one user's events (see batch.json). At least one of page, sku or category is required."""
+
     page: Name | None = None
     sku: Id | None = None
     category: Name | None = None
-    source: Name | None = None
+    source: Annotated[Name | None, msgspec.Meta(description="Where the visit came from: search, ad, share, ...")] = None
+
+
+# A rule across fields, which a type cannot state: a browse names what was browsed.
+# Ingest checks it in tierflow.pipeline.ingest.validate; the JSON Schema states it so.
+BROWSE_NAMES_WHAT: dict[str, object] = {
+    "anyOf": [
+        {"required": [field], "properties": {field: {"type": "string"}}} for field in ("page", "sku", "category")
+    ]
+}
 
 
 class Interaction(_Event, frozen=True, tag="interaction"):
+    """Value of a record on topic touch.interaction: one event, or a batch {"events": [...]}
+    of one user's events (see batch.json)."""
+
     kind: InteractionKind
-    target: Id | None = None
+    target: Annotated[Id | None, msgspec.Meta(
+        description="What was interacted with: a sku, coupon id, campaign id, invited user, ..."
+    )] = None
 
 
 Event = Purchase | Cart | Browse | Interaction
@@ -88,3 +118,10 @@ EVENT_TYPES: dict[str, type[_Event]] = {
     "browse": Browse,
     "interaction": Interaction,
 }
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """A record value carrying several events of one user (any input types), on any input
+    topic. Each element must be valid against its type's schema."""
+
+    events: Annotated[list[Event], msgspec.Meta(min_length=1)]

@@ -1,6 +1,6 @@
 """Helpers for the archive and dashboard tests: an isolated archive per test and
 an independent AIPL computation over raw events (shares no code with
-pipeline.archive: its own day arithmetic, stage rules and grouping)."""
+tierflow.pipeline.archive: its own day arithmetic, stage rules and grouping)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.ingest.validate import Limits
+from tierflow.schemas.tier_changes import TierChange
 
 
 def archive_context(settings: Settings, home: Path) -> Context:
@@ -62,6 +63,18 @@ def archive_directly(ctx: Context, archive: Archive, records: Iterable[tuple[str
         sorter.add(batch, topic, 0, offset, key, orjson.dumps(record), now_ms)
     insert_batch(archive.backend(), batch)
     return batch
+
+
+def tier_change(user_id: str, dimension: str, old: str | None, new: str | None, reason: str,
+                version: int, event_time: str | int, **fields: object) -> dict:
+    """A tier.changes value as the tiering stage publishes it (checked against TierChange);
+    seq, scores, points and repurchases default to a first change of a user without purchases."""
+    if isinstance(event_time, int):
+        event_time = datetime.fromtimestamp(event_time / 1000, UTC).isoformat()
+    record = {"user_id": user_id, "dimension": dimension, "old": old, "new": new, "reason": reason,
+              "version": version, "seq": version, "scores": {"r": None, "f": None, "m": None},
+              "points": 0, "repurchases": 0, "event_time": event_time, **fields}
+    return msgspec.to_builtins(msgspec.convert(record, TierChange))
 
 
 def touch_topic(ctx: Context, event: dict) -> str:
@@ -133,7 +146,7 @@ def counts(doc: dict) -> dict:
 
 
 def domain_example_population(start: date) -> Iterator[dict]:
-    """50,000 aware users whose funnel is exactly the domain brief's example:
+    """50,000 aware users whose funnel is exactly the AIPL example in docs/domain.md:
     A->I 12%, I->P 31%, P->L 45% (the smallest population where all three are exact).
     Stages are spread over channels and days so each is reached in its own way."""
     aware, interested, buyers, loyal = 50_000, 6_000, 1_860, 837

@@ -35,6 +35,7 @@ from tests.archive_support import (
     get_json,
     produce,
     running_archive,
+    tier_change,
     tierflow,
     touch_topic,
     wait_until,
@@ -234,25 +235,20 @@ def _iso(day: date, hour: int = 12) -> str:
 def test_tier_changes_and_reward_records_are_stored_once(ctx: Context, archive: Archive) -> None:
     topics = ctx.settings.topics
     d0 = date(2026, 3, 2)
-    seg = {"dimension": "segment"}
     changes = [
         # u1: none -> general_develop (before the period) -> important_value (in it)
-        {**seg, "user_id": "u1", "old": None, "new": "general_develop", "reason": "event",
-         "version": 1, "event_time": _iso(d0), "scores": {"r": 5, "f": 1, "m": 2}},
-        {**seg, "user_id": "u1", "old": "general_develop", "new": "important_value",
-         "reason": "event", "version": 2, "event_time": _iso(d0 + timedelta(days=10)),
-         "scores": {"r": 5, "f": 4, "m": 5}},
+        tier_change("u1", "segment", None, "general_develop", "event", 1, _iso(d0),
+                    scores={"r": 5, "f": 1, "m": 2}),
+        tier_change("u1", "segment", "general_develop", "important_value", "event", 2,
+                    _iso(d0 + timedelta(days=10)), scores={"r": 5, "f": 4, "m": 5}),
         # u2: important_value -> important_retain -> important_win_back, both in the period
-        {"user_id": "u2", "dimension": "segment", "old": None, "new": "important_value",
-         "reason": "event", "version": 1, "event_time": _iso(d0)},
-        {**seg, "user_id": "u2", "old": "important_value", "new": "important_retain",
-         "reason": "time_decay", "version": 2, "event_time": _iso(d0 + timedelta(days=8))},
-        {"user_id": "u2", "dimension": "segment", "old": "important_retain",
-         "new": "important_win_back", "reason": "time_decay", "version": 3,
-         "event_time": _iso(d0 + timedelta(days=20))},
+        tier_change("u2", "segment", None, "important_value", "event", 1, _iso(d0)),
+        tier_change("u2", "segment", "important_value", "important_retain", "time_decay", 2,
+                    _iso(d0 + timedelta(days=8))),
+        tier_change("u2", "segment", "important_retain", "important_win_back", "time_decay", 3,
+                    _iso(d0 + timedelta(days=20))),
         # u3: only a membership tier
-        {"user_id": "u3", "dimension": "membership", "old": "ordinary", "new": "super",
-         "reason": "event", "version": 1, "event_time": _iso(d0 + timedelta(days=9))},
+        tier_change("u3", "membership", "ordinary", "super", "event", 1, _iso(d0 + timedelta(days=9))),
     ]
     def ms(day: date) -> int:
         return int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
@@ -403,11 +399,7 @@ def test_writer_stream_equals_batch_after_duplicates_and_replay(
     ensure_topics(ctx.settings)
     events = with_cart_removals(population(users=300, days=90, seed=21), seed=21)
     stream = with_duplicates(events, 0.1, seed=21)
-    changes = [
-        {"user_id": e["user_id"], "dimension": "aipl", "old": None, "new": "aware",
-         "reason": "event", "version": 1, "event_time": e["ts"]}
-        for e in events[:50]
-    ]
+    changes = [tier_change(e["user_id"], "aipl", None, "aware", "event", 1, e["ts"]) for e in events[:50]]
     tier_records = [
         (ctx.settings.topics.tier_changes, c["user_id"].encode(), orjson.dumps(c))
         for c in changes
@@ -526,7 +518,7 @@ archive.close()
 """
 
 
-# --- the domain brief's example -----------------------------------------------------------
+# --- the AIPL example in docs/domain.md -------------------------------------------------------
 
 DOMAIN_RATES = {"a_to_i": 0.12, "i_to_p": 0.31, "p_to_l": 0.45}
 

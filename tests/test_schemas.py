@@ -1,21 +1,54 @@
-"""The JSON Schema files (the cross-language contract) and the Python records
-(what ingest validates with) accept and reject exactly the same events."""
+"""The JSON Schema files (the cross-language contract) are the ones the Python
+records generate, and the two accept and reject exactly the same events."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import jsonschema
 import msgspec
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from tierflow.pipeline.ingest.deadletter import dead_letter
+from tierflow.pipeline.ingest.validate import Rejection
+from tierflow.schemas import __main__ as schemas_command
+from tierflow.schemas import generate
+from tierflow.schemas.dead_letters import DeadLetter
 from tierflow.schemas.events import EVENT_TYPES, Event
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def test_checked_in_schema_files_are_generated_from_the_types() -> None:
+    assert generate.stale(SCHEMAS) == [], "stale: run python -m tierflow.schemas"
+
+
+def test_check_lists_stale_files_and_the_command_rewrites_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(generate, "DIRECTORY", tmp_path)
+    assert schemas_command.main([]) == 0
+    assert schemas_command.main(["--check"]) == 0
+    (tmp_path / "tier.changes.json").write_text("{}")
+    capsys.readouterr()
+    assert schemas_command.main(["--check"]) == 1
+    assert "tier.changes.json" in capsys.readouterr().err
+    assert schemas_command.main([]) == 0
+    assert schemas_command.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(generate.CONTRACTS))
+def test_published_records_tolerate_added_fields_and_say_so(name: str) -> None:
+    """Forward compatibility: a consumer ignores a field a newer producer adds."""
+    record = get_args(generate.CONTRACTS[name])[0]
+    assert not record.__struct_config__.forbid_unknown_fields
+    assert load(name)["additionalProperties"] is True
 
 
 def load(name: str) -> dict:
@@ -141,6 +174,29 @@ def test_batch_schema_accepts_mixed_batches() -> None:
 def test_dead_letter_schema_is_valid_draft() -> None:
     schema = load("touch.dlq.json")
     jsonschema.validators.validator_for(schema).check_schema(schema)
+
+
+def test_dead_letters_match_their_schema_and_type() -> None:
+    event = {**VALID["purchase"], "amount": 1e16, "qty": 0}
+    raw = dead_letter(
+        Rejection("schema:qty", "Expected `int` >= 1", event_index=1, event=event),
+        topic="touch.purchase", partition=2, offset=7, key=b"u1\xff", value=b'{"events": []}',
+        timestamp_ms=1_777_000_000_000, now_ms=1_777_000_000_123,
+    )
+    expected = {
+        "reason": "schema:qty", "detail": "Expected `int` >= 1",
+        "source": {"topic": "touch.purchase", "partition": 2, "offset": 7, "key": "u1\ufffd",
+                   "timestamp_ms": 1_777_000_000_000},
+        "event_index": 1, "event": event, "original_b64": "eyJldmVudHMiOiBbXX0=",
+        "rejected_at": "2026-04-24T03:06:40.123000+00:00",
+    }
+    assert raw == orjson.dumps(expected)  # the bytes dead letters have always had
+    assert validator("touch.dlq.json").is_valid(orjson.loads(raw))
+    assert msgspec.to_builtins(msgspec.json.decode(raw, type=DeadLetter)) == expected
+    whole = dead_letter(Rejection("not_json", "record value is not JSON"), topic="touch.cart", partition=0,
+                        offset=0, key=None, value=None, timestamp_ms=None, now_ms=0)
+    assert validator("touch.dlq.json").is_valid(orjson.loads(whole))
+    assert not validator("touch.dlq.json").is_valid({**orjson.loads(whole), "reason": "whim"})
 
 
 INTEGER_FIELDS = {"ts", "qty"}

@@ -9,7 +9,7 @@ test run on chDB exercises the same code a server deployment runs.
 
 Embedded chDB allows one process per data directory (ClickHouse locks its
 ``status`` file). Opening a directory another process holds raises
-`ArchiveBusy`; the CLI then asks the worker that holds it (pipeline/commands/archive.py).
+`ArchiveBusy`; the CLI then asks the worker that holds it (pipeline/cli/commands/archive.py).
 """
 
 from __future__ import annotations

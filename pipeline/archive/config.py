@@ -1,5 +1,5 @@
 """The `[archive]` section: how the ClickHouse archive batches, retries and where
-embedded chDB keeps its data. Defaults live in pipeline/defaults/archive.toml."""
+embedded chDB keeps its data. Defaults live in pipeline/config/defaults/archive.toml."""
 
 from __future__ import annotations
 

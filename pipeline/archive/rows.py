@@ -1,22 +1,24 @@
 """Kafka records -> archive table rows. Pure functions, no I/O.
 
-Touch events arrive already validated (pipeline.validate.parse_record). Tier
-changes and reward records are decoded here against the fields the archive
-needs; extra fields are ignored (and kept verbatim in JSON columns where the
-table has one), so producers can add fields without breaking the archive.
+Touch events arrive already validated (tierflow.pipeline.ingest.validate.parse_record).
+Tier changes and reward records are decoded with their contract types
+(tierflow.schemas.tier_changes.TierChange, tierflow.schemas.reward_grants.RewardRecord);
+those ignore fields they do not know, so producers can add fields without breaking
+the archive (reward records are also kept verbatim in the `payload` column).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import orjson
 
 from tierflow.pipeline.ingest.validate import ValidEvent, parse_ts
 from tierflow.pipeline.state.summary import cents
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
+from tierflow.schemas.reward_grants import RewardRecord
+from tierflow.schemas.tier_changes import TierChange
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -83,54 +85,6 @@ def touch_row(item: ValidEvent, source: Source) -> Row:
     )
 
 
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Value = str | int | float | bool | None
-
-
-class TierChangeRecord(msgspec.Struct, frozen=True):
-    """The fields of a tier.changes record (pipeline/tiering/records.py) the archive keeps."""
-
-    user_id: Text
-    dimension: Text
-    version: Annotated[int, msgspec.Meta(ge=0)]
-    event_time: str | int
-    old: Value = None
-    new: Value = None
-    reason: str = ""
-    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
-    scores: dict[str, Any] | None = None
-    points: int = 0
-    repurchases: Annotated[int, msgspec.Meta(ge=0)] = 0
-
-
-class RewardItemRecord(msgspec.Struct, frozen=True):
-    item_id: str
-    type: str
-    value_cents: int = 0
-
-
-class RewardRecord(msgspec.Struct, frozen=True):
-    """The fields of a reward.grants record (pipeline/rewards/records.py) the archive keeps."""
-
-    record_id: Text
-    kind: Text
-    user_id: Text
-    at_ms: Annotated[int, msgspec.Meta(ge=0)]
-    recorded_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
-    items: list[RewardItemRecord] = []
-    cost_cents: int = 0
-    campaign: str | None = None
-    rule: str | None = None
-    prize: str | None = None
-    prize_type: str | None = None
-    trigger: str | None = None
-    order_id: str | None = None
-    order_cents: int | None = None
-    discount_cents: int | None = None
-    points_delta: int | None = None
-    amount_cents: int | None = None
-
-
 T = TypeVar("T")
 
 
@@ -141,27 +95,21 @@ def _decode(value: bytes, kind: type[T]) -> T:
         raise RecordError(str(exc)) from exc
 
 
-def _time(value: str | int) -> datetime:
+def _time(value: str) -> datetime:
     try:
         return utc(parse_ts(value))
     except (ValueError, OverflowError) as exc:
         raise RecordError(f"unparseable event_time {value!r}") from exc
 
 
-def _text(value: Value) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return orjson.dumps(value).decode()
-
-
 def tier_row(value: bytes | None, source: Source) -> Row:
     if value is None:
         raise RecordError("record has no value")
-    rec = _decode(value, TierChangeRecord)
-    scores = orjson.dumps(rec.scores).decode() if rec.scores is not None else "{}"
+    rec = _decode(value, TierChange)
     return (
-        rec.user_id, rec.dimension, _text(rec.old), _text(rec.new), rec.reason, rec.version,
-        rec.seq, _time(rec.event_time), scores, rec.points, rec.repurchases, *source,
+        rec.user_id, rec.dimension, rec.old, rec.new, rec.reason, rec.version, rec.seq,
+        _time(rec.event_time), msgspec.json.encode(rec.scores).decode(), rec.points, rec.repurchases,
+        *source,
     )
 
 
@@ -170,7 +118,7 @@ def grant_row(value: bytes | None, source: Source) -> Row:
         raise RecordError("record has no value")
     rec = _decode(value, RewardRecord)
     return (
-        rec.record_id, rec.kind, rec.user_id, utc(rec.at_ms), utc(rec.recorded_ms or rec.at_ms),
+        rec.record_id, rec.kind, rec.user_id, utc(rec.at_ms), utc(rec.recorded_ms),
         rec.campaign or "", rec.rule or "", rec.prize or "", rec.prize_type or "",
         rec.trigger or "", rec.cost_cents, rec.points_delta or 0, rec.amount_cents or 0,
         rec.order_id or "", rec.order_cents or 0, rec.discount_cents or 0,

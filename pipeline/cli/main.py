@@ -1,4 +1,4 @@
-"""The `tierflow` command line. Each module in `pipeline.commands` registers
+"""The `tierflow` command line. Each module in `tierflow.pipeline.cli.commands` registers
 its own subcommands, so a capability brings its CLI along with it."""
 
 from __future__ import annotations

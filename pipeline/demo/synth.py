@@ -1,6 +1,6 @@
 """A realistic synthetic population for the demo, the tests and the benchmarks.
 
-Personas follow the domain brief: new visitors who only browse, bargain
+Personas follow docs/domain.md: new visitors who only browse, bargain
 hunters who claim coupons and buy cheap, loyal repeat buyers, lapsed customers
 whose purchases stopped months ago, and a few VIPs who spend heavily. Output is
 deterministic for a seed.

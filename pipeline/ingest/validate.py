@@ -14,7 +14,7 @@ import msgspec
 import orjson
 
 from tierflow.pipeline.ingest.config import IngestConfig
-from tierflow.schemas.events import EVENT_TYPES, Browse, Event
+from tierflow.schemas.events import EVENT_TYPES, Batch, Browse, Event
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MONEY_FIELDS = re.compile(r"^(amount|price|items\[\d+\]\.price)$")
@@ -100,8 +100,10 @@ def check_event(obj: object, key: str | None, limits: Limits, now_ms: int) -> Va
     return ValidEvent(event, ts_ms)
 
 
-class _Batch(msgspec.Struct, forbid_unknown_fields=True):
-    events: list[Event]
+# The fast path takes a bare batch only: anything beside `events` (e.g. a stray
+# `type`) goes the full path, which decides and names the problem.
+class _Batch(Batch, frozen=True, forbid_unknown_fields=True):
+    pass
 
 
 _EVENT = msgspec.json.Decoder(Event)

@@ -1,7 +1,7 @@
 """Per-user rolling state: how events are encoded for the Lua script, and how
 the stored hashes read back as recency / frequency / monetary as of a time.
 
-Pure functions only; `pipeline.store` does the Redis I/O. Money is kept in
+Pure functions only; `tierflow.pipeline.state.store` does the Redis I/O. Money is kept in
 integer cents so sums are exact whatever the arrival order.
 """
 
@@ -56,7 +56,7 @@ class UserKeys:
 
 
 def encode(event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int) -> list[object]:
-    """The compact array the Lua script reads (see pipeline/lua/apply.lua)."""
+    """The compact array the Lua script reads (apply.lua beside this module)."""
     day = day_of(ts_ms)
     weekend = 1 if (day + _THURSDAY) % 7 in _WEEKEND else 0
     head: list[object] = [event.event_id, offset]
