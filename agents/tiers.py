@@ -3,7 +3,7 @@
 
 Publication is exactly once per (user, seq). Changes wait in each user's Redis
 outbox (written atomically with the new tiers, pipeline/tiering/tiers.lua). A
-publisher first claims a user's records up to a seq (pipeline/tiering/tier_claim.lua,
+publisher first claims a user's records up to a seq (pipeline/tiering/outbox.lua,
 which also stamps the time) and sends only what it newly claimed, so the timer
 and the ingest stage, or two workers, never send a record twice; after delivery
 it acknowledges (trims) them. A crash after claiming leaves records that may or
@@ -29,7 +29,8 @@ from tierflow.agents.ingest import AppliedBatch
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.kafka import clients
 from tierflow.pipeline.kafka.publisher import Publisher
-from tierflow.pipeline.tiering.store import TierKeys, TierStore
+from tierflow.pipeline.tiering.keys import TierKeys
+from tierflow.pipeline.tiering.store import TierStore
 from tierflow.schemas.tier_changes import TierChange
 
 log = logging.getLogger("tierflow.tiers")

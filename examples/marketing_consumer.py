@@ -1,6 +1,6 @@
 """A marketing consumer of `tier.changes`: reacts to each user's new segment,
 lifecycle stage, membership tier and AIPL stage with the action the playbook
-names (DOMAIN.md section 5), and shows the contract in use:
+names (docs/domain.md, "The eight RFM segments"), and shows the contract in use:
 
 - records are keyed by user id and validated against the TierChange record;
 - delivery is at least once, so duplicates are dropped by (user_id, dimension,
@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError
 from tierflow.pipeline.config.settings import Settings
 from tierflow.schemas.tier_changes import TierChange
 
-# The "typical action" column of DOMAIN.md section 5.
+# The "typical action" column of docs/domain.md, "The eight RFM segments".
 SEGMENT_ACTIONS = {
     "important_value": "protect: exclusive perks, VIP service, gifts",
     "important_develop": "raise frequency: light membership, campaigns",

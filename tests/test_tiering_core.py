@@ -1,5 +1,5 @@
 """Pure tiering core: RFM scores, high/low, the eight segments, lifecycle,
-membership (88/888), tags, AIPL, next boundary and diff. No services needed."""
+membership (88/888), tags, AIPL and next boundary. No services needed."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tierflow.pipeline.config.domain import ConfigError, load_config
 from tierflow.pipeline.state.summary import DAY_MS, Summary
 from tierflow.pipeline.tiering.config import check_against
-from tierflow.pipeline.tiering.evaluate import Change, Evaluation, diff, evaluate
+from tierflow.pipeline.tiering.evaluate import Evaluation, evaluate
 from tierflow.pipeline.tiering.membership import PaidPurchase, paid_until
 from tierflow.pipeline.tiering.rfm import (
     Population,
@@ -32,8 +32,8 @@ NOW = 1_790_000_000_000  # 2026-09-21T...Z
 TODAY = NOW // DAY_MS
 YUAN = 100
 
-# DOMAIN.md section 5, transcribed: (R high, F high, M high) -> segment.
-DOMAIN_TABLE = [
+# docs/domain.md, "The eight RFM segments", transcribed: (R high, F high, M high) -> segment.
+SEGMENT_TABLE = [
     ("H", "H", "H", "important_value"),
     ("H", "L", "H", "important_develop"),
     ("L", "H", "H", "important_retain"),
@@ -200,7 +200,7 @@ def test_activity_points_count_towards_the_offer() -> None:
 # --- segments ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("r", "f", "m", "segment"), DOMAIN_TABLE)
+@pytest.mark.parametrize(("r", "f", "m", "segment"), SEGMENT_TABLE)
 def test_every_segment_is_reachable_with_its_mapping(r: str, f: str, m: str, segment: str) -> None:
     # Against means of 3: R 5 (1 day) vs R 1 (60 days), F 4 (12 purchases) vs F 1, M 5 vs M 1.
     s = summary(
@@ -263,7 +263,7 @@ def test_every_scored_user_is_in_exactly_one_segment(users: list[tuple[int, int,
         )
         assert e.scores == before.scores
         bits = ["H" if e.scores.of(dim) > means[dim] else "L" for dim in "rfm"]
-        matching = [seg for r, f_, m, seg in DOMAIN_TABLE if [r, f_, m] == bits]
+        matching = [seg for r, f_, m, seg in SEGMENT_TABLE if [r, f_, m] == bits]
         assert matching == [e.segment]
         segments[e.segment] += 1
     assert sum(segments.values()) == len(users)
@@ -518,26 +518,17 @@ def test_the_paid_tier_expires_on_time_and_the_boundary_says_when() -> None:
     e = evaluate(s, MEAN_3, TIERING, NOW, paid_purchases=[bought])
     assert (e.membership.tier, e.membership.paid_until_ms) == ("88VIP", until)
 
-    before = until - 1
-    s_before = summary(
-        recency=before // DAY_MS - NOW // DAY_MS,
-        freq=0,
-        lifetime=1,
-        lifetime_cents=88_800,
-        as_of=before,
-    )
-    e_before = evaluate(s_before, MEAN_3, TIERING, before, paid_purchases=[bought])
+    def at(instant: int) -> Evaluation:
+        """The same customer, with nothing bought since, as of a later instant."""
+        later = summary(recency=instant // DAY_MS - NOW // DAY_MS, freq=0, lifetime=1,
+                        lifetime_cents=88_800, as_of=instant)
+        return evaluate(later, MEAN_3, TIERING, instant, paid_purchases=[bought])
+
+    e_before = at(until - 1)
     assert e_before.membership.tier == "88VIP"
     assert e_before.next_boundary_ms == until
 
-    s_after = summary(
-        recency=until // DAY_MS - NOW // DAY_MS,
-        freq=0,
-        lifetime=1,
-        lifetime_cents=88_800,
-        as_of=until,
-    )
-    e_after = evaluate(s_after, MEAN_3, TIERING, until, paid_purchases=[bought])
+    e_after = at(until)
     assert e_after.membership.tier == "ordinary"
     assert e_after.membership.paid_active is False
 
@@ -620,26 +611,7 @@ def test_with_no_boundary_left_nothing_ever_changes(purchases: list[tuple[int, i
         assert (e_later.scores, e_later.values()) == (e.scores, e.values())
 
 
-# --- diff and config ---------------------------------------------------------------------------
-
-
-def test_diff_lists_changed_dimensions_only() -> None:
-    first = evaluate(summary(counts={"browse": 1}), MEAN_3, TIERING, NOW)
-    assert diff(None, first) == [
-        Change("lifecycle", None, "new"),
-        Change("membership", None, "ordinary"),
-        Change("aipl", None, "aware"),
-    ]
-    assert diff(first, first) == []
-    bought = evaluate(
-        summary(recency=0, freq=1, spend_cents=300_000, counts={"browse": 1}), MEAN_3, TIERING, NOW
-    )
-    assert diff(first, bought) == [
-        Change("segment", None, "important_develop"),
-        Change("lifecycle", "new", "first_purchase"),
-        Change("membership", "ordinary", "super"),
-        Change("aipl", "aware", "purchase"),
-    ]
+# --- evaluation and config -----------------------------------------------------------------
 
 
 def test_evaluation_round_trips_through_json() -> None:

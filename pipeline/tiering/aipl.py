@@ -1,4 +1,4 @@
-"""AIPL stage per user (DOMAIN.md section 6), the furthest reached:
+"""AIPL stage per user (docs/domain.md, "AIPL"), the furthest reached:
 aware (any event) -> interest (cart add or engaging interaction) ->
 purchase (bought) -> loyalty (repurchased, or a buyer who advocates)."""
 

@@ -1,6 +1,6 @@
 """The `[tiering]` section: RFM score tables, membership points and tiers, the
 paid tier, lifecycle, AIPL and tag rules, and how often time decay and the
-population snapshot run. Defaults live in pipeline/defaults/tiering.toml.
+population snapshot run. Defaults live in pipeline/config/defaults/tiering.toml.
 
 Checks that need another section (the F/M window must be one of
 `state.windows_days`) are in `check_against(config)`.

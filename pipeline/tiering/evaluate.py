@@ -1,8 +1,5 @@
 """One user's tiers from their state summary: every dimension, the scores behind
 them, tags, and when they next change with no new event. Pure.
-
-`diff(old, new)` lists the dimensions whose value changed; those are what
-`tier.changes` publishes (the store adds versions and the reason).
 """
 
 from __future__ import annotations
@@ -83,12 +80,6 @@ class Evaluation(msgspec.Struct, frozen=True):
         }
 
 
-class Change(msgspec.Struct, frozen=True):
-    dimension: str
-    old: str | None
-    new: str | None
-
-
 def _window_boundary_ms(
     purchase_days: Iterable[int], as_of_day: int, window_days: int
 ) -> int | None:
@@ -164,10 +155,3 @@ def evaluate(
         tags=tags(summary, config.tags) + tier_tags,
         next_boundary_ms=min((b for b in boundaries if b is not None and b > now_ms), default=None),
     )
-
-
-def diff(old: Evaluation | None, new: Evaluation) -> list[Change]:
-    """Changed dimensions, in TRACKED order; from nothing, every dimension that has a value."""
-    before = old.values() if old is not None else dict.fromkeys(TRACKED)
-    after = new.values()
-    return [Change(dim, before[dim], after[dim]) for dim in TRACKED if before[dim] != after[dim]]

@@ -1,4 +1,4 @@
-"""Lifecycle (business milestones, DOMAIN.md section 4):
+"""Lifecycle (business milestones; docs/domain.md, "Lifecycle"):
 new -> first_purchase -> repeat (n repurchases) -> vip."""
 
 from __future__ import annotations

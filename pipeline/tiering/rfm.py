@@ -1,5 +1,5 @@
 """RFM: scores 1..5 per dimension, high/low against the population mean, and the
-eight segments of DOMAIN.md section 5.
+eight segments (docs/domain.md, "The eight RFM segments").
 
 Raw values are integers: R is scored from the days since the last purchase
 (thresholds mode) or from the last purchase day itself (quantiles mode, where a
@@ -20,7 +20,7 @@ from tierflow.pipeline.tiering.config import BOUND_COUNT, TieringConfig
 DIMENSIONS = ("r", "f", "m")
 SCORES = (1, 2, 3, 4, 5)
 
-# (R high, F high, M high) -> segment id, in the order of DOMAIN.md section 5.
+# (R high, F high, M high) -> segment id, in the order of docs/domain.md, "The eight RFM segments".
 SEGMENTS: dict[tuple[bool, bool, bool], str] = {
     (True, True, True): "important_value",
     (True, False, True): "important_develop",

@@ -1,31 +1,8 @@
-"""The Redis side of tiering: per-user tiers with versioned change records, exact
-population counts, the time-decay schedule and the means-shift sweep.
-
-Every Lua call (tiers.lua beside this module) touches one hash tag, so all of this
-runs unchanged on Redis Cluster.
-
-Per user (hash tag `{u:ID}`, beside the state store's keys):
-  `{u:ID}:tier`    current value and version counter per dimension (v:<dim>,
-                   n:<dim>), scores (s:r/f/m), raw RFM values, next boundary
-                   (nb), the instant, event count and population snapshot
-                   evaluated (asof, basis, pop), the change and delta counters
-                   (seq, dseq), the evaluation (doc).
-  `{u:ID}:outbox`  change records (JSON, schemas/tier.changes.json) not yet
-                   acknowledged as published.
-  `{u:ID}:pend`    population deltas not yet applied (dseq -> JSON).
-  `{u:ID}:paid`    orders of the paid-membership SKU (event id -> "ts_ms:qty").
-                   The state store does not keep when a SKU was bought, so
-                   `on_batch` records them from the batch's events.
-
-Population, split over `population.shards` hash tags `{tf:t:N}` by crc32(user):
-  `:counts`        users per score ("r:1".."m:5") and per value of each dimension
-                   ("segment:important_value", ...), and "users".
-  `:applied`       user -> last applied delta seq.
-  `:due`           user -> next boundary ms (the decay schedule).
-  `:outbox`        user -> last change seq appended (who may have unpublished changes).
-  `:s:<dim>:<n>`   users holding score n on dimension dim (for the means-shift sweep).
-  `:raw:<dim>`     user -> raw value (last purchase day, purchases, cents) for quantiles.
-`tf:tier:pop` holds the population snapshot every evaluation scores against.
+"""Tiering's Redis side, the orchestrator: read each user's state, evaluate it
+(pure, evaluate.py), commit the result exactly once (tiers.lua beside this module),
+and run the timer. It builds on keys.py (where everything lives), population.py
+(counts, snapshots, who a means shift moves), schedule.py (who time decay moves)
+and outbox.py (the change records for the publisher).
 
 Exactly once, across crashes and replays:
 1. `commit` (user tag) compares the new evaluation with the stored one; for each
@@ -50,35 +27,18 @@ evaluation (the ingest replay, the still-due schedule entry, the unfinished
 sweep, re-running `reevaluate_all`) commits again, finds nothing new, and
 flushes it.
 
-Publication: every evaluation returns the user's unacknowledged records
-(`Result.outbox`); the publisher sends them (key: user id), and after delivery
-calls `ack_changes({user: last seq sent})`, which trims the outbox and, unless a
-later change arrived meanwhile, unlists the user from the shard's outbox index.
-`outbox_users()` lists users whose records were appended but not acknowledged
-(e.g. the publisher died after the commit): drain it at start-up and now and
-then. A crash after delivery and before the ack re-sends records, which
-consumers drop by (user_id, dimension, version).
+The state store does not keep when a SKU was bought, so `on_batch` records the
+paid-membership orders from the batch's events (`load` stores them).
 
-Means shift: evaluations score high/low against the snapshot in `tf:tier:pop`,
-not live counts, so every user is judged against the same means. `tick()`
-takes a new snapshot every `population.snapshot_interval_ms` (from the exact
-counts; quantile cut points from the raw-value sorted sets), works out which
-scores flip high/low (and which raw-value ranges change quantile score), stores
-that as the snapshot's pending sweep, re-evaluates exactly those users (per-score
-sets) with reason means_shift, and then marks the sweep done. A crash mid-sweep
-leaves the marker, and the next tick redoes it (idempotently). Lag: up to one
-snapshot interval plus the sweep's duration.
+The timer (`tick`) re-evaluates the users whose next boundary passed (reason
+time_decay), takes a new population snapshot every
+`population.snapshot_interval_ms` and sweeps the users it moves (means_shift).
 
-Clocks: every entry point takes `now_ms`; `wall_clock` and `WatermarkClock`
-(event time, for backfills and tests) supply it.
+Clocks: every entry point takes `now_ms` from the caller.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
-import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,92 +49,31 @@ import redis
 
 from tierflow.pipeline import lua
 from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.errors import TierflowError
 from tierflow.pipeline.ingest.validate import ValidEvent
-from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, iso, summarize, user_tag
+from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, iso, summarize
 from tierflow.pipeline.tiering.config import check_against
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
+from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, ShardKeys, Shards, TierKeys
 from tierflow.pipeline.tiering.membership import PaidPurchase
-from tierflow.pipeline.tiering.rfm import (
-    DIMENSIONS,
-    SCORES,
-    SEGMENT_IDS,
-    Population,
-    cuts_from_ranked,
-    quantile_ranks,
-)
+from tierflow.pipeline.tiering.outbox import ChangeOutbox, decode_changes
+from tierflow.pipeline.tiering.population import PopulationShift, PopulationStats, Snapshot
+from tierflow.pipeline.tiering.rfm import DIMENSIONS, Population
+from tierflow.pipeline.tiering.schedule import DecaySchedule
 from tierflow.schemas.events import Purchase
 from tierflow.schemas.tier_changes import REASONS, Reason, TierChange
 
-SNAPSHOT_KEY = "tf:tier:pop"
 # Re-evaluation rounds before giving up on a user whose state keeps moving under us.
 MAX_ATTEMPTS = 8
 
 
-def wall_clock() -> int:
-    return int(time.time() * 1000)
-
-
-class WatermarkClock:
-    """Event time: the newest event time observed (never goes back)."""
-
-    def __init__(self, start_ms: int = 0) -> None:
-        self.now_ms = start_ms
-
-    def observe(self, ts_ms: int) -> None:
-        self.now_ms = max(self.now_ms, ts_ms)
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-
-class ConcurrentEvaluation(RuntimeError):
+class ConcurrentEvaluation(TierflowError, RuntimeError):
     """A user's state kept changing between read and commit."""
 
 
-@dataclass(frozen=True, slots=True)
-class TierKeys:
-    tier: str
-    outbox: str
-    pending: str
-    paid: str
-
-    @classmethod
-    def of(cls, user_id: str) -> TierKeys:
-        tag = user_tag(user_id)
-        return cls(f"{tag}:tier", f"{tag}:outbox", f"{tag}:pend", f"{tag}:paid")
-
-
-@dataclass(frozen=True, slots=True)
-class ShardKeys:
-    counts: str
-    applied: str
-    due: str
-    outbox: str
-    score_sets: tuple[str, ...]  # r1..r5, f1..f5, m1..m5
-    raw: tuple[str, ...]  # r, f, m
-
-    @classmethod
-    def of(cls, shard: int) -> ShardKeys:
-        tag = "{tf:t:" + str(shard) + "}"
-        return cls(
-            f"{tag}:counts", f"{tag}:applied", f"{tag}:due", f"{tag}:outbox",
-            tuple(f"{tag}:s:{dim}:{s}" for dim in DIMENSIONS for s in SCORES),
-            tuple(f"{tag}:raw:{dim}" for dim in DIMENSIONS),
-        )
-
-    def as_list(self) -> list[str]:
-        return [self.counts, self.applied, self.due, self.outbox, *self.score_sets, *self.raw]
-
-    def score_set(self, dim: str, score: int) -> str:
-        return self.score_sets[DIMENSIONS.index(dim) * len(SCORES) + score - 1]
-
-
-def shard_of(user_id: str, shards: int) -> int:
-    return zlib.crc32(user_id.encode()) % shards
-
-
 def basis_of(profile: Mapping[str, str]) -> int:
-    """Events applied to the user (apply.lua's counters); tiers.lua counts the same way."""
+    """Events applied to the user (pipeline/state/apply.lua's counters); tiers.lua counts
+    the same way."""
     return sum(int(profile.get(f, "0")) for f in ("nb", "nc", "ni", "pc"))
 
 
@@ -218,16 +117,6 @@ class Result:
         self.outbox.update(other.outbox)
 
 
-@dataclass(frozen=True)
-class PopulationShift:
-    """A new snapshot and which users it may move."""
-
-    snapshot_id: str
-    population: Population
-    flips: dict[str, list[int]]  # dim -> scores whose high/low flipped
-    ranges: dict[str, list[list[int | None]]]  # dim -> raw [lo, hi) ranges whose quantile moved
-
-
 @dataclass
 class TickResult:
     decayed: Result = field(default_factory=Result)
@@ -239,15 +128,30 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class TierStore:
+    """Evaluates and commits users' tiers; the one entry point of tiering's Redis side."""
+
     def __init__(self, client: redis.Redis, config: Config) -> None:
         check_against(config.state.windows_days, config.tiering)
         self.client = client
         self.config = config
         self.tiering = config.tiering
-        self.shards = [ShardKeys.of(n) for n in range(self.tiering.population.shards)]
+        self.shards = Shards.of(self.tiering.population.shards)
+        self.stats = PopulationStats(client, self.shards, self.tiering)
+        self.schedule = DecaySchedule(client, self.shards)
+        self.outbox = ChangeOutbox(client, self.shards)
         self._script = lua.register(client, __file__, "tiers")
-        self._claim = lua.register(client, __file__, "tier_claim")
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -327,7 +231,7 @@ class TierStore:
             result.evaluated += 1
             result.evaluations[user] = evaluation
             deltas += pending
-            records = [msgspec.json.decode(r, type=TierChange) for r in outbox]
+            records = decode_changes(outbox)
             if appended:
                 result.appended += records[-appended:]
             if records:
@@ -404,18 +308,16 @@ class TierStore:
 
     def _flush(self, deltas: list[str]) -> None:
         """Apply pending deltas to the population (once each), then clear them."""
-        by_shard: dict[int, dict[tuple[str, int], dict]] = defaultdict(dict)
+        by_shard: dict[ShardKeys, dict[tuple[str, int], dict]] = defaultdict(dict)
         for text in deltas:
             delta = orjson.loads(text)
-            shard = shard_of(delta["user"], len(self.shards))
-            by_shard[shard][(delta["user"], delta["seq"])] = delta
+            by_shard[self.shards.holding(delta["user"])][(delta["user"], delta["seq"])] = delta
         if not by_shard:
             return
         pipe = self.client.pipeline(transaction=False)
         for shard, items in by_shard.items():
             ordered = [items[k] for k in sorted(items)]
-            self._script(keys=self.shards[shard].as_list(), args=["apply", orjson.dumps(ordered)],
-                         client=pipe)
+            self._script(keys=shard.as_list(), args=["apply", orjson.dumps(ordered)], client=pipe)
         applied: dict[str, int] = {}
         for flat in pipe.execute():
             for user, seq in _pairs(flat).items():
@@ -427,7 +329,7 @@ class TierStore:
 
     def preview(self, user_id: str, as_of_ms: int) -> Evaluation | None:
         """Evaluate as of any instant without committing (e.g. `tierflow user --as-of`).
-        Raises pipeline.state.AsOfOutOfRange past the retained history."""
+        Raises AsOfOutOfRange (pipeline/state/summary.py) past the retained history."""
         loaded, snapshot = self._load([user_id], {})
         state = loaded.get(user_id)
         return None if state is None else self._evaluate(user_id, state, snapshot.population, as_of_ms)
@@ -441,163 +343,38 @@ class TierStore:
         tier = self.client.hgetall(TierKeys.of(user_id).tier)
         return {dim: int(tier.get(f"n:{dim}", "0")) for dim in TRACKED}
 
-    # --- outbox -------------------------------------------------------------------------------
-
-    def pending_changes(self, user_ids: Iterable[str]) -> dict[str, list[TierChange]]:
-        """Unacknowledged change records per user, oldest first (users with none left out)."""
-        users = list(user_ids)
-        pipe = self.client.pipeline(transaction=False)
-        for user in users:
-            pipe.lrange(TierKeys.of(user).outbox, 0, -1)
-        out: dict[str, list[TierChange]] = {}
-        for user, rows in zip(users, pipe.execute(), strict=True):
-            if rows:
-                out[user] = [msgspec.json.decode(r, type=TierChange) for r in rows]
-        return out
-
-    def claim_changes(self, upto: Mapping[str, int], stamp_ms: int) -> list[int]:
-        """Claim each user's records up to a seq for publication, stamping the time (for
-        crash recovery). Returns, per user in order, the seq claimed before this call:
-        only records above it are this caller's to send."""
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in upto.items():
-            self._claim(keys=[TierKeys.of(user).tier], args=[seq, stamp_ms], client=pipe)
-        return [int(previous) for previous in pipe.execute()]
-
-    def ack_changes(self, published: Mapping[str, int]) -> int:
-        """Drop each user's records up to the given seq (published and flushed).
-        Idempotent. Returns how many records were dropped."""
-        if not published:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in published.items():
-            self._script(keys=[TierKeys.of(user).outbox], args=["ack", seq], client=pipe)
-        dropped = sum(pipe.execute())
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in published.items():
-            shard = self.shards[shard_of(user, len(self.shards))]
-            self._script(keys=[shard.outbox], args=["unlist", user, seq], client=pipe)
-        pipe.execute()
-        return dropped
-
-    def outbox_users(self, limit: int) -> list[str]:
-        """Users that may hold unpublished changes (e.g. after a crash), up to limit."""
-        pipe = self.client.pipeline(transaction=False)
-        for shard in self.shards:
-            pipe.zrange(shard.outbox, 0, limit - 1)
-        users = [u for rows in pipe.execute() for u in rows]
-        return users[:limit]
-
-    # --- time decay ---------------------------------------------------------------------------
-
-    def due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Users whose next boundary is at or before now_ms, earliest first."""
-        pipe = self.client.pipeline(transaction=False)
-        for shard in self.shards:
-            pipe.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit, withscores=True)
-        rows = [(u, int(s)) for shard_rows in pipe.execute() for u, s in shard_rows]
-        return sorted(rows, key=lambda r: (r[1], r[0]))[:limit]
+    # --- the timer ----------------------------------------------------------------------------
 
     def tick(self, now_ms: int, cadence_ms: int | None = None) -> TickResult:
         """The timer: re-evaluate due users (time_decay); snapshot the population when
         the interval passed and sweep the users it moves (means_shift)."""
         result = TickResult()
-        due = self.due(now_ms, self.tiering.decay.due_batch)
+        due = self.schedule.due(now_ms, self.tiering.decay.due_batch)
         if due:
             result.decayed = self.evaluate_users(
                 [u for u, _ in due], now_ms, "time_decay", event_times=dict(due)
             )
-            # A user whose state is gone (erased) must not stay due forever.
-            gone = [u for u, _ in due if u not in result.decayed.evaluations]
-            if gone:
-                pipe = self.client.pipeline(transaction=False)
-                for user in gone:
-                    if not self.client.exists(UserKeys.of(user).profile):
-                        pipe.zrem(self.shards[shard_of(user, len(self.shards))].due, user)
-                pipe.execute()
+            self.schedule.drop_erased(u for u, _ in due if u not in result.decayed.evaluations)
         # The snapshot cadence may run on another clock than evaluations: on event time a
         # backfill's clock stands still between events while the population moves on.
         cadence = now_ms if cadence_ms is None else cadence_ms
-        taken = self.client.hget(SNAPSHOT_KEY, "cadence_ms")
-        if taken is None or int(taken) + self.tiering.population.snapshot_interval_ms <= cadence:
-            result.shift = self.snapshot_means(now_ms, cadence)
+        if self.stats.snapshot_due(cadence):
+            result.shift = self.stats.snapshot_means(now_ms, cadence)
         result.swept = self.sweep(now_ms)
         return result
-
-    # --- population ---------------------------------------------------------------------------
-
-    def counts(self) -> dict[str, int]:
-        """Exact population counts summed over shards."""
-        pipe = self.client.pipeline(transaction=False)
-        for shard in self.shards:
-            pipe.hgetall(shard.counts)
-        total: dict[str, int] = defaultdict(int)
-        for row in pipe.execute():
-            for name, value in row.items():
-                total[name] += int(value)
-        return dict(total)
-
-    def population(self) -> Population:
-        """The snapshot evaluations score against."""
-        return Snapshot.of(self.client.hgetall(SNAPSHOT_KEY)).population
-
-    def snapshot_means(self, now_ms: int, cadence_ms: int | None = None) -> PopulationShift:
-        """Take a snapshot of the means (and quantile cut points) and record which
-        users it moves as the snapshot's pending sweep (merged with any unfinished one)."""
-        counts = self.counts()
-        score_counts = {dim: [counts.get(f"{dim}:{s}", 0) for s in SCORES] for dim in DIMENSIONS}
-        modes = {"r": self.tiering.recency.mode, "f": self.tiering.frequency.mode,
-                 "m": self.tiering.monetary.mode}
-        cuts = {dim: c for dim in DIMENSIONS if modes[dim] == "quantiles"
-                if (c := self._quantile_cuts(dim)) is not None}
-        new = Population(counts=score_counts, cuts=cuts)
-        stored = self.client.hgetall(SNAPSHOT_KEY)
-        old = Snapshot.of(stored).population
-        flips = {dim: [s for s in SCORES if old.high(dim, s) != new.high(dim, s)] for dim in DIMENSIONS}
-        ranges: dict[str, list[list[int | None]]] = {}
-        for dim in DIMENSIONS:
-            before, after = old.cuts.get(dim), new.cuts.get(dim)
-            if before == after:
-                continue
-            # From or to the threshold table every scored user may move.
-            ranges[dim] = [[None, None]] if before is None or after is None else [
-                [min(a, b), max(a, b)] for a, b in zip(before, after, strict=True) if a != b
-            ]
-        pending = orjson.loads(stored.get("sweep", '{"flips": {}, "ranges": {}}'))
-        for dim, scores in flips.items():
-            merged = sorted(set(pending["flips"].get(dim, [])) | set(scores))
-            if merged:
-                pending["flips"][dim] = merged
-        for dim, spans in ranges.items():
-            pending["ranges"][dim] = pending["ranges"].get(dim, []) + spans
-        snapshot_id = uuid.uuid4().hex
-        self.client.hset(SNAPSHOT_KEY, mapping={
-            "id": snapshot_id,
-            # Commits refuse evaluations made against an older snapshot than the user's last.
-            "taken_ms": max(now_ms, Snapshot.of(stored).taken_ms + 1),
-            "cadence_ms": now_ms if cadence_ms is None else cadence_ms,
-            "population": msgspec.json.encode(new),
-            "sweep": orjson.dumps(pending),
-        })
-        return PopulationShift(snapshot_id, new, pending["flips"], pending["ranges"])
 
     def sweep(self, now_ms: int, reason: Reason = "means_shift") -> Result:
         """Re-evaluate the users the snapshot's pending sweep names, then mark it done.
         Users are streamed in chunks of `decay.due_batch`; one in several sets is
         simply evaluated twice (the second finds nothing to change)."""
-        snapshot = self.client.hgetall(SNAPSHOT_KEY)
-        if "sweep" not in snapshot:
+        pending = self.stats.pending_sweep()
+        if pending is None:
             return Result()
-        pending = orjson.loads(snapshot["sweep"])
-        groups: list[Iterable[str]] = [
-            self.users_with_score(dim, s) for dim, scores in pending["flips"].items() for s in scores
-        ]
-        groups += [self.users_with_raw_between(dim, lo, hi)
-                   for dim, spans in pending["ranges"].items() for lo, hi in spans]
+        snapshot_id, users = pending
         result = Result()
-        for chunk in _chunks(itertools.chain.from_iterable(groups), self.tiering.decay.due_batch):
+        for chunk in _chunks(users, self.tiering.decay.due_batch):
             result.merge(self.evaluate_users(chunk, now_ms, reason))
-        self._script(keys=[SNAPSHOT_KEY], args=["sweep_done", snapshot["id"]])
+        self.stats.sweep_done(snapshot_id)
         return result
 
     def reevaluate_all(self, user_ids: Iterable[str], now_ms: int) -> Result:
@@ -607,97 +384,29 @@ class TierStore:
         result = Result()
         for chunk in _chunks(user_ids, self.tiering.decay.due_batch):
             result.merge(self.evaluate_users(chunk, now_ms, "config_change"))
-        self.snapshot_means(now_ms)
+        self.stats.snapshot_means(now_ms)
         result.merge(self.sweep(now_ms, "config_change"))
         return result
 
-    def users_with_score(self, dim: str, score: int) -> Iterator[str]:
-        """Users whose stored score on dim is `score` (exact per-score sets)."""
-        for shard in self.shards:
-            yield from self.client.sscan_iter(shard.score_set(dim, score), count=1000)
-
-    def users_with_raw_between(self, dim: str, lo: int | None, hi: int | None) -> Iterator[str]:
-        """Scored users whose raw value on dim lies in [lo, hi) (None: unbounded)."""
-        low = "-inf" if lo is None else lo
-        high = "+inf" if hi is None else f"({hi}"
-        for shard in self.shards:
-            yield from self.client.zrangebyscore(shard.raw[DIMENSIONS.index(dim)], low, high)
-
-    def _quantile_cuts(self, dim: str) -> list[int] | None:
-        """Quantile cut points over all shards, by order statistics: the k-th smallest
-        raw value is found by binary search on value with ZCOUNT summed over shards."""
-        keys = [shard.raw[DIMENSIONS.index(dim)] for shard in self.shards]
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.zcard(key)
-            pipe.zrange(key, 0, 0, withscores=True)
-            pipe.zrange(key, -1, -1, withscores=True)
-        rows = pipe.execute()
-        n = sum(rows[0::3])
-        if n == 0:
-            return None
-        lowest = min(int(r[0][1]) for r in rows[1::3] if r)
-        highest = max(int(r[0][1]) for r in rows[2::3] if r)
-
-        def kth(rank: int) -> int:
-            lo, hi = lowest, highest
-            while lo < hi:
-                mid = (lo + hi) // 2
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys:
-                    pipe.zcount(key, "-inf", mid)
-                if sum(pipe.execute()) >= rank + 1:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return lo
-
-        return cuts_from_ranked([kth(rank) for rank in quantile_ranks(n)])
-
     def report(self) -> dict[str, object]:
         """`tierflow segments --json`: counts per value of every dimension from the
-        stored tiers (segment counts add up to scored_users), and the means in use."""
-        counts = self.counts()
-        population = self.population()
+        stored tiers, and the means in use."""
+        return self.stats.report()
 
-        def values(dim: str, names: Iterable[str]) -> dict[str, int]:
-            known = {name: counts.get(f"{dim}:{name}", 0) for name in names}
-            # Values from an earlier configuration (e.g. a renamed tier) still show.
-            for key, n in counts.items():
-                if key.startswith(f"{dim}:") and n:
-                    known.setdefault(key.split(":", 1)[1], n)
-            return known
+    # --- publication (outbox.py) --------------------------------------------------------------
 
-        return {
-            "scored_users": sum(counts.get(f"r:{s}", 0) for s in SCORES),
-            "users": counts.get("users", 0),
-            "means": {dim: population.mean(dim) for dim in DIMENSIONS},
-            "segments": values("segment", SEGMENT_IDS),
-            "lifecycle": values("lifecycle", ("new", "first_purchase", "repeat", "vip")),
-            "membership": values("membership", self.tiering.tier_names),
-            "aipl": values("aipl", ("aware", "interest", "purchase", "loyalty")),
-        }
+    def pending_changes(self, user_ids: Iterable[str]) -> dict[str, list[TierChange]]:
+        """Unacknowledged change records per user, oldest first (users with none left out)."""
+        return self.outbox.pending(user_ids)
 
+    def claim_changes(self, upto: Mapping[str, int], stamp_ms: int) -> list[int]:
+        """Per user in order, the seq claimed before: only records above it are the caller's."""
+        return self.outbox.claim(upto, stamp_ms)
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def ack_changes(self, published: Mapping[str, int]) -> int:
+        """Drop each user's records up to the given seq; returns how many were dropped."""
+        return self.outbox.ack(published)
 
-
-@dataclass(frozen=True)
-class Snapshot:
-    population: Population
-    # When it was taken (the clock's time); -1 before the first snapshot.
-    taken_ms: int
-
-    @classmethod
-    def of(cls, stored: Mapping[str, str]) -> Snapshot:
-        doc = stored.get("population")
-        population = Population() if doc is None else msgspec.json.decode(doc, type=Population)
-        return cls(population, int(stored.get("taken_ms", "-1")))
+    def outbox_users(self, limit: int) -> list[str]:
+        """Users who may hold unpublished changes (e.g. after a crash), up to limit."""
+        return self.outbox.users(limit)

@@ -1,4 +1,4 @@
-"""Consumption, behaviour and "need" tags (DOMAIN.md section 3), named the way
+"""Consumption, behaviour and "need" tags (docs/domain.md, "Tags"), named the way
 the field names them:
 
 - `F<n>`: repurchased n times (F3 = third repurchase);

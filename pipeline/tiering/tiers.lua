@@ -1,8 +1,7 @@
--- Tier store operations (see pipeline/tiering/store.py for the design). ARGV[1] names the
+-- The tier commit protocol (see pipeline/tiering/store.py for the design). ARGV[1] names the
 -- operation; each call is one atomic decision and touches keys of ONE hash tag only, so it
--- runs unchanged on Redis Cluster: "load", "commit", "clear", "ack" on a user's tag
--- ({u:ID}); "apply", "unlist" on one population shard's tag ({tf:t:N}); "sweep_done" on the
--- population snapshot key.
+-- runs unchanged on Redis Cluster: "load", "commit", "clear" on a user's tag ({u:ID});
+-- "apply" on one population shard's tag ({tf:t:N}).
 local op = ARGV[1]
 local NULL = cjson.null
 local DIMS = {'segment', 'lifecycle', 'membership', 'aipl'}
@@ -13,7 +12,8 @@ local function int(n) return string.format('%d', n) end
 local function present(x) if x == NULL or x == false then return nil end return x end
 local function json_or_null(x) if x == nil then return NULL end return x end
 
--- Events applied to the user so far: grows by one per applied event (apply.lua's counters).
+-- Events applied to the user so far: grows by one per applied event (the counters of
+-- pipeline/state/apply.lua).
 local function event_count(profile)
   local total = 0
   for _, v in ipairs(redis.call('HMGET', profile, 'nb', 'nc', 'ni', 'pc')) do
@@ -171,29 +171,5 @@ elseif op == 'apply' then
     out[#out + 1] = int(last)
   end
   return out
-
-elseif op == 'ack' then
-  -- KEYS: outbox; ARGV[2]: highest change seq published. Drops published records from the
-  -- head; acknowledging twice is harmless. Returns how many were dropped.
-  local upto, dropped = tonumber(ARGV[2]), 0
-  while true do
-    local head = redis.call('LINDEX', KEYS[1], 0)
-    if not head or cjson.decode(head).seq > upto then break end
-    redis.call('LPOP', KEYS[1])
-    dropped = dropped + 1
-  end
-  return dropped
-
-elseif op == 'unlist' then
-  -- KEYS: outbox index of the user's shard; ARGV: 2 user, 3 acknowledged seq. The user
-  -- stays listed when a later change was appended (its delta set a higher score).
-  local listed = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
-  if listed <= tonumber(ARGV[3]) then return redis.call('ZREM', KEYS[1], ARGV[2]) end
-  return 0
-
-elseif op == 'sweep_done' then
-  -- KEYS: snapshot hash; ARGV[2]: snapshot id whose sweep finished (a newer one keeps its own).
-  if redis.call('HGET', KEYS[1], 'id') == ARGV[2] then return redis.call('HDEL', KEYS[1], 'sweep') end
-  return 0
 end
 return redis.error_reply('tiers.lua: unknown operation ' .. tostring(op))
