@@ -8,7 +8,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.fixtures.paths import ROOT
+
 FOLDERS = ("pipeline", "agents", "schemas", "infra")
 
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.archive_support import (
+from tests.fixtures.archive import (
     aipl_truth,
     archive_context,
     archive_directly,
@@ -29,7 +29,7 @@ from tests.archive_support import (
     drop_if_server,
     touch_topic,
 )
-from tests.support import ROOT, free_port
+from tests.fixtures.worker import ROOT, free_port
 from tierflow.pipeline.archive.aipl import monday
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
@@ -93,6 +93,7 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date, list[dic
     archive.close()
 
 
+@pytest.mark.service
 def test_api_answers_with_the_token_only_when_bound_publicly(
     seeded: tuple[Context, list[dict], date, list[dict]],
 ) -> None:
@@ -244,6 +245,7 @@ def run_chromium(tmp_path: Path, url: str, *action: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.service
 def test_dashboard_page_renders_the_expected_numbers(
     seeded: tuple[Context, list[dict], date, list[dict]], tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ import msgspec
 import orjson
 import pytest
 
-from tests.archive_support import (
+from tests.fixtures.archive import (
     aipl_truth,
     archive_context,
     archive_directly,
@@ -41,7 +41,7 @@ from tests.archive_support import (
     wait_until,
     with_archive_settings,
 )
-from tests.support import ROOT, free_port
+from tests.fixtures.worker import ROOT, free_port
 from tierflow.pipeline.archive import aipl, reports
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.migrate import (

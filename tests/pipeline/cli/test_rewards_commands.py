@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.paths import ROOT
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.pipeline.state.store import connect
 from tierflow.schemas.events import Interaction
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = "2026-04-23T12:00:00Z"
 NOW_MS = 1_776_945_600_000
 DAY_MS = 86_400_000

@@ -10,8 +10,14 @@ from pathlib import Path
 
 import orjson
 
-from tests.support import WorkerProcess, read_to_end, running_worker, send_events, wait_processed
-from tests.test_spine import population_events
+from tests.fixtures.worker import (
+    WorkerProcess,
+    population_events,
+    read_to_end,
+    running_worker,
+    send_events,
+    wait_processed,
+)
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.kafka import lag

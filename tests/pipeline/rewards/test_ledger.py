@@ -9,7 +9,6 @@ import os
 import re
 import signal
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -17,6 +16,7 @@ import msgspec
 import pytest
 import redis
 
+from tests.fixtures.paths import ROOT
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.rewards import catalogue, redeem, redemption
 from tierflow.pipeline.rewards.catalogue import DAY_MS
@@ -31,7 +31,7 @@ from tierflow.schemas.events import Interaction, Item, Purchase
 from tierflow.schemas.reward_grants import RewardRecord, encode
 
 NOW = 1_777_000_000_000  # 2026-04-24, the engine's injected clock
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "reward.grants.json").read_text())
+SCHEMA = json.loads((ROOT / "schemas" / "reward.grants.json").read_text())
 SPAWN = multiprocessing.get_context("spawn")
 
 

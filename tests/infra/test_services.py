@@ -18,6 +18,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tierflow.infra import kafka, services
 from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
+# Every test here starts, stops or talks to the local services.
+pytestmark = pytest.mark.service
+
 SHARED = Settings.from_env()  # what tests/conftest.py brings up too
 
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fixtures.paths import ROOT
 from tierflow.pipeline.config.domain import ConfigError, load_config
 from tierflow.pipeline.rewards import catalogue, redeem, rules
 from tierflow.pipeline.rewards.catalogue import DAY_MS, IssueContext
@@ -23,7 +24,6 @@ from tierflow.schemas.events import Browse, Interaction, Item, Purchase
 from tierflow.schemas.reward_grants import CouponTerms, RewardItem, RewardRecord, encode
 from tierflow.schemas.tier_changes import TierChange
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = int(datetime(2026, 4, 23, 12, tzinfo=UTC).timestamp() * 1000)
 
 

@@ -5,7 +5,6 @@ a kill -9 mid-stream, and bad input mixed in."""
 from __future__ import annotations
 
 import base64
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,25 +12,15 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
-from tests import truth
-from tests.support import cli, read_all, running_worker, send_events, wait_processed
+from tests.fixtures import truth
+from tests.fixtures.worker import cli, population_events, read_all, running_worker, send_events, wait_processed
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
-from tierflow.pipeline.demo.synth import Population
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import DAY_MS, summarize
 
 WINDOWS = [30, 90]
-
-
-def population_events(users: int, days: int, seed: int, duplicate_share: float) -> tuple[list[dict], int]:
-    now_ms = int(time.time() * 1000)
-    events = list(Population(users, days, now_ms, seed=seed, run=f"s{seed}").events())
-    rng = random.Random(seed)
-    events += rng.sample(events, int(len(events) * duplicate_share))
-    rng.shuffle(events)
-    return events, now_ms
 
 
 def assert_state_matches(settings: Settings, events: list[dict], as_of_times: list[int]) -> None:

@@ -11,13 +11,13 @@ import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import msgspec
 import pytest
 import redis
 
+from tests.fixtures.paths import ROOT
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.ingest.validate import ValidEvent
 from tierflow.pipeline.state.store import StateStore, connect
@@ -28,7 +28,6 @@ from tierflow.pipeline.tiering.store import Result, TierStore
 from tierflow.schemas.events import Browse, Interaction, Item, Purchase
 from tierflow.schemas.tier_changes import TierChange
 
-ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "schemas" / "tier.changes.json").read_text())
 DAY0 = 20_000  # 2024-10-04
 T0 = DAY0 * DAY_MS + 12 * 3_600_000  # noon, UTC

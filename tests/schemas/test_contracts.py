@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
 
+from tests.fixtures.paths import ROOT
 from tierflow.pipeline.ingest.deadletter import dead_letter
 from tierflow.pipeline.ingest.validate import Rejection
 from tierflow.schemas import __main__ as schemas_command
@@ -22,7 +23,7 @@ from tierflow.schemas import generate
 from tierflow.schemas.dead_letters import DeadLetter
 from tierflow.schemas.events import EVENT_TYPES, Event
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = ROOT / "schemas"
 
 
 def test_checked_in_schema_files_are_generated_from_the_types() -> None:
