@@ -16,6 +16,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from tierflow.infra.errors import ServiceError, refuse_remote
 from tierflow.infra.process import alive, file_lock
 from tierflow.pipeline.config.settings import Settings
 
@@ -51,7 +52,7 @@ def ensure_jars(home: Path) -> Path:
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka jars; install it first")
+        raise ServiceError("Maven (mvn) is needed to fetch the Kafka jars; install it first")
     # A previous run may have been interrupted half way: start from an empty directory.
     shutil.rmtree(libs, ignore_errors=True)
     libs.mkdir(parents=True)
@@ -67,7 +68,7 @@ def ensure_jars(home: Path) -> Path:
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(
+        raise ServiceError(
             f"mvn failed ({result.returncode}):\n{_tail(result.stdout + result.stderr)}"
         )
     marker.write_text(KAFKA_VERSION + "\n")
@@ -91,10 +92,7 @@ def start(settings: Settings, timeout: float = 90.0) -> str:
     if is_up(settings):
         return "reused"
     if not settings.kafka.is_local:
-        raise RuntimeError(
-            f"Kafka at {settings.kafka.bootstrap} is not reachable "
-            "(a remote bootstrap: not starting a local broker)"
-        )
+        raise refuse_remote("Kafka", settings.kafka.bootstrap, "bootstrap")
     root = settings.home / "kafka"
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / "start.lock"):
@@ -206,7 +204,7 @@ def _format_storage(root: Path, libs: Path, props: Path) -> None:
     cmd = [*_java(libs, root), STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
     if result.returncode != 0:
-        raise RuntimeError(
+        raise ServiceError(
             f"formatting Kafka storage failed ({result.returncode}):\n"
             f"{_tail(result.stdout + result.stderr)}"
         )
@@ -224,7 +222,7 @@ def _cluster_id() -> str:
 def _java(libs: Path, root: Path) -> list[str]:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError("Java 17+ is needed to run Kafka; install a JRE first")
+        raise ServiceError("Java 17+ is needed to run Kafka; install a JRE first")
     return [
         java,
         HEAP,
@@ -242,9 +240,9 @@ def _wait_ready(settings: Settings, root: Path, timeout: float) -> None:
         if is_up(settings, timeout=2.0) and _groups_ready(settings):
             return
         if _our_pid(root) is None:
-            raise RuntimeError(f"Kafka exited during startup; log tail:\n{_log_tail(root)}")
+            raise ServiceError(f"Kafka exited during startup; log tail:\n{_log_tail(root)}")
         time.sleep(0.5)
-    raise RuntimeError(
+    raise ServiceError(
         f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {timeout:.0f} s; "
         f"log tail ({root / 'kafka.log'}):\n{_log_tail(root)}"
     )

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from tierflow.infra.errors import ServiceError, refuse_remote
 from tierflow.infra.process import alive, file_lock
 from tierflow.pipeline.config.settings import Settings
 
@@ -35,10 +36,7 @@ def start(settings: Settings, timeout: float = 30.0) -> str:
     if is_up(settings):
         return "reused"
     if not settings.redis_is_local:
-        raise RuntimeError(
-            f"Redis at {settings.redis_display()} is not reachable "
-            "(a remote URL: not starting a local server)"
-        )
+        raise refuse_remote("Redis", settings.redis_display(), "URL")
     root = settings.home / "redis"
     root.mkdir(parents=True, exist_ok=True)
     # Concurrent starts would race for the port and the pid file.
@@ -66,11 +64,11 @@ def start(settings: Settings, timeout: float = 30.0) -> str:
             capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         if result.returncode != 0:
-            raise RuntimeError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
+            raise ServiceError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
         deadline = time.monotonic() + timeout
         while not is_up(settings, timeout=1.0):
             if time.monotonic() > deadline:
-                raise RuntimeError(
+                raise ServiceError(
                     f"Redis did not answer PING at {settings.redis_display()} within "
                     f"{timeout:.0f} s; log tail ({log}):\n{_log_tail(log)}"
                 )
@@ -106,7 +104,7 @@ def _ensure_installed() -> str:
         subprocess.run(cmd, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     server = shutil.which("redis-server")
     if server is None:
-        raise RuntimeError("apt-get installed redis-server but it is not on PATH")
+        raise ServiceError("apt-get installed redis-server but it is not on PATH")
     return server
 
 

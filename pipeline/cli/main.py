@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tierflow.pipeline.cli import commands
 from tierflow.pipeline.cli.errors import CliError
-from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.errors import ConfigError, TierflowError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tierflow: configuration error: {exc}", file=sys.stderr)
         return 2
+    except TierflowError as exc:  # an expected failure (a service down, a failed delivery): no traceback
+        print(f"tierflow: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

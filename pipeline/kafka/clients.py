@@ -3,10 +3,15 @@ and the consumers, with the security settings applied to each."""
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import Consumer, Producer
 
 from tierflow.pipeline.config.settings import KafkaSettings
 
+# librdkafka's own messages (a broker down, a retry) go to Python logging, where the
+# worker's log settings apply, instead of straight to stderr.
+_LOG = {"logger": logging.getLogger("tierflow.kafka")}
 # Idempotent producers: a retry after a lost acknowledgement never writes a record twice.
 _PRODUCER = {"enable.idempotence": True, "linger.ms": 5}
 # Bulk sending (`tierflow produce`, the demo, benchmarks) trades a little latency for throughput.
@@ -14,9 +19,9 @@ _BULK = {"linger.ms": 20, "compression.type": "lz4", "batch.size": 1_000_000}
 
 
 def producer(kafka: KafkaSettings, *, bulk: bool = False) -> Producer:
-    return Producer(kafka.confluent(**(_PRODUCER | _BULK if bulk else _PRODUCER)))
+    return Producer(kafka.confluent(**(_PRODUCER | _BULK if bulk else _PRODUCER), **_LOG))
 
 
 def consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
     """A consumer that never commits on its own: callers commit what they have made durable."""
-    return Consumer(kafka.confluent(**{"group.id": group_id, "enable.auto.commit": False, **overrides}))
+    return Consumer(kafka.confluent(**{"group.id": group_id, "enable.auto.commit": False, **_LOG, **overrides}))

@@ -27,6 +27,7 @@ from tests.fixtures.archive import (
     dashboard_process,
     domain_example_population,
     drop_if_server,
+    tier_change,
     touch_topic,
 )
 from tests.fixtures.worker import ROOT, free_port
@@ -66,24 +67,22 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date, list[dic
     extra: list[tuple[str, dict]] = []
     segments = ("important_value", "general_develop", "important_win_back")
     for i in range(300):
+        user = f"x{i:05d}"
         day = datetime(start.year, start.month, start.day, 9, tzinfo=UTC) + timedelta(days=i % 28)
-        extra.append((topics.tier_changes, {
-            "user_id": f"x{i:05d}", "dimension": "segment", "old": None, "new": segments[i % 3],
-            "reason": "event", "version": 1, "event_time": int(day.timestamp() * 1000)}))
+        day_ms = int(day.timestamp() * 1000)
+        extra.append((topics.tier_changes, tier_change(
+            user, "segment", None, segments[i % 3], "event", 1, day_ms, seq=1)))
         if i % 3 == 0:
-            extra.append((topics.tier_changes, {
-                "user_id": f"x{i:05d}", "dimension": "segment", "old": segments[0],
-                "new": segments[2], "reason": "time_decay", "version": 2,
-                "event_time": int((day + timedelta(days=20)).timestamp() * 1000)}))
-        extra.append((topics.tier_changes, {
-            "user_id": f"x{i:05d}", "dimension": "membership", "old": None,
-            "new": "super" if i % 5 == 0 else "ordinary", "reason": "event", "version": 1,
-            "event_time": int(day.timestamp() * 1000)}))
+            extra.append((topics.tier_changes, tier_change(
+                user, "segment", segments[0], segments[2], "time_decay", 2,
+                int((day + timedelta(days=20)).timestamp() * 1000), seq=3)))
+        extra.append((topics.tier_changes, tier_change(
+            user, "membership", None, "super" if i % 5 == 0 else "ordinary", "event", 1, day_ms, seq=2)))
         if i % 4 == 0:
             extra.append((topics.reward_grants, {
-                "record_id": f"g{i}", "kind": "grant", "user_id": f"x{i:05d}",
+                "record_id": f"g{i}", "kind": "grant", "user_id": user,
                 "campaign": "upgrade_pack", "prize_type": "gift_pack", "cost_cents": 1500,
-                "at_ms": int(day.timestamp() * 1000), "items": []}))
+                "at_ms": day_ms, "recorded_ms": day_ms, "items": []}))
     archive = Archive(ctx.settings, ctx.config.archive)
     archive_directly(ctx, archive, [(touch_topic(ctx, e), e) for e in events] + extra)
     archive.close()  # embedded chDB: whoever serves the page opens it next
@@ -159,7 +158,7 @@ def test_api_answers_with_the_token_only_when_bound_publicly(
 
 
 def day(change: dict) -> date:
-    return datetime.fromtimestamp(change["event_time"] / 1000, UTC).date()
+    return datetime.fromisoformat(change["event_time"]).date()
 
 
 def distribution_truth(changes: list[dict], dimension: str, end: date) -> dict[str, int]:
