@@ -28,3 +28,7 @@ _TRANSIENT = frozenset({
 def is_transient(exc: KafkaException) -> bool:
     err = exc.args[0]
     return isinstance(err, KafkaError) and (err.retriable() or err.code() in _TRANSIENT)
+
+
+class TopicReadError(TierflowError):
+    """A topic could not be read to the end the broker reported."""
