@@ -110,3 +110,23 @@ def test_contracts_depend_on_nothing_else_in_tierflow() -> None:
         if target.startswith("tierflow.") and not target.startswith("tierflow.schemas")
     ]
     assert offending == []
+
+
+def test_every_data_file_ships_in_the_package() -> None:
+    """Lua scripts, default configs, schemas, migrations and dashboard assets are read at
+    run time: each must match a package-data pattern, or an installed tierflow breaks."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: ROOT / folder for package, folder in setuptools["package-dir"].items()}
+
+    def package_folder(package: str) -> Path:
+        top = ".".join(package.split(".")[:2])
+        return folders[top].joinpath(*package.split(".")[2:])
+
+    patterns = [package_folder(package) / pattern for package, globs in setuptools["package-data"].items()
+                for pattern in globs]
+    shipped = {path for pattern in patterns for path in pattern.parent.glob(pattern.name)}
+    data = {
+        path for folder in FOLDERS for path in (ROOT / folder).rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
+    assert sorted(map(str, data - shipped)) == []
