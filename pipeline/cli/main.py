@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from tierflow.pipeline.cli import commands
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.errors import ConfigError, TierflowError
+
+# Shell conventions: 2 for usage errors, 128 + the signal for SIGINT and SIGPIPE.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tierflow")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=None,
         help="domain config TOML (default: $TIERFLOW_CONFIG, else built-in defaults)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"tierflow {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{module.name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -42,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tierflow: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`tierflow lag | head -1`): stop quietly, and keep the
+        # interpreter from complaining while it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

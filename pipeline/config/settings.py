@@ -13,12 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tierflow.pipeline.errors import ConfigError
+
 INPUT_TYPES = ("browse", "cart", "purchase", "interaction")
+# Kafka allows more, but a topic per input type with more partitions than this is a typo.
+MAX_PARTITIONS = 10_000
+MAX_PORT = 65_535
 
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _int_env(name: str, default: int, lowest: int, highest: int) -> int:
+    """An integer variable; a bad value is an error that names the variable."""
+    text = _env(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not an integer") from None
+    if not lowest <= value <= highest:
+        raise ConfigError(f"{name}={value} is outside {lowest}..{highest}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -121,10 +138,10 @@ class Settings:
             home=Path(_env("TIERFLOW_HOME", str(Path.home() / ".tierflow"))).expanduser(),
             config_path=Path(config).expanduser() if config else None,
             topics=Topics(prefix=os.environ.get("TIERFLOW_TOPIC_PREFIX", "")),
-            partitions=int(_env("TIERFLOW_PARTITIONS", str(cls.partitions))),
+            partitions=_int_env("TIERFLOW_PARTITIONS", cls.partitions, 1, MAX_PARTITIONS),
             group_id=_env("TIERFLOW_GROUP", cls.group_id),
             web_host=_env("TIERFLOW_WEB_HOST", cls.web_host),
-            web_port=int(_env("TIERFLOW_WEB_PORT", str(cls.web_port))),
+            web_port=_int_env("TIERFLOW_WEB_PORT", cls.web_port, 0, MAX_PORT),
             dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
             clock=_env("TIERFLOW_CLOCK", cls.clock),
         )
