@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 import uuid
@@ -51,8 +50,7 @@ class LiveFeed(threading.Thread):
                     now = time.monotonic()
                     if now - shown_at >= 1 / LINES_PER_SECOND:
                         shown_at = now
-                        sys.stdout.write("\r\033[K  " + describe(kind, orjson.loads(msg.value())) + "\n")
-                        sys.stdout.flush()
+                        print("  " + describe(kind, orjson.loads(msg.value())), flush=True)
         finally:
             self.consumer.close()
 

@@ -3,8 +3,6 @@ batched per user (the SDK batching that wins throughput)."""
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -101,39 +99,11 @@ class EventSender:
         return self.report
 
 
-def progress_printer(total: int | None, label: str = "produced") -> Callable[[int], None]:
-    """A live progress line on stderr, throttled to a few updates per second."""
-    started = time.monotonic()
-    last = [0.0]
-
-    def show(done: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.25 and done != total:
-            return
-        last[0] = now
-        rate = done / max(now - started, 1e-6)
-        if total:
-            width = 30
-            filled = int(width * done / total)
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{total} {label} ({rate:,.0f}/s)")
-        else:
-            sys.stderr.write(f"\r{done} {label} ({rate:,.0f}/s)")
-        sys.stderr.flush()
-
-    return show
-
-
-def send_lines(sender: EventSender, lines: Iterable[bytes], total: int | None = None) -> ProduceReport:
-    show = progress_printer(total)
-    count = 0
+def send_lines(sender: EventSender, lines: Iterable[bytes], on_line: Callable[[int], None]) -> ProduceReport:
+    """Send JSONL lines; `on_line(n)` after each (progress)."""
     for count, line in enumerate(lines, start=1):
         stripped = line.strip()
         if stripped:
             sender.send_raw(count, stripped)
-        show(count)
-    report = sender.close()
-    if count:
-        show(count)
-        sys.stderr.write("\n")
-    return report
+        on_line(count)
+    return sender.close()

@@ -1,7 +1,7 @@
 """`tierflow demo`: the whole pipeline on local services with a synthetic population.
 
 Brings Kafka and Redis up, starts a worker process, streams a realistic
-population with a live progress line, waits until the worker has processed
+population with live progress, waits until the worker has processed
 everything, prints what the pipeline now knows, and stops the worker.
 """
 
@@ -19,11 +19,15 @@ from pathlib import Path
 import orjson
 
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.cli.progress import progress
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.demo.synth import Population
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import summarize
+
+# Events sent between two looks at the worker (is it still alive?) and the progress bar.
+WORKER_CHECK_EVERY = 5000
 
 
 def start_worker(ctx: Context, log_path: Path) -> subprocess.Popen:
@@ -51,34 +55,35 @@ def stream(ctx: Context, population: Population, batch: int, worker: subprocess.
     from tierflow.pipeline.kafka.sender import EventSender
 
     sender = EventSender(ctx.settings, batch=batch)
-    started = time.monotonic()
-    for sent, event in enumerate(population.events(), start=1):
-        sender.send(str(event["type"]), str(event["user_id"]), orjson.dumps(event))
-        if sent % 5000 == 0:
-            sys.stderr.write(f"\rstreaming: {sent:,} events sent "
-                             f"({sent / (time.monotonic() - started):,.0f}/s)   ")
-            sys.stderr.flush()
-            if worker.poll() is not None:
-                raise CliError("the worker stopped unexpectedly; see its log", 1)
-    report = sender.close()
-    sys.stderr.write(f"\rstreaming: {report.events:,} events in {report.records:,} records sent\n")
+    with progress("streaming events") as show:
+        for sent, event in enumerate(population.events(), start=1):
+            sender.send(str(event["type"]), str(event["user_id"]), orjson.dumps(event))
+            if sent % WORKER_CHECK_EVERY == 0:
+                show(sent)
+                if worker.poll() is not None:
+                    raise CliError("the worker stopped unexpectedly; see its log", 1)
+        report = sender.close()
+        show(report.events)
+    print(f"streamed {report.events:,} events in {report.records:,} records")
     if report.failed:
         raise CliError(f"{report.failed} records were not delivered: {report.errors[:3]}", 1)
     return report.events
 
 
 def wait_for_worker(ctx: Context, worker: subprocess.Popen, timeout: float) -> None:
-    def progress(remaining: int) -> None:
-        if worker.poll() is not None:
-            raise CliError("the worker stopped unexpectedly; see its log", 1)
-        sys.stderr.write(f"\rprocessing: {remaining:,} records to go        ")
-        sys.stderr.flush()
+    backlog = sum(row.lag for row in lag.measure(ctx.settings))
+    with progress("worker processing records", backlog or None) as show:
 
-    try:
-        lag.wait(ctx.settings, timeout, progress)
-    except TimeoutError as exc:
-        raise CliError(str(exc), 1) from exc
-    sys.stderr.write("\rprocessing: done                      \n")
+        def on_remaining(remaining: int) -> None:
+            if worker.poll() is not None:
+                raise CliError("the worker stopped unexpectedly; see its log", 1)
+            show(max(backlog - remaining, 0))
+
+        try:
+            lag.wait(ctx.settings, timeout, on_remaining)
+        except TimeoutError as exc:
+            raise CliError(str(exc), 1) from exc
+    print("the worker has processed every record")
 
 
 def summary_lines(ctx: Context, population: Population, now_ms: int) -> list[str]:

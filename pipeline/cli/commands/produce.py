@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.cli.progress import progress
 from tierflow.pipeline.config.context import from_args
 from tierflow.pipeline.kafka.sender import EventSender, send_lines
 from tierflow.pipeline.kafka.topics import ensure_topics
@@ -25,7 +26,8 @@ def _produce(args: argparse.Namespace) -> int:
         lines = path.open("rb")
     ensure_topics(ctx.settings)
     sender = EventSender(ctx.settings, batch=args.batch)
-    report = send_lines(sender, lines, total)
+    with progress("produced", total) as show:
+        report = send_lines(sender, lines, show)
     print(
         f"lines {report.lines}  events {report.events}  records {report.records}  "
         f"delivered {report.delivered}  failed {report.failed}  skipped {len(report.skipped)}"
