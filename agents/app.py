@@ -1,13 +1,16 @@
 """The Faust application that hosts every stage of the worker.
 
-Faust owns the process: lifecycle, signals, timers, the web server and the
-agent on the low-volume `tier.changes` topic. The high-volume input topics are
-read by `IngestLoop` in a thread under the supervisor (see agents/ingest.py for
-why), and the archive writer runs the same way (agents/archive.py).
+Faust owns the process: lifecycle, signals, timers and the web server. The
+high-volume input topics are read by `IngestLoop` in a thread under the
+supervisor (see agents/ingest.py for why), and the archive writer runs the same
+way (agents/archive.py). Tier-triggered rewards are granted by the publisher of
+`tier.changes` as it commits each change (agents/outputs.py), not by a consumer.
 
 One worker process has one Redis client, one clock, one Kafka publisher, and
 the stages in data-flow order: state (inside the ingest loop) -> tiers ->
-rewards, then the archive as its own consumer group.
+rewards -> outputs (publishing the output lanes this worker owns, with one
+transactional producer per lane: agents/outputs.py), then the archive as its own
+consumer group.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import faust
 from tierflow.agents.archive import install_archive
 from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import IngestLoop
+from tierflow.agents.lifecycle import bound_shutdown
+from tierflow.agents.outputs import Outputs, Written
 from tierflow.agents.rewards import RewardStage
 from tierflow.agents.supervisor import Supervisor, hosted
 from tierflow.agents.tiers import TierStage
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.dashboard.server import protect
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.state.store import StateStore, connect
 
@@ -52,47 +58,56 @@ def create_app(ctx: Context) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        # Faust's own pages (/router/, /table/, /stats/, /graph/) serve nothing we use.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
         topic_partitions=settings.partitions,
+        # Faust's own group: a worker restarted after a crash starts once the dead one's
+        # session has expired there, as in the ingest group.
+        broker_session_timeout=worker.session_timeout_ms / 1000,
+        broker_heartbeat_interval=worker.heartbeat_ms / 1000,
         topic_replication_factor=1,
         store="memory://",
         value_serializer="raw",
     )
+    # Every route of the web server behind the dashboard token, Faust's "/" included;
+    # refuses a non-loopback address without one.
+    protect(app.web.web_app, settings.web_host, settings.dashboard_token)
+    bound_shutdown(app, worker.stop_timeout_s)
 
     client = connect(settings.redis_url)
     publisher = Publisher(settings.kafka, worker.delivery_timeout_s)
     clock = Clock(settings.clock, client)
     store = StateStore(client, ctx.config.state.retention_days)
-    tiers = TierStage(ctx, client, clock, publisher)
-    rewards = RewardStage(ctx, client, clock, publisher)
+    written = Written()
+    tiers = TierStage(ctx, client, clock, written.add)
+    rewards = RewardStage(ctx, client, clock, written.add)
+    outputs = Outputs(ctx, client, written, rewards.on_published)
 
     def ingest(stop: threading.Event) -> None:
-        recovered = tiers.publisher.recover()
-        if recovered:
-            log.info("recovery: %d tier changes were already published", recovered)
-        IngestLoop(ctx, store, publisher, stages=[tiers, rewards]).run(stop)
+        outputs.start()
+        IngestLoop(ctx, store, publisher, stages=[tiers, rewards, outputs], owner=outputs).run(stop)
+
+    def stopped() -> None:
+        outputs.close()
+        publisher.close()
 
     supervisor = Supervisor("ingest", ingest, worker.restart_backoff_s)
-    app.service(hosted(supervisor, worker.stop_timeout_s, publisher.close))
-
-    tier_changes = app.topic(settings.topics.tier_changes, value_serializer="raw")
-
-    @app.agent(tier_changes)
-    async def grant_on_tier_changes(stream: faust.StreamT) -> None:
-        """Tier-triggered rewards; Faust commits the offsets once a batch is granted."""
-        async for values in stream.take(worker.reward_batch, within=worker.reward_batch_within_ms / 1000):
-            await asyncio.to_thread(rewards.on_tier_changes, list(values))
+    app.service(hosted(supervisor, worker.stop_timeout_s, stopped))
 
     @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)
     async def decay_timer() -> None:
         """Re-evaluate users whose recency score or paid term changes with no new event."""
         try:
-            published = await asyncio.to_thread(tiers.tick)
+            changed = await asyncio.to_thread(tiers.tick)
             await asyncio.to_thread(rewards.tick)
         except Exception:
             log.exception("tier timer failed; retrying on the next tick")
             return
-        if published:
-            log.info("timer: %d tier changes (time decay / means shift)", published)
+        if changed:
+            log.info("timer: %d tier changes (time decay / means shift)", changed)
 
     install_archive(app, ctx)
     return app

@@ -20,19 +20,63 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from confluent_kafka import KafkaError, Message
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tierflow.agents.checkpoint import Checkpoint
 from tierflow.agents.clock import wall_ms
 from tierflow.pipeline.config.context import Context
-from tierflow.pipeline.ingest.deadletter import dead_letter
-from tierflow.pipeline.ingest.validate import Limits, ValidEvent, parse_record
+from tierflow.pipeline.ingest.deadletter import DeadLetters, Source, internal_error, refused
+from tierflow.pipeline.ingest.validate import Limits, Rejection, ValidEvent, parse_record
 from tierflow.pipeline.kafka import clients
-from tierflow.pipeline.kafka.publisher import Publisher
-from tierflow.pipeline.state.store import StateStore
+from tierflow.pipeline.kafka.errors import DeliveryError
+from tierflow.pipeline.kafka.publisher import Delivery, Publisher
+from tierflow.pipeline.state.store import Group, StateStore
 from tierflow.pipeline.state.summary import encode
 
 log = logging.getLogger("tierflow.ingest")
+
+# A service failing, not a record: the batch fails whole and the supervisor retries it later.
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OSError, KafkaException, DeliveryError)
+# Redis error codes that refuse any write (memory, failover, loading, persistence, access).
+_REDIS_REFUSALS = frozenset({
+    "OOM", "READONLY", "LOADING", "MASTERDOWN", "MISCONF", "NOREPLICAS", "BUSY", "CLUSTERDOWN", "TRYAGAIN",
+    "NOPERM", "NOAUTH", "WRONGPASS", "NOSCRIPT",
+})
+
+
+def is_outage(exc: Exception) -> bool:
+    if isinstance(exc, _OUTAGES):
+        return True
+    # A pipeline prefixes the server's reply ("Command # 1 (...) of pipeline caused error: OOM ...").
+    code = str(exc).rsplit("caused error: ", 1)[-1].split(" ", 1)[0]
+    return isinstance(exc, redis.ResponseError) and code in _REDIS_REFUSALS
+
+
+@dataclass
+class _Record:
+    """One consumed record: its valid events (encoded for apply.lua) and its rejections,
+    to which the events the store refuses are added."""
+
+    source: Source
+    valid: list[ValidEvent]
+    encoded: list[list[object]]
+    rejected: list[Rejection]
+    refused: set[int] = field(default_factory=set)
+
+    def set_aside(self, exc: Exception) -> None:
+        """The record made the worker raise: none of it is applied, it is dead-lettered."""
+        rejection = internal_error(exc)
+        where = f"{self.source.topic}[{self.source.partition}]@{self.source.offset}"
+        log.error("ingest: record %s set aside as internal_error (%s)", where, rejection.detail, exc_info=exc)
+        self.valid, self.encoded, self.rejected = [], [], [*self.rejected, rejection]
+
+    def refuse(self, position: int, reason: str) -> None:
+        self.refused.add(position)
+        self.rejected.append(refused(self.valid[position], reason))
+
+    def applied(self) -> list[ValidEvent]:
+        return [item for i, item in enumerate(self.valid) if i not in self.refused]
 
 
 @dataclass
@@ -43,6 +87,8 @@ class AppliedBatch:
     users: set[str]
     applied: int
     now_ms: int
+    # An input partition each user's events arrived on (where a new user's output lane goes).
+    partitions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,21 +107,42 @@ class Stage(Protocol):
     def run(self, batch: AppliedBatch) -> None: ...
 
 
+class PartitionOwner(Protocol):
+    """Told which input partitions the consumer holds (from inside `consume`, on the
+    ingest thread), and when a poll brought nothing: agents/outputs.py publishes the
+    output lanes that go with the partitions."""
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
+
+    def idle(self) -> None: ...
+
+
 
 class IngestLoop:
-    def __init__(self, ctx: Context, store: StateStore, publisher: Publisher, stages: Sequence[Stage] = ()) -> None:
+    def __init__(self, ctx: Context, store: StateStore, publisher: Publisher, stages: Sequence[Stage] = (),
+                 owner: PartitionOwner | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.publisher = publisher
         self.stages = list(stages)
+        self.owner = owner
         self.stats = IngestStats()
         self.limits = Limits.of(ctx.config.ingest)
+        self.letters = DeadLetters(ctx.config.ingest)
         self.consumer = clients.consumer(
             ctx.settings.kafka,
             ctx.settings.group_id,
             **{
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
+                # Range gives one worker the same partition of every input topic (they have
+                # equal partition counts), so it also owns the output lane of that number.
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": ctx.config.worker.session_timeout_ms,
+                "heartbeat.interval.ms": ctx.config.worker.heartbeat_ms,
                 "fetch.wait.max.ms": ctx.config.ingest.batch_max_ms,
             },
         )
@@ -83,7 +150,10 @@ class IngestLoop:
 
     def run(self, stop: threading.Event) -> None:
         cfg = self.ctx.config.ingest
-        self.consumer.subscribe(list(self.ctx.settings.topics.inputs))
+        owner = self.owner
+        listeners = {} if owner is None else {
+            "on_assign": owner.on_assign, "on_revoke": owner.on_revoke, "on_lost": owner.on_lost}
+        self.consumer.subscribe(list(self.ctx.settings.topics.inputs), **listeners)
         log.info("ingest consuming %s as group %s", ", ".join(self.ctx.settings.topics.inputs),
                  self.ctx.settings.group_id)
         try:
@@ -91,47 +161,82 @@ class IngestLoop:
                 messages = self.consumer.consume(cfg.batch_max_records, cfg.batch_max_ms / 1000)
                 if messages:
                     self.process(messages)
+                elif owner is not None:
+                    owner.idle()
         finally:
             self.consumer.close()
 
     def process(self, messages: list[Message]) -> AppliedBatch:
         now_ms = wall_ms()
-        groups: dict[tuple[str, str], list[list[object]]] = defaultdict(list)
-        valid_events: list[ValidEvent] = []
-        dead_letters = self.publisher.delivery()
+        records: list[_Record] = []
         for msg in messages:
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            self.checkpoint.track(topic, partition, offset)
+            self.checkpoint.track(msg.topic(), msg.partition(), msg.offset())
             self.stats.records += 1
-            value, key = msg.value(), msg.key()
-            valid, rejected = parse_record(value, key, self.limits, now_ms)
-            source = f"{topic}:{partition}"
-            for item in valid:
-                groups[(item.event.user_id, source)].append(encode(item.event, item.ts_ms, offset))
-            valid_events += valid
-            for rejection in rejected:
-                self.stats.rejected += 1
-                self.stats.reasons[rejection.reason] += 1
-                dead_letters.send(
-                    self.ctx.settings.topics.dlq,
-                    key=key,
-                    value=dead_letter(
-                        rejection, topic=topic, partition=partition, offset=offset, key=key,
-                        value=value, timestamp_ms=msg.timestamp()[1], now_ms=now_ms,
-                    ),
-                    headers={"tierflow.reason": rejection.reason},
-                )
-        applied = self.store.apply(groups)
+            records.append(self._decode(msg, now_ms))
+        applied = self._apply([record for record in records if record.valid])
+        dead_letters = self.publisher.delivery()
+        for record in records:
+            self._dead_letter(dead_letters, record, now_ms)
+        valid_events = [item for record in records for item in record.applied()]
         self.stats.events += len(valid_events)
         self.stats.applied += applied
         self.stats.batches += 1
-        batch = AppliedBatch(valid_events, {user for user, _ in groups}, applied, now_ms)
+        partitions = {item.event.user_id: record.source.partition for record in records for item in record.applied()}
+        batch = AppliedBatch(valid_events, set(partitions), applied, now_ms, partitions)
         for stage in self.stages:
             stage.run(batch)
         # Dead letters must be durable before the offsets that produced them are committed.
         self.checkpoint.commit(dead_letters)
         return batch
+
+    def _decode(self, msg: Message, now_ms: int) -> _Record:
+        source = Source(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), msg.timestamp()[1])
+        record = _Record(source, [], [], [])
+        try:
+            record.valid, record.rejected = parse_record(source.value, source.key, self.limits, now_ms)
+            record.encoded = [encode(item.event, item.ts_ms, source.offset) for item in record.valid]
+        except Exception as exc:  # a bug one record triggers stops that record, not the partition
+            record.set_aside(exc)
+        return record
+
+    def _apply(self, records: list[_Record]) -> int:
+        """Apply the records' events (one Lua call per user and source partition, one round
+        trip) and note the events the store refuses; returns how many were new. When the
+        apply raises for a reason other than an outage, the records are halved and each half
+        applied again (in order, so every partition still goes forward), until the culprit
+        records are alone and set aside; replaying what did apply changes nothing."""
+        groups: dict[Group, list[list[object]]] = defaultdict(list)
+        origins: dict[Group, list[tuple[_Record, int]]] = defaultdict(list)
+        for record in records:
+            source = f"{record.source.topic}:{record.source.partition}"
+            for position, (item, encoded) in enumerate(zip(record.valid, record.encoded, strict=True)):
+                group = (item.event.user_id, source)
+                groups[group].append(encoded)
+                origins[group].append((record, position))
+        try:
+            result = self.store.apply(groups)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            if len(records) == 1:
+                records[0].set_aside(exc)
+                return 0
+            half = len(records) // 2
+            return self._apply(records[:half]) + self._apply(records[half:])
+        for (group, index), reason in result.refused.items():
+            record, position = origins[group][index]
+            record.refuse(position, reason)
+        return result.count
+
+    def _dead_letter(self, dead_letters: Delivery, record: _Record, now_ms: int) -> None:
+        for letter in self.letters.build(record.rejected, record.source, now_ms):
+            self.stats.rejected += 1
+            self.stats.reasons[letter.reason] += 1
+            dead_letters.send(
+                self.ctx.settings.topics.dlq, key=letter.key, value=letter.value,
+                headers={"tierflow.reason": letter.reason},
+            )

@@ -97,7 +97,7 @@ class StateSink(BatchingSink):
                 groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, item.offset))
             events += len(valid)
             rejected += len(bad)
-        applied = self.store.apply(groups)
+        applied = self.store.apply(groups).count
         self.progress.done(batch.size, events, applied, rejected)
 
 
@@ -106,10 +106,7 @@ def main(spec: dict[str, Any]) -> int:
                        group_id=spec["group"], redis_url=spec["redis_url"])
     config = load_config(settings.config_path)
     ingest = config.ingest
-    limits = Limits(
-        max_record_bytes=ingest.max_record_bytes, max_batch_events=ingest.max_batch_events,
-        min_ts_ms=ingest.min_ts_ms, max_future_ms=ingest.max_future_seconds * 1000,
-    )
+    limits = Limits.of(ingest)
     store = StateStore(connect(settings.redis_url), config.state.retention_days)
     per_message = spec["contender"] == "quix-msg"
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state_dir:
@@ -135,7 +132,7 @@ def main(spec: dict[str, Any]) -> int:
             groups: dict[tuple[str, str], list[list[object]]] = defaultdict(list)
             for v in valid:
                 groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, ctx.offset))
-            progress.done(1, len(valid), store.apply(groups), len(bad))
+            progress.done(1, len(valid), store.apply(groups).count, len(bad))
 
         for name in settings.topics.inputs:
             topic = app.topic(name, key_deserializer="bytes", value_deserializer="bytes")

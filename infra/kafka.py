@@ -13,12 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tierflow.infra.errors import ServiceError, refuse_remote
-from tierflow.infra.process import alive, file_lock
-from tierflow.pipeline.config.settings import Settings
+from tierflow.infra.errors import CredentialsRefused, ServiceError, refuse_remote
+from tierflow.infra.process import SAFE_NAME, alive, file_lock, write_private
+from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
 KAFKA_VERSION = "4.4.0"  # keep in step with kafka.version in kafka-pom.xml
 POM = Path(__file__).with_name("kafka-pom.xml")
@@ -26,6 +26,8 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 HEAP = "-Xmx512m"
 NODE_ID = 1
+# How often a probe looks for an authentication failure while it waits for metadata.
+AUTH_POLL_S = 0.5
 
 _LOG4J2 = """\
 status = warn
@@ -76,14 +78,33 @@ def ensure_jars(home: Path) -> Path:
 
 
 def is_up(settings: Settings, timeout: float = 3.0) -> bool:
-    """True when the bootstrap servers answer a metadata request with at least one broker."""
+    """True when the bootstrap servers answer a metadata request with at least one broker.
+    Brokers that refuse the SASL credentials raise `CredentialsRefused`: starting
+    another one would not help."""
     if settings.kafka.is_local and not _port_open(*_host_port(settings)):
         return False  # skip the admin client: it would only log connection-refused noise
-    admin = AdminClient(settings.kafka.confluent(log_level=0))
-    try:
-        return bool(admin.list_topics(timeout=timeout).brokers)
-    except KafkaException:
-        return False
+    refused: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            refused.append(err)
+
+    admin = AdminClient(settings.kafka.confluent(log_level=0, error_cb=on_error))
+    deadline = time.monotonic() + timeout
+    # Short rounds: a refusal arrives through the error callback, well before a long
+    # metadata request would give up.
+    while True:
+        try:
+            return bool(admin.list_topics(timeout=min(AUTH_POLL_S, timeout)).brokers)
+        except KafkaException:
+            admin.poll(0)  # serves the error callback
+        if refused:
+            # "<listener>/bootstrap: SASL authentication error: <reason> (after ...)": the reason.
+            reason = refused[0].str().rsplit("error: ", 1)[-1].split(" (after ", 1)[0]
+            where = "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD"
+            raise CredentialsRefused("Kafka", settings.kafka.bootstrap, where, reason)
+        if time.monotonic() >= deadline:
+            return False
 
 
 def start(settings: Settings, timeout: float = 90.0) -> str:
@@ -100,8 +121,13 @@ def start(settings: Settings, timeout: float = 90.0) -> str:
         if is_up(settings) or _our_pid(root) is not None:
             _wait_ready(settings, root, timeout)
             return "reused"
+        if _port_open(*_host_port(settings)):
+            raise ServiceError(
+                f"something listens at {settings.kafka.bootstrap} but does not answer as Kafka"
+                f" over {settings.kafka.security_protocol} (KAFKA_SECURITY_PROTOCOL)"
+            )
         libs = ensure_jars(settings.home)
-        props = _write_config(root, _host_port(settings)[1])
+        props = _write_config(root, settings.kafka, _host_port(settings)[1])
         _format_storage(root, libs, props)
         log = root / "kafka.log"
         _rotate(log)
@@ -162,39 +188,90 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _write_config(root: Path, port: int) -> Path:
+def _write_config(root: Path, kafka: KafkaSettings, port: int) -> Path:
     data = root / "data"
     props = root / "server.properties"
-    # Rewritten on every start so a changed port in the settings takes effect.
-    props.write_text(
-        "\n".join(
-            [
-                "process.roles=broker,controller",
-                f"node.id={NODE_ID}",
-                f"controller.quorum.voters={NODE_ID}@127.0.0.1:{port + 1}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                f"log.dirs={data}",
-                # One node: every internal topic must make do with a single replica.
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "min.insync.replicas=1",
-                # Consumers join at once instead of waiting 3 s for more members.
-                "group.initial.rebalance.delay.ms=0",
-                # Topics are created explicitly with the partition count the pipeline expects.
-                "auto.create.topics.enable=false",
-                "",
-            ]
-        )
+    # Rewritten on every start so a changed port or password in the settings takes effect.
+    text = "\n".join(
+        [
+            "process.roles=broker,controller",
+            f"node.id={NODE_ID}",
+            f"controller.quorum.voters={NODE_ID}@127.0.0.1:{port + 1}",
+            *_listeners(kafka, port),
+            "controller.listener.names=CONTROLLER",
+            f"log.dirs={data}",
+            # One node: every internal topic must make do with a single replica.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "min.insync.replicas=1",
+            # Consumers join at once instead of waiting 3 s for more members.
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created explicitly with the partition count the pipeline expects.
+            "auto.create.topics.enable=false",
+            "",
+        ]
     )
+    write_private(props, text)  # it may hold the SASL password
     (root / "log4j2.properties").write_text(_LOG4J2)
     return props
+
+
+def _listeners(kafka: KafkaSettings, port: int) -> list[str]:
+    """The listener lines: PLAINTEXT, or SASL_PLAINTEXT with PLAIN for the configured
+    user on both the client and the controller listener (nothing answers without it)."""
+    protocol = kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    if protocol != "SASL_PLAINTEXT":
+        raise ServiceError(
+            f"a local Kafka is started with PLAINTEXT or SASL_PLAINTEXT only, not {protocol}"
+            " (KAFKA_SECURITY_PROTOCOL); run a broker with TLS yourself"
+        )
+    user, password = _plain_credentials(kafka)
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required"
+        f' username="{user}" password="{password}" user_{user}="{password}";'
+    )
+    return [
+        f"listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+        f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}",
+        "inter.broker.listener.name=SASL_PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms=PLAIN",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        "sasl.mechanism.controller.protocol=PLAIN",
+        f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}",
+        f"listener.name.controller.plain.sasl.jaas.config={jaas}",
+    ]
+
+
+def _plain_credentials(kafka: KafkaSettings) -> tuple[str, str]:
+    if (kafka.sasl_mechanism or "PLAIN").upper() != "PLAIN":
+        raise ServiceError(
+            f"a local Kafka supports the SASL mechanism PLAIN only, not {kafka.sasl_mechanism}"
+            " (KAFKA_SASL_MECHANISM)"
+        )
+    user, password = kafka.sasl_username, kafka.sasl_password
+    if not user or not password:
+        raise ServiceError(
+            "KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs KAFKA_SASL_USERNAME and"
+            " KAFKA_SASL_PASSWORD to start a local Kafka"
+        )
+    # The user names a property (user_<name>) and both sit in a quoted JAAS string in a
+    # properties file, where these characters would need two layers of escaping.
+    if not SAFE_NAME.fullmatch(user):
+        raise ServiceError("KAFKA_SASL_USERNAME: letters, digits, '.', '_' and '-' only for a local Kafka")
+    if any(c in password for c in '"\\\n\r'):
+        raise ServiceError("KAFKA_SASL_PASSWORD: no quote, backslash or line break for a local Kafka")
+    return user, password
 
 
 def _format_storage(root: Path, libs: Path, props: Path) -> None:

@@ -1,11 +1,16 @@
-"""Process helpers shared by the local services' start/stop code."""
+"""Process and file helpers shared by the local services' start/stop code."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+# A user name that a local service's configuration file can hold unquoted.
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def alive(pid: int) -> bool:
@@ -22,3 +27,11 @@ def file_lock(path: Path) -> Iterator[None]:
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by its owner only from the first byte
+    (the local services' configuration files may hold credentials)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)

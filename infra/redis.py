@@ -1,29 +1,42 @@
 """A local Redis server: Debian's redis-server, daemonized on loopback with an
-append-only file under `home/redis` (the state store must survive restarts)."""
+append-only file under `home/redis` (the state store must survive restarts).
+
+Credentials in REDIS_URL are honoured: the server is started with an ACL that
+lets only that user in, with that password (the default user when the URL names
+none), from a configuration file only its owner can read, which holds the
+password's SHA-256, never the password.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 
-from tierflow.infra.errors import ServiceError, refuse_remote
-from tierflow.infra.process import alive, file_lock
+from tierflow.infra.errors import CredentialsRefused, ServiceError, refuse_remote
+from tierflow.infra.process import SAFE_NAME, alive, file_lock, write_private
 from tierflow.pipeline.config.settings import Settings
 
 
 def is_up(settings: Settings, timeout: float = 2.0) -> bool:
+    """True when Redis answers PING with the URL's credentials. A server that answers
+    but refuses them raises `CredentialsRefused`: starting another would not help."""
     client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
     try:
         return bool(client.ping())
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        given = urlsplit(settings.redis_url).password is not None
+        reason = str(exc) if given else "the server requires a password and the URL has none"
+        raise CredentialsRefused("Redis", settings.redis_display(), "REDIS_URL", reason) from None
     except redis.RedisError:
         return False
     finally:
@@ -44,16 +57,20 @@ def start(settings: Settings, timeout: float = 30.0) -> str:
         if is_up(settings):
             return "reused"
         server = _ensure_installed()
-        port = urlsplit(settings.redis_url).port or 6379
+        parts = urlsplit(settings.redis_url)
+        if parts.scheme != "redis":
+            raise ServiceError(f"a local Redis is started without TLS: use redis://, not {parts.scheme}://")
+        conf = _write_config(root, parts.username, parts.password)
         log = root / "redis.log"
         # --daemonize makes redis-server fork and write the pid file itself; the command
         # returns once the daemon has been spawned, so a non-zero exit is a config error.
         result = subprocess.run(
             [
                 server,
+                str(conf),
                 "--daemonize", "yes",
                 "--bind", "127.0.0.1",
-                "--port", str(port),
+                "--port", str(parts.port or 6379),
                 "--dir", str(root),
                 "--pidfile", str(root / "redis.pid"),
                 "--logfile", str(log),
@@ -92,6 +109,26 @@ def stop(settings: Settings, timeout: float = 15.0) -> str:
             time.sleep(0.1)
     pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
     return "stopped"
+
+
+def _write_config(root: Path, username: str | None, password: str | None) -> Path:
+    """The server's configuration file: an ACL for the URL's user, or nothing to add
+    when the URL carries no password."""
+    lines = []
+    if password is not None:
+        user = unquote(username) if username else "default"
+        if not SAFE_NAME.fullmatch(user):
+            raise ServiceError("REDIS_URL: a local Redis user name has letters, digits, '.', '_' and '-' only")
+        digest = hashlib.sha256(unquote(password).encode()).hexdigest()
+        if user != "default":
+            lines.append("user default off")  # nobody gets in without the URL's user
+        lines.append(f"user {user} reset on #{digest} ~* &* +@all")
+    elif username:
+        raise ServiceError("REDIS_URL names a user without a password")
+    conf = root / "redis.conf"
+    # Rewritten on every start, so changed credentials take effect.
+    write_private(conf, "".join(line + "\n" for line in lines))
+    return conf
 
 
 def _ensure_installed() -> str:

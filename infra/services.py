@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import redis as redis_client
+from confluent_kafka import KafkaException
+
 from tierflow.infra import kafka, redis
+from tierflow.infra.errors import CredentialsRefused
 from tierflow.pipeline.config.settings import Settings
 
 Row = tuple[str, str, str]  # (service, address, state)
@@ -30,14 +35,34 @@ def down(settings: Settings) -> list[Row]:
 
 
 def status(settings: Settings) -> list[Row]:
-    def state(ok: bool) -> str:
-        return "up" if ok else "down"
+    def state(is_up: Callable[[Settings], bool]) -> str:
+        try:
+            return "up" if is_up(settings) else "down"
+        except CredentialsRefused:
+            return "credentials refused"
 
     return [
-        ("kafka", settings.kafka.bootstrap, state(kafka.is_up(settings))),
-        ("redis", settings.redis_display(), state(redis.is_up(settings))),
-        ("clickhouse", clickhouse_display(settings), state(_clickhouse_up(settings))),
+        ("kafka", settings.kafka.bootstrap, state(kafka.is_up)),
+        ("redis", settings.redis_display(), state(redis.is_up)),
+        ("clickhouse", clickhouse_display(settings), state(_clickhouse_up)),
     ]
+
+
+def explain(exc: KafkaException | redis_client.RedisError, settings: Settings) -> str:
+    """One line naming the service, for a Kafka or Redis client error that reached the
+    command line: that it refused the credentials (probed again, since a client only
+    sees a broken connection), or else what the client said. Never a secret."""
+    if isinstance(exc, redis_client.RedisError):
+        service, address, is_up = "Redis", settings.redis_display(), redis.is_up
+        said = str(exc)
+    else:
+        service, address, is_up = "Kafka", settings.kafka.bootstrap, kafka.is_up
+        said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+    try:
+        is_up(settings)
+    except CredentialsRefused as refused:
+        return str(refused)
+    return f"{service} at {address}: {said}"
 
 
 def clickhouse_display(settings: Settings) -> str:

@@ -5,6 +5,10 @@ msgspec validates while converting, which keeps ingest fast; the JSON Schema fil
 beside this module are generated from these types (`python -m tierflow.schemas`)
 for producers in other languages. Consumers ignore fields they do not know, so
 producers may add fields.
+
+The bounds an operator sets (string lengths, items and coupons per order, money,
+quantities, nesting) are not part of the types: they are the `[ingest]` settings,
+checked by tierflow.pipeline.ingest.validate, and the descriptions name them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ import msgspec
 # RFC 3339 with an explicit offset (Z or +hh:mm); epoch milliseconds are the alternative.
 RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Id = Annotated[str, msgspec.Meta(min_length=1, description="At most ingest.max_id_length characters.")]
+Name = Annotated[str, msgspec.Meta(min_length=1, description="At most ingest.max_name_length characters.")]
 Timestamp = Annotated[str, msgspec.Meta(pattern=RFC3339)] | Annotated[int, msgspec.Meta(ge=0)]
 Money = Annotated[float, msgspec.Meta(ge=0)]
-Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Price = Annotated[Money, msgspec.Meta(description="Unit price, at most ingest.max_price.")]
+Quantity = Annotated[int, msgspec.Meta(ge=1, description="At most ingest.max_quantity.")]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")]
 
 InteractionKind = Literal[
@@ -45,19 +50,25 @@ class Item(msgspec.Struct, frozen=True):
     sku: Id
     category: Name
     qty: Quantity
-    price: Money
+    price: Annotated[Price, msgspec.Meta(
+        description="Unit price, at most ingest.max_price; qty x price is at most ingest.max_amount."
+    )]
     brand: Name | None = None
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type"):
-    event_id: Annotated[
-        Id, msgspec.Meta(description="Unique id of this event; the idempotency key (duplicates are applied once).")
-    ]
-    user_id: Annotated[Id, msgspec.Meta(description="The customer; also the Kafka record key.")]
+    event_id: Annotated[Id, msgspec.Meta(description=(
+        "Unique id of this event; the idempotency key (duplicates are applied once, the same id with other"
+        " content is dead-lettered as conflicting_duplicate). At most ingest.max_id_length characters."
+    ))]
+    user_id: Annotated[Id, msgspec.Meta(
+        description="The customer; also the Kafka record key. At most ingest.max_id_length characters."
+    )]
     ts: Annotated[Timestamp, msgspec.Meta(description="Event time: RFC 3339 with an offset, or epoch milliseconds.")]
-    channel: Annotated[
-        Name, msgspec.Meta(description="Touchpoint channel: app, mini_program, web, store, marketplace, chat, ...")
-    ]
+    channel: Annotated[Name, msgspec.Meta(description=(
+        "Touchpoint channel: app, mini_program, web, store, marketplace, chat, ..."
+        " At most ingest.max_name_length characters."
+    ))]
 
 
 class Purchase(_Event, frozen=True, tag="purchase"):
@@ -65,10 +76,12 @@ class Purchase(_Event, frozen=True, tag="purchase"):
     of one user's events (see batch.json)."""
 
     order_id: Id
-    amount: Annotated[Money, msgspec.Meta(description="Order total; must be >= 0.")]
+    amount: Annotated[Money, msgspec.Meta(description="Order total; must be >= 0 and at most ingest.max_amount.")]
     currency: Currency
-    items: Annotated[list[Item], msgspec.Meta(min_length=1, max_length=500)]
-    coupons: Annotated[list[Id], msgspec.Meta(description="Ids of coupons redeemed on this order.")] = []
+    items: Annotated[list[Item], msgspec.Meta(min_length=1, description="At most ingest.max_items lines.")]
+    coupons: Annotated[list[Id], msgspec.Meta(
+        description="Ids of coupons redeemed on this order, at most ingest.max_coupons."
+    )] = []
 
 
 class Cart(_Event, frozen=True, tag="cart"):
@@ -79,7 +92,7 @@ class Cart(_Event, frozen=True, tag="cart"):
     sku: Id
     category: Name
     qty: Quantity
-    price: Money
+    price: Price
 
 
 class Browse(_Event, frozen=True, tag="browse"):
@@ -89,7 +102,9 @@ class Browse(_Event, frozen=True, tag="browse"):
     page: Name | None = None
     sku: Id | None = None
     category: Name | None = None
-    source: Annotated[Name | None, msgspec.Meta(description="Where the visit came from: search, ad, share, ...")] = None
+    source: Annotated[Name | None, msgspec.Meta(
+        description="Where the visit came from: search, ad, share, ... At most ingest.max_name_length characters."
+    )] = None
 
 
 # A rule across fields, which a type cannot state: a browse names what was browsed.
@@ -108,6 +123,7 @@ class Interaction(_Event, frozen=True, tag="interaction"):
     kind: InteractionKind
     target: Annotated[Id | None, msgspec.Meta(
         description="What was interacted with: a sku, coupon id, campaign id, invited user, ..."
+        " At most ingest.max_id_length characters."
     )] = None
 
 

@@ -10,6 +10,14 @@ test run on chDB exercises the same code a server deployment runs.
 Embedded chDB allows one process per data directory (ClickHouse locks its
 ``status`` file). Opening a directory another process holds raises
 `ArchiveBusy`; the CLI then asks the worker that holds it (pipeline/cli/commands/archive.py).
+
+What "acknowledged" means for embedded chDB: the engine returned from the
+insert *and* the data directory at the path is still the one it opened
+(`ChdbBackend`). ClickHouse addresses its files by path and recreates missing
+directories as it writes, so after the directory is removed (or replaced) an
+insert "succeeds" into a fresh tree without the tables' metadata, and its rows
+are gone at the next open. The check turns that into a failure the archive
+writer holds and retries, like a server that is down.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import re
 import threading
 from collections import Counter
@@ -66,6 +75,11 @@ class Backend(Protocol):
     def query(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]: ...
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None: ...
+
+    def session(self) -> int:
+        """Connect if needed; the connection's number, which changes after a reconnect
+        (the archive then migrates again: the other side may be a new, empty archive)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -127,6 +141,7 @@ class ClickHouseBackend:
         self._client_args = client_args
         self._client: Client | None = None
         self._lock = threading.Lock()
+        self.sessions = 0
 
     def connect(self) -> Client:
         """The client, connecting first if needed (creates the database)."""
@@ -140,10 +155,15 @@ class ClickHouseBackend:
                     client.close()
                     raise
                 self._client = client
+                self.sessions += 1
                 if self.kind == "chdb":
                     with _OPEN_LOCK:
                         _OPEN_HERE[self._dsn] += 1
             return self._client
+
+    def session(self) -> int:
+        self.connect()
+        return self.sessions
 
     def _open(self) -> Client:
         try:
@@ -198,6 +218,70 @@ class ClickHouseBackend:
                         del _OPEN_HERE[self._dsn]
 
 
+class ChdbBackend(ClickHouseBackend):
+    """Embedded chDB in a data directory, checked around every call (see the module
+    docstring): when the directory at the path is not the one the engine opened, the
+    engine is closed and the call fails with ArchiveUnavailable. It reopens only once
+    a directory is back at the path; it never creates one there itself, since a missing
+    directory may be an unmounted volume (restore it, or create an empty directory to
+    start a new archive)."""
+
+    # What identifies the open archive: the directory, where the engine keeps table
+    # metadata and data, and its lock file (`rm -rf dir/*` keeps the directory's inode).
+    PARTS = ("", "metadata", "store", "status")
+
+    def __init__(self, path: Path, database: str) -> None:
+        super().__init__("chdb", f"chdb://{path}", f"chDB {path}", database)
+        self.path = path
+        self._opened: dict[str, tuple[int, int]] = {}
+
+    def _identity(self) -> dict[str, tuple[int, int]]:
+        """(device, inode) of each part present now."""
+        found = {}
+        for part in self.PARTS:
+            try:
+                st = os.stat(self.path / part)
+            except FileNotFoundError:
+                continue
+            found[part] = (st.st_dev, st.st_ino)
+        return found
+
+    def _open(self) -> Client:
+        before = self._identity()
+        if "" not in before:
+            raise ArchiveUnavailable(
+                f"the chDB data directory {self.path} is missing; the archive holds until it is back"
+                " (restore it, or create an empty directory there to start a new archive)"
+            )
+        client = super()._open()
+        self._opened = self._identity()
+        if self._opened.get("") != before[""]:
+            client.close()
+            raise ArchiveUnavailable(f"the chDB data directory {self.path} changed while it was being opened")
+        return client
+
+    def _verify(self) -> None:
+        with self._lock:
+            if self._client is None:
+                return
+            now = self._identity()
+            intact = all(now.get(part) == ident for part, ident in self._opened.items())
+            if intact:  # parts the engine created since it opened belong to it too
+                self._opened = {**now, **self._opened}
+                return
+        self.close()
+        raise ArchiveUnavailable(
+            f"the chDB data directory {self.path} was removed or replaced while open;"
+            " nothing written since counts as stored"
+        )
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._verify()  # before: a vanished directory receives no writes, if we can help it
+        result = super()._call(method, *args, **kwargs)
+        self._verify()  # after: what was written landed in the directory still at the path
+        return result
+
+
 def _brief(exc: BaseException) -> str:
     # clickhouse-connect messages can embed the request URL; keep the first line only
     # and never the userinfo part of a URL.
@@ -206,7 +290,8 @@ def _brief(exc: BaseException) -> str:
 
 
 def open_backend(settings: Settings, cfg: ArchiveConfig) -> ClickHouseBackend:
-    """The server backend when CLICKHOUSE_URL is set, embedded chDB otherwise.
+    """The server backend when CLICKHOUSE_URL is set, embedded chDB otherwise (its
+    directory is created here, on first open only).
 
     Raises ArchiveBusy when another process holds the chDB directory.
     """
@@ -217,12 +302,11 @@ def open_backend(settings: Settings, cfg: ArchiveConfig) -> ClickHouseBackend:
             autogenerate_session_id=False,  # the writer and the dashboard share one client
         )
     path = chdb_path(cfg, settings.home).resolve()
-    dsn = f"chdb://{path}"
     with _OPEN_LOCK:
-        ours = dsn in _OPEN_HERE
+        ours = f"chdb://{path}" in _OPEN_HERE
     if not ours and held_elsewhere(path):
         raise ArchiveBusy(path)
     path.mkdir(parents=True, exist_ok=True)
-    backend = ClickHouseBackend("chdb", dsn, f"chDB {path}", cfg.database)
+    backend = ChdbBackend(path, cfg.database)
     backend.connect()  # take the directory now, so a second process sees it held
     return backend

@@ -1,7 +1,8 @@
 """One process's way into the archive, shared by the archive writer thread and
-the dashboard routes: opens the backend on first use, migrates it once, and
-retries both on the next call after a failure (ClickHouse down, chDB data
-directory held by another process)."""
+the dashboard routes: opens the backend on first use, migrates it once per
+connection (a reconnect may reach a new, empty archive: a restarted server, a
+recreated chDB directory), and retries both on the next call after a failure
+(ClickHouse down, chDB data directory held by another process or gone)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class Archive:
         self.settings = settings
         self.cfg = cfg
         self._backend: Backend | None = None
-        self._migrated = False
+        self._migrated: int | None = None  # the backend session migrated
         self._lock = threading.Lock()
 
     def backend(self) -> Backend:
@@ -27,9 +28,10 @@ class Archive:
         with self._lock:
             if self._backend is None:
                 self._backend = open_backend(self.settings, self.cfg)
-            if not self._migrated:
+            session = self._backend.session()
+            if session != self._migrated:
                 migrate(self._backend)
-                self._migrated = True
+                self._migrated = session
             return self._backend
 
     def migrations(self) -> list[int]:
@@ -39,6 +41,6 @@ class Archive:
     def close(self) -> None:
         with self._lock:
             backend, self._backend = self._backend, None
-            self._migrated = False
+            self._migrated = None
         if backend is not None:
             backend.close()

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import redis
+from confluent_kafka import KafkaException
+
 from tierflow.pipeline.cli import commands
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.config.settings import KAFKA_LOG, Settings
 from tierflow.pipeline.errors import ConfigError, TierflowError
 
 # Shell conventions: 2 for usage errors, 128 + the signal for SIGINT and SIGPIPE.
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # Kafka clients' own lines reach a configured log (the worker's), never a command's
+    # stderr, where a failure is reported once, as one line.
+    KAFKA_LOG.addHandler(logging.NullHandler())
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
@@ -59,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TierflowError as exc:  # an expected failure (a service down, a failed delivery): no traceback
         print(f"tierflow: {exc}", file=sys.stderr)
+        return 1
+    except (KafkaException, redis.RedisError) as exc:  # a service down or refusing us: one line naming it
+        from tierflow.infra.services import explain
+
+        print(f"tierflow: {explain(exc, Settings.from_env())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -31,22 +31,26 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     # Delays before restarting a failed ingest loop or archive writer; the last one repeats.
     restart_backoff_s: Annotated[list[Annotated[float, msgspec.Meta(gt=0)]], msgspec.Meta(min_length=1)]
-    # Tier-triggered rewards: the agent on tier.changes takes up to this many records,
-    # or what arrived within reward_batch_within_ms.
-    reward_batch: Annotated[int, msgspec.Meta(ge=1)]
-    reward_batch_within_ms: Annotated[int, msgspec.Meta(ge=1)]
-    # Records read from an outbox per Redis round trip when draining it to Kafka.
+    # Users whose waiting records one lane publishes per transaction; also the page
+    # size of the walk over every waiting record (outbox_sweep_ms).
     outbox_batch: Annotated[int, msgspec.Meta(ge=1)]
+    # How often each worker walks one page of the outbox indexes, pointing lane owners
+    # at records written outside their process (the CLI, a crashed worker).
+    outbox_sweep_ms: Annotated[int, msgspec.Meta(ge=1)]
     # Users whose points lots are expired per timer tick.
     points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
-    # Start-up recovery of tier.changes: users per round, and how far before the oldest
-    # claim stamp the topic is scanned (producer and broker clocks may differ a little).
-    recovery_batch: Annotated[int, msgspec.Meta(ge=1)]
-    clock_skew_ms: Annotated[int, msgspec.Meta(ge=0)]
+    # A worker that stops answering the group (killed, hung) loses its input partitions
+    # and output lanes after this long; the broker accepts 6000..1800000 by default.
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1)]
     # Longest wait for the broker to acknowledge published records before a batch fails.
     delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
     # How long a stopping worker waits for its ingest loop and archive writer to finish a batch.
     stop_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+
+    @property
+    def heartbeat_ms(self) -> int:
+        """Kafka's rule: a member sends about three heartbeats per session timeout."""
+        return self.session_timeout_ms // 3
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

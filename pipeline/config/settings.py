@@ -8,6 +8,7 @@ Domain rules (windows, RFM tables, tiers, rewards) live in the TOML config
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from tierflow.pipeline.errors import ConfigError
 
 INPUT_TYPES = ("browse", "cart", "purchase", "interaction")
+KAFKA_LOG = logging.getLogger("tierflow.kafka")
 # Kafka allows more, but a topic per input type with more partitions than this is a typo.
 MAX_PARTITIONS = 10_000
 MAX_PORT = 65_535
@@ -49,10 +51,13 @@ class KafkaSettings:
 
     @classmethod
     def from_env(cls) -> KafkaSettings:
+        protocol = _env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper()
+        # librdkafka would pick GSSAPI: over SASL, a user name means PLAIN unless told.
+        plain = "PLAIN" if protocol.startswith("SASL") and os.environ.get("KAFKA_SASL_USERNAME") else None
         return cls(
             bootstrap=_env("KAFKA_BOOTSTRAP", cls.bootstrap),
-            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", cls.security_protocol).upper(),
-            sasl_mechanism=os.environ.get("KAFKA_SASL_MECHANISM") or None,
+            security_protocol=protocol,
+            sasl_mechanism=os.environ.get("KAFKA_SASL_MECHANISM") or plain,
             sasl_username=os.environ.get("KAFKA_SASL_USERNAME") or None,
             sasl_password=os.environ.get("KAFKA_SASL_PASSWORD") or None,
             ssl_ca_location=os.environ.get("KAFKA_SSL_CA_LOCATION") or None,
@@ -68,6 +73,9 @@ class KafkaSettings:
         conf: dict[str, object] = {
             "bootstrap.servers": self.bootstrap,
             "security.protocol": self.security_protocol,
+            # librdkafka's own messages go to Python logging (the worker's log), not
+            # straight to stderr, where they would bury the CLI's one-line errors.
+            "logger": KAFKA_LOG,
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
@@ -115,8 +123,9 @@ class Topics:
 @dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    clickhouse_url: str | None = None
+    # URLs may carry passwords: kept out of repr(), which ends up in logs and tracebacks.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    clickhouse_url: str | None = field(default=None, repr=False)
     home: Path = field(default_factory=lambda: Path.home() / ".tierflow")
     config_path: Path | None = None
     topics: Topics = field(default_factory=Topics)

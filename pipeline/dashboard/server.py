@@ -14,21 +14,29 @@ web server (``app.web.web_app.router``) or the standalone app that
   GET /api/archive/status         backend, schema version, row counts, the writer's state
 
 Dates are YYYY-MM-DD (UTC days, inclusive); open ends default to the
-archive's first/last day. The page and every /api route require the token
-(``Authorization: Bearer <TIERFLOW_DASHBOARD_TOKEN>`` or ``?token=``)
-whenever one is configured, and always when bound to anything but loopback;
-bound publicly without a token configured they refuse every request.
+archive's first/last day.
+
+Access (`protect`): with TIERFLOW_DASHBOARD_TOKEN set, every route of the
+server (the worker's Faust routes included) needs either the header
+``Authorization: Bearer <token>`` or the session cookie that the login form
+(POST /dashboard/login) sets; only the login form and the static files answer
+without. A token in the URL is never accepted: URLs end up in access logs and
+browser history. Without a token the server must bind loopback: serving
+anything else is refused at start (`DashboardError`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import html
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date
 from pathlib import Path
+from string import Template
 from typing import Any, cast
 
 import orjson
@@ -38,10 +46,17 @@ from tierflow.pipeline.archive import aipl, reports
 from tierflow.pipeline.archive.backend import ArchiveUnavailable, Backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.errors import ConfigError
 
 log = logging.getLogger("tierflow.dashboard")
 
 STATIC_DIR = Path(__file__).with_name("static")
+STATIC_PREFIX = "/dashboard/static/"
+LOGIN_PATH = "/dashboard/login"
+SESSION_COOKIE = "tierflow_session"
+SESSION_CONTEXT = b"tierflow dashboard session"
+LOGIN_PAGE = Template((STATIC_DIR / "login.html").read_text())
+PUBLIC_ROUTES = frozenset({LOGIN_PATH, STATIC_PREFIX + "{name}"})
 STATIC_FILES = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 DIMENSIONS = ("segment", "lifecycle", "membership", "aipl")
 
@@ -53,6 +68,10 @@ class BadRequest(ValueError):
     """A query parameter the endpoint cannot use."""
 
 
+class DashboardError(ConfigError):
+    """The dashboard cannot be served as configured."""
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -62,33 +81,90 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: assume it is reachable from elsewhere
 
 
-def needs_token(host: str, token: str | None) -> bool:
-    """The access rule: a configured token is always required; off loopback one must exist."""
-    return token is not None or not is_loopback(host)
+def check_binding(host: str, token: str | None) -> None:
+    """Refuse to serve a non-loopback address without a token (rather than start and
+    answer every request with an error)."""
+    if token is None and not is_loopback(host):
+        raise DashboardError(
+            f"refusing to serve the dashboard on {host} without TIERFLOW_DASHBOARD_TOKEN:"
+            " set one (a long random string), or bind a loopback address"
+        )
 
 
-def presented_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
-    return request.query.get("token")
+class Access:
+    """Who may pass when a token is configured: a request carrying it in the
+    Authorization header, or the session cookie derived from it."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        # The cookie holds an HMAC of the token, never the token itself; a new token
+        # ends every session.
+        self.session = hmac.new(token.encode(), SESSION_CONTEXT, hashlib.sha256).hexdigest()
+
+    def allows(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return _same(header[len("Bearer "):].strip(), self.token)
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return cookie is not None and _same(cookie, self.session)
+
+    @staticmethod
+    def is_public(request: web.Request) -> bool:
+        """The login form and the static files, judged by the route the router chose
+        (not by the path's text, which encoded slashes and dots can bend)."""
+        resource = request.match_info.route.resource
+        return resource is not None and resource.canonical in PUBLIC_ROUTES
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self.allows(request) or self.is_public(request):
+            return await handler(request)
+        if request.method == "GET" and "text/html" in request.headers.get("Accept", ""):
+            raise web.HTTPSeeOther(LOGIN_PATH)  # a browser: to the login form
+        return _json({"error": "a valid token is required (Authorization: Bearer <token>,"
+                               f" or log in at {LOGIN_PATH})"},
+                     status=401, headers={"WWW-Authenticate": "Bearer"})
+
+    async def login_form(self, _request: web.Request) -> web.StreamResponse:
+        return _login_page("")
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        given = form.get("token")
+        if not isinstance(given, str) or not _same(given, self.token):
+            return _login_page("That token is not valid.", status=401)
+        signed_in = web.HTTPSeeOther("/dashboard/")
+        signed_in.set_cookie(SESSION_COOKIE, self.session, path="/", httponly=True,
+                             samesite="Strict", secure=request.secure)
+        raise signed_in
+
+    async def logout(self, _request: web.Request) -> web.StreamResponse:
+        signed_out = web.HTTPSeeOther(LOGIN_PATH)
+        signed_out.del_cookie(SESSION_COOKIE, path="/")
+        raise signed_out
 
 
-def guard(handler: Handler, host: str, token: str | None) -> Handler:
-    if not needs_token(host, token):
-        return handler
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
 
-    async def checked(request: web.Request) -> web.StreamResponse:
-        if token is None:
-            message = f"the dashboard is bound to {host}: set TIERFLOW_DASHBOARD_TOKEN"
-            return _json({"error": message}, status=403)
-        given = presented_token(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            return _json({"error": "a valid token is required (Authorization: Bearer <token>)"},
-                         status=401, headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
 
-    return checked
+def _login_page(message: str, status: int = 200) -> web.Response:
+    page = LOGIN_PAGE.substitute(message=html.escape(message))
+    return web.Response(text=page, status=status, content_type="text/html",
+                        headers={"Cache-Control": "no-store"})
+
+
+def protect(app: web.Application, host: str, token: str | None) -> None:
+    """Put every route of `app` behind the token (call before the server starts) and
+    add the login form; refuses a non-loopback `host` without a token."""
+    check_binding(host, token)
+    if token is None:
+        return
+    access = Access(token)
+    app.middlewares.append(access.guard)
+    app.router.add_get(LOGIN_PATH, access.login_form)
+    app.router.add_post(LOGIN_PATH, access.login)
+    app.router.add_post("/dashboard/logout", access.logout)
 
 
 def _json(doc: object, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -131,11 +207,13 @@ class Endpoints:
         self.config = config
         self.status_source = status
 
-    async def _run(self, request: web.Request, report: Callable[[Backend], object]) -> web.Response:
+    async def _run(self, request: web.Request, report: Callable[[Backend], object],
+                   **unavailable: object) -> web.Response:
+        """`unavailable`: added to the 503 answer while the archive cannot be reached."""
         try:
             return _json(await asyncio.to_thread(lambda: report(self.archive.backend())))
         except ArchiveUnavailable as exc:
-            return _json({"error": str(exc)}, status=503)
+            return _json({"error": str(exc), **unavailable}, status=503)
 
     async def aipl(self, request: web.Request) -> web.Response:
         start, end = period_of(request)
@@ -182,11 +260,15 @@ class Endpoints:
         return await self._run(request, lambda b: reports.rewards_summary(b, period, budgets))
 
     async def status(self, request: web.Request) -> web.Response:
+        def writer() -> dict[str, object] | None:
+            return dict(self.status_source()) if self.status_source else None
+
         def report(backend: Backend) -> object:
             return {**reports.archive_summary(backend), "migrations": self.archive.migrations(),
-                    "writer": dict(self.status_source()) if self.status_source else None}
+                    "writer": writer()}
 
-        return await self._run(request, report)
+        # While the archive cannot be reached the writer's state (holding, why) is the news.
+        return await self._run(request, report, writer=writer())
 
 
 def _errors(handler: Handler) -> Handler:
@@ -196,7 +278,7 @@ def _errors(handler: Handler) -> Handler:
         except BadRequest as exc:
             return _json({"error": str(exc)}, status=400)
         except Exception:
-            log.exception("dashboard request %s failed", request.path_qs)
+            log.exception("dashboard request %s failed", request.path)
             return _json({"error": "internal error; see the worker log"}, status=500)
 
     return wrapped
@@ -222,24 +304,19 @@ def add_routes(
     token: str | None, status: StatusSource | None = None,
 ) -> None:
     """Mount the page and the JSON API on `router` (call before the server starts).
-    `host` is the address the server binds, which decides whether a token is required."""
-    if needs_token(host, token) and token is None:
-        log.error("dashboard bound to %s without TIERFLOW_DASHBOARD_TOKEN: every request is"
-                  " refused", host)
+    Access is the application's: whoever owns it calls `protect` on it. `host` is the
+    address the server binds; without a token, a non-loopback one is refused."""
+    check_binding(host, token)
     api = Endpoints(archive, config, status)
-
-    def protect(handler: Handler) -> Handler:
-        return guard(_errors(handler), host, token)
-
     router.add_get("/dashboard", _to_page)
-    router.add_get("/dashboard/", protect(_page))
-    router.add_get("/dashboard/static/{name}", _static)
-    router.add_get("/api/aipl", protect(api.aipl))
-    router.add_get("/api/aipl/trend", protect(api.trend))
-    router.add_get("/api/tiers", protect(api.tiers))
-    router.add_get("/api/segments/migration", protect(api.migration))
-    router.add_get("/api/rewards", protect(api.rewards))
-    router.add_get("/api/archive/status", protect(api.status))
+    router.add_get("/dashboard/", _errors(_page))
+    router.add_get(STATIC_PREFIX + "{name}", _static)
+    router.add_get("/api/aipl", _errors(api.aipl))
+    router.add_get("/api/aipl/trend", _errors(api.trend))
+    router.add_get("/api/tiers", _errors(api.tiers))
+    router.add_get("/api/segments/migration", _errors(api.migration))
+    router.add_get("/api/rewards", _errors(api.rewards))
+    router.add_get("/api/archive/status", _errors(api.status))
 
 
 def build_app(
@@ -248,6 +325,7 @@ def build_app(
 ) -> web.Application:
     """The standalone dashboard app (`tierflow dashboard`): the routes plus / -> the page."""
     app = web.Application()
+    protect(app, host, token)
     app.router.add_get("/", _to_page)
     add_routes(app.router, archive, config, host=host, token=token, status=status)
     return app

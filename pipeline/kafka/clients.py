@@ -18,8 +18,13 @@ _PRODUCER = {"enable.idempotence": True, "linger.ms": 5}
 _BULK = {"linger.ms": 20, "compression.type": "lz4", "batch.size": 1_000_000}
 
 
-def producer(kafka: KafkaSettings, *, bulk: bool = False) -> Producer:
-    return Producer(kafka.confluent(**(_PRODUCER | _BULK if bulk else _PRODUCER), **_LOG))
+def producer(kafka: KafkaSettings, *, bulk: bool = False, transactional_id: str | None = None) -> Producer:
+    """`transactional_id`: a transactional producer, which fences every earlier one of
+    the same id once it calls init_transactions (agents/outputs.py)."""
+    conf = _PRODUCER | _BULK if bulk else _PRODUCER
+    if transactional_id is not None:
+        conf = conf | {"transactional.id": transactional_id}
+    return Producer(kafka.confluent(**conf, **_LOG))
 
 
 def consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:

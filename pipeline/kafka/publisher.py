@@ -31,20 +31,28 @@ class Delivery:
         self.sent = 0
         self.acked = 0
         self.failures: list[str] = []
+        # (topic, partition) -> the offset after the last record acknowledged there.
+        self.ends: dict[tuple[str, int], int] = {}
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str] | None = None) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str] | None = None,
+             partition: int | None = None) -> None:
+        """To `partition` if given, else where the producer's partitioner puts `key`."""
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery,
+                                       **where)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.1)
         self.sent += 1
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         with self._lock:
             if err is None:
                 self.acked += 1
+                where = (msg.topic(), msg.partition())
+                self.ends[where] = max(self.ends.get(where, 0), msg.offset() + 1)
             else:
                 self.failures.append(str(err))
 

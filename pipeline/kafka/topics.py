@@ -9,6 +9,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tierflow.pipeline.config.settings import Settings
 
+KEEP_FOREVER = "-1"
+
 
 def admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.kafka.confluent())
@@ -19,8 +21,13 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
     replication = int(os.environ.get("TIERFLOW_REPLICATION", "1"))
+    # tier.changes and reward.grants are the record of what was published and granted:
+    # `tierflow rebuild` restores the ledger and the tier versions from them, so they
+    # are kept for good (the input topics keep the broker's default retention).
+    kept = {settings.topics.tier_changes, settings.topics.reward_grants}
     missing = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=replication)
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=replication,
+                 config={"retention.ms": KEEP_FOREVER} if name in kept else {})
         for name in settings.topics.all
         if name not in existing
     ]

@@ -5,8 +5,8 @@ that do the work (granting, redemption, claims, points, account, views, outbox).
     engine.on_tier_change(change_value, now_ms)        # each `tier.changes` record
     engine.on_event(valid.event, valid.ts_ms, now_ms)  # each valid input event, after state apply
     engine.expire_points(now_ms)                       # on a timer
-    batch = engine.outbox(max_records)                 # after each batch and on a timer:
-    ... produce batch.records to `reward.grants` (key user_id, value reward_grants.encode(r)), flush ...
+    batch = engine.outbox_of(users)                    # the publisher (agents/outputs.py):
+    ... produce batch.records to `reward.grants` (key user_id, value reward_grants.encode(r)), commit ...
     engine.ack(batch)
 
 Every call is idempotent: replaying a tier change or an event grants, redeems
@@ -16,7 +16,7 @@ same records wait in the outbox until acknowledged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import msgspec
 import redis
@@ -85,6 +85,22 @@ class RewardEngine:
 
     def outbox(self, max_records: int = 1000) -> OutboxBatch:
         return outbox.pending(self.ledger, max_records)
+
+    def outbox_of(self, users: Collection[str]) -> OutboxBatch:
+        """Every undelivered record of these users."""
+        return outbox.waiting(self.ledger, users)
+
+    def holding(self, users: Collection[str]) -> set[str]:
+        """Those of these users with undelivered records."""
+        return self.ledger.outbox_holding(users)
+
+    def tidy_outbox(self, users: Collection[str]) -> set[str]:
+        """Those of these users with undelivered records; the others leave the outbox index."""
+        return self.ledger.tidy_outbox(users)
+
+    def scan_outbox(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of a walk over the users with undelivered records (cursor 0 starts and ends it)."""
+        return self.ledger.scan_outbox(cursor, count)
 
     def ack(self, batch: OutboxBatch) -> None:
         """After the batch's records are durably published."""

@@ -48,7 +48,7 @@ the user has something due, at the cost of occasional empty visits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,21 +362,53 @@ class Ledger:
                 found[user_id] = records
                 total += len(records)
             else:
-                self._unindex_outbox(user_id)
+                self._unindex_outbox([user_id])
             if total >= max_records:
                 break
         return found
 
-    def ack(self, delivered: Mapping[str, Sequence[str]]) -> None:
-        for user_id, records in delivered.items():
-            left = self._ack(keys=[RewardKeys.of(user_id).outbox], args=list(records))
-            if int(left) == 0:
-                self._unindex_outbox(user_id)
+    def outbox_of(self, users: Collection[str]) -> dict[str, list[str]]:
+        """These users' undelivered records, oldest first (users with none left out)."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.lrange(RewardKeys.of(user).outbox, 0, -1)
+        return {user: [_text(r) for r in rows] for user, rows in zip(users, pipe.execute(), strict=True) if rows}
 
-    def _unindex_outbox(self, user_id: str) -> None:
-        self.client.srem(OUTBOX_INDEX, user_id)
-        if self.client.llen(RewardKeys.of(user_id).outbox):  # written meanwhile: keep it indexed
-            self.client.sadd(OUTBOX_INDEX, user_id)
+    def outbox_holding(self, users: Collection[str]) -> set[str]:
+        """Those of these users with undelivered records."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.llen(RewardKeys.of(user).outbox)
+        return {user for user, n in zip(users, pipe.execute(), strict=True) if n}
+
+    def tidy_outbox(self, users: Collection[str]) -> set[str]:
+        """Those of these users with undelivered records; the others leave the index
+        (a write only indexes its user before and after itself, whether it wrote a record or not)."""
+        holding = self.outbox_holding(users)
+        self._unindex_outbox([user for user in users if user not in holding])
+        return holding
+
+    def scan_outbox(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One step of a walk over the users with undelivered records: (next cursor,
+        0 when the walk is complete; about `count` users)."""
+        cursor, users = self.client.sscan(OUTBOX_INDEX, cursor, count=count)
+        return int(cursor), [_text(u) for u in users]
+
+    def ack(self, delivered: Mapping[str, Sequence[str]]) -> None:
+        """Drop delivered records (exactly as read) from the head of each user's outbox."""
+        users = list(delivered)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in users:
+            self._ack(keys=[RewardKeys.of(user_id).outbox], args=list(delivered[user_id]), client=pipe)
+        self._unindex_outbox([u for u, left in zip(users, pipe.execute(), strict=True) if int(left) == 0])
+
+    def _unindex_outbox(self, users: Sequence[str]) -> None:
+        if not users:
+            return
+        self.client.srem(OUTBOX_INDEX, *users)
+        written = self.outbox_holding(users)  # written meanwhile: keep those indexed
+        if written:
+            self.client.sadd(OUTBOX_INDEX, *written)
 
     # --- points expiry index -------------------------------------------------
 

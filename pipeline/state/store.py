@@ -4,14 +4,26 @@ source partition, all calls of a consumer batch in one pipelined round trip."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import orjson
 import redis
 
 from tierflow.pipeline import lua
-from tierflow.pipeline.state.summary import RawState, UserKeys
+from tierflow.pipeline.state.summary import MAX_TOTAL, RawState, UserKeys
 
 USERS_KEY = "tf:users"
+Group = tuple[str, str]
+
+
+@dataclass
+class Applied:
+    """What one apply changed: how many events were new, and each event the script
+    refused, by (user_id, source) and its position in that group, with the reason
+    (conflicting_duplicate, amount_out_of_range, quantity_out_of_range)."""
+
+    count: int = 0
+    refused: dict[tuple[Group, int], str] = field(default_factory=dict)
 
 
 def connect(url: str) -> redis.Redis:
@@ -24,20 +36,32 @@ class StateStore:
         self.retention_days = retention_days
         self._apply = lua.register(client, __file__, "apply")
 
-    def apply(self, groups: Mapping[tuple[str, str], Iterable[list[object]]]) -> int:
-        """Apply events grouped by (user_id, "topic:partition"); returns how many were new."""
+    def apply(self, groups: Mapping[Group, Iterable[list[object]]]) -> Applied:
+        """Apply events grouped by (user_id, "topic:partition"). A call that fails raises
+        (the first failure) once the others are recorded."""
+        applied = Applied()
         if not groups:
-            return 0
+            return applied
         pipe = self.client.pipeline(transaction=False)
         for (user_id, source), events in groups.items():
             self._apply(
                 keys=UserKeys.of(user_id).as_list(),
-                args=[source, self.retention_days, orjson.dumps(list(events))],
+                args=[source, self.retention_days, MAX_TOTAL, orjson.dumps(list(events))],
                 client=pipe,
             )
-        pipe.sadd(USERS_KEY, *{user for user, _ in groups})
-        results = pipe.execute()
-        return sum(results[:-1])
+        results = pipe.execute(raise_on_error=False)
+        done = [(group, result) for group, result in zip(groups, results, strict=True)
+                if not isinstance(result, Exception)]
+        for group, (count, refused) in done:
+            applied.count += count
+            for i in range(0, len(refused), 2):
+                applied.refused[(group, int(refused[i]) - 1)] = refused[i + 1]
+        if done:
+            # Only customers whose call went through become known users; the caller retries the rest.
+            self.client.sadd(USERS_KEY, *{user for (user, _), _ in done})
+        if len(done) < len(results):
+            raise next(result for result in results if isinstance(result, Exception))
+        return applied
 
     def read(self, user_id: str) -> RawState | None:
         return self.read_many([user_id])[user_id]

@@ -7,13 +7,20 @@ integer cents so sums are exact whatever the arrival order.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import msgspec
 
 from tierflow.pipeline.errors import TierflowError
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
 
 DAY_MS = 86_400_000
+# The largest total the state keeps (money in cents, quantities): Lua numbers are
+# doubles, exact up to 2**53, and apply.lua refuses an event that would pass it, far
+# inside the 64-bit range of Redis counters.
+MAX_TOTAL = 2**53 - 1
 _WEEKEND = (5, 6)  # Saturday, Sunday (datetime.weekday numbering)
 _THURSDAY = 3  # 1970-01-01, day 0, was a Thursday
 
@@ -55,11 +62,19 @@ class UserKeys:
         return [self.profile, self.days, self.categories, self.skus, self.channels, self.seen, self.offsets]
 
 
+def digest(event: Purchase | Cart | Browse | Interaction, ts_ms: int) -> str:
+    """A short fingerprint of an event's content, kept beside its id: the same id
+    again with another fingerprint is a conflicting duplicate. The time counts as an
+    instant, so a resend that writes it in another accepted form is the same event."""
+    canonical = msgspec.json.encode(msgspec.structs.replace(event, ts=ts_ms))
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+
 def encode(event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int) -> list[object]:
     """The compact array the Lua script reads (apply.lua beside this module)."""
     day = day_of(ts_ms)
     weekend = 1 if (day + _THURSDAY) % 7 in _WEEKEND else 0
-    head: list[object] = [event.event_id, offset]
+    head: list[object] = [event.event_id, offset, digest(event, ts_ms)]
     if isinstance(event, Purchase):
         items: list[object] = []
         for item in event.items:

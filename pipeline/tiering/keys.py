@@ -9,8 +9,7 @@ Per user (hash tag `{u:ID}`, beside the state store's keys):
                    n:<dim>), scores (s:r/f/m), raw RFM values, next boundary
                    (nb), the instant, event count and population snapshot
                    evaluated (asof, basis, pop), the change and delta counters
-                   (seq, dseq), the evaluation (doc), and the publication claim
-                   (pubseq, pub_ms).
+                   (seq, dseq), and the evaluation (doc).
   `{u:ID}:outbox`  change records (JSON, schemas/tier.changes.json) not yet
                    acknowledged as published.
   `{u:ID}:pend`    population deltas not yet applied (dseq -> JSON).

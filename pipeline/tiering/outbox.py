@@ -4,20 +4,17 @@ published, and the per-shard index of users who may hold some.
 The commit (tiers.lua, see store.py) appends the records and lists the user; this
 module hands them to the publisher and trims them (outbox.lua beside it).
 
-Publication: every evaluation returns the user's unacknowledged records
-(`Result.outbox`); the publisher claims them (`claim`, so two publishers never
-send the same record), sends them (key: user id), and after delivery calls
-`ack({user: last seq sent})`, which trims the outbox and, unless a later change
-arrived meanwhile, unlists the user from the shard's index. `users()` lists users
-whose records were appended but not acknowledged (e.g. the publisher died after
-the commit): drain it at start-up and now and then. A crash after delivery and
-before the ack re-sends records, which consumers drop by (user_id, dimension,
-version).
+Publication (agents/outputs.py): the owner of the user's lane reads the records
+(`pending`), sends them (key: user id) in a Kafka transaction, and after the
+commit calls `ack({user: last seq sent})`, which trims the outbox and, unless a
+later change arrived meanwhile, unlists the user from the shard's index. The
+index therefore names every user with unacknowledged records, whatever happened
+to the process that wrote them; `scan` walks it page by page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
 import redis
@@ -45,17 +42,35 @@ class ChangeOutbox:
             pipe.lrange(TierKeys.of(user).outbox, 0, -1)
         return {user: decode_changes(rows) for user, rows in zip(users, pipe.execute(), strict=True) if rows}
 
-    def claim(self, upto: Mapping[str, int], stamp_ms: int) -> list[int]:
-        """Claim each user's records up to a seq for publication, stamping the time (for
-        crash recovery). Returns, per user in order, the seq claimed before this call:
-        only records above it are this caller's to send."""
+    def holding(self, users: Collection[str]) -> set[str]:
+        """Those of these users with unacknowledged records."""
         pipe = self.client.pipeline(transaction=False)
-        for user, seq in upto.items():
-            self._script(keys=[TierKeys.of(user).tier], args=["claim", seq, stamp_ms], client=pipe)
-        return [int(previous) for previous in pipe.execute()]
+        for user in users:
+            pipe.llen(TierKeys.of(user).outbox)
+        return {user for user, n in zip(users, pipe.execute(), strict=True) if n}
+
+    def tidy(self, users: Collection[str]) -> set[str]:
+        """Those of these users with unacknowledged records. The others leave the index
+        (one interrupted between its ack and unlist stays listed) unless a change was
+        appended meanwhile: that listing outranks the seq read here."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            # The seq first: whatever is appended after it has a higher one.
+            pipe.hget(TierKeys.of(user).tier, "seq")
+            pipe.llen(TierKeys.of(user).outbox)
+        replies = pipe.execute()
+        holding: set[str] = set()
+        pipe = self.client.pipeline(transaction=False)
+        for user, seq, waiting in zip(users, replies[::2], replies[1::2], strict=True):
+            if waiting:
+                holding.add(user)
+            else:
+                self._script(keys=[self.shards.holding(user).outbox], args=["unlist", user, seq or 0], client=pipe)
+        pipe.execute()
+        return holding
 
     def ack(self, published: Mapping[str, int]) -> int:
-        """Drop each user's records up to the given seq (published and flushed).
+        """Drop each user's records up to the given seq (published and committed).
         Idempotent. Returns how many records were dropped."""
         if not published:
             return 0
@@ -70,9 +85,22 @@ class ChangeOutbox:
         return dropped
 
     def users(self, limit: int) -> list[str]:
-        """Users who may hold unpublished changes (e.g. after a crash), up to limit."""
+        """Users who may hold unpublished changes, up to limit."""
         pipe = self.client.pipeline(transaction=False)
         for shard in self.shards.all:
             pipe.zrange(shard.outbox, 0, limit - 1)
         users = [u for rows in pipe.execute() for u in rows]
         return users[:limit]
+
+    def scan(self, cursors: list[int], count: int) -> list[str]:
+        """One step of a walk over every user who may hold unpublished changes: about
+        `count` users of each shard from its cursor. `cursors` (one per shard, all 0 to
+        start) is advanced in place; all 0 again means the walk is complete."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard, cursor in zip(self.shards.all, cursors, strict=True):
+            pipe.zscan(shard.outbox, cursor, count=count)
+        found: list[str] = []
+        for n, (cursor, rows) in enumerate(pipe.execute()):
+            cursors[n] = int(cursor)
+            found += [user for user, _score in rows]
+        return found

@@ -399,10 +399,6 @@ class TierStore:
         """Unacknowledged change records per user, oldest first (users with none left out)."""
         return self.outbox.pending(user_ids)
 
-    def claim_changes(self, upto: Mapping[str, int], stamp_ms: int) -> list[int]:
-        """Per user in order, the seq claimed before: only records above it are the caller's."""
-        return self.outbox.claim(upto, stamp_ms)
-
     def ack_changes(self, published: Mapping[str, int]) -> int:
         """Drop each user's records up to the given seq; returns how many were dropped."""
         return self.outbox.ack(published)

@@ -13,7 +13,15 @@ import orjson
 from confluent_kafka import Producer
 
 from tests.fixtures import truth
-from tests.fixtures.worker import cli, population_events, read_all, running_worker, send_events, wait_processed
+from tests.fixtures.worker import (
+    cli,
+    population_events,
+    read_all,
+    running_worker,
+    send_events,
+    wait_part_way,
+    wait_processed,
+)
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.kafka import lag
@@ -82,15 +90,7 @@ def test_kill_9_mid_stream_then_restart(settings: Settings, tmp_path: Path) -> N
     send_events(settings, events, batch=1)
     total = sum(r.lag for r in lag.measure(settings))
     with running_worker(settings, tmp_path) as worker:
-        deadline = time.monotonic() + 120
-        # Kill once the worker is visibly part-way through.
-        while True:
-            remaining = sum(r.lag for r in lag.measure(settings))
-            if 0 < remaining < total * 0.8:
-                break
-            assert remaining > 0, "worker finished before it could be killed; use more events"
-            assert time.monotonic() < deadline, worker.log_tail()
-            time.sleep(0.05)
+        wait_part_way(settings, worker, total)  # kill once it is visibly part-way through
         worker.kill9()
         assert sum(r.lag for r in lag.measure(settings)) > 0
         worker.start()

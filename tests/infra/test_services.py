@@ -8,14 +8,18 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis as redis_py
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tierflow.infra import kafka, services
+from tests.fixtures.worker import free_port
+from tierflow.infra import kafka, redis, services
+from tierflow.infra.errors import CredentialsRefused
 from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
 # Every test here starts, stops or talks to the local services.
@@ -82,19 +86,20 @@ def test_ensure_jars_is_cached(shared: Settings) -> None:
     assert (libs / f"kafka_2.13-{kafka.KAFKA_VERSION}.jar").exists()
 
 
-def test_kafka_produce_consume_round_trip(shared: Settings) -> None:
+def round_trip(settings: Settings) -> None:
+    """Create a topic, produce a record and consume it back with these settings."""
     topic = f"test.infra.{uuid.uuid4().hex[:12]}"
-    admin = AdminClient(shared.kafka.confluent())
+    admin = AdminClient(settings.kafka.confluent())
     # Auto-creation is off on our broker, so the topic has to be made explicitly.
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(
         timeout=30
     )
     try:
-        producer = Producer(shared.kafka.confluent())
+        producer = Producer(settings.kafka.confluent())
         producer.produce(topic, key=b"k", value=b"hello")
         assert producer.flush(10) == 0
         consumer = Consumer(
-            shared.kafka.confluent(
+            settings.kafka.confluent(
                 **{
                     "group.id": f"test-infra-{uuid.uuid4().hex[:8]}",
                     "auto.offset.reset": "earliest",
@@ -114,6 +119,53 @@ def test_kafka_produce_consume_round_trip(shared: Settings) -> None:
             consumer.close()
     finally:
         admin.delete_topics([topic])[topic].result(timeout=30)
+
+
+def test_kafka_produce_consume_round_trip(shared: Settings) -> None:
+    round_trip(shared)
+
+
+def test_kafka_sasl_plain_round_trip_and_refused_credentials(secured: Settings) -> None:
+    # The broker `up` started listens with SASL_PLAINTEXT/PLAIN only.
+    round_trip(secured)
+    password = secured.kafka.sasl_password or ""
+    wrong = replace(secured, kafka=replace(secured.kafka, sasl_password="not-the-password"))
+    with pytest.raises(CredentialsRefused, match=r"^Kafka at 127\.0\.0\.1:\d+ refused the credentials"):
+        kafka.is_up(wrong)
+    assert services.status(wrong)[0] == ("kafka", secured.kafka.bootstrap, "credentials refused")
+    with pytest.raises(CredentialsRefused):
+        services.up(wrong)  # never a second broker on the same port
+    # A client without SASL gets nothing at all.
+    assert not kafka.is_up(replace(secured, kafka=KafkaSettings(bootstrap=secured.kafka.bootstrap)))
+    # The password is on disk in the broker's configuration only, readable by its owner.
+    root = secured.home / "kafka"
+    assert (root / "server.properties").stat().st_mode & 0o777 == 0o600
+    assert password in (root / "server.properties").read_text()
+    assert password not in (root / "kafka.log").read_text()
+
+
+@pytest.mark.parametrize("user", ["alice", None])
+def test_local_redis_requires_the_url_credentials(tmp_path: Path, user: str | None) -> None:
+    port = free_port()
+    password = "p@ss w0rd/" + uuid.uuid4().hex[:6]  # URL-quoted below, as REDIS_URL must be
+    url = f"redis://{user or ''}:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    settings = Settings(redis_url=url, home=tmp_path)
+    assert redis.start(settings) == "started"
+    try:
+        assert redis_py.Redis.from_url(url).ping() is True
+        for refused in (f"redis://127.0.0.1:{port}/0", url.replace(quote(password, safe=""), "wrong")):
+            with pytest.raises(redis_py.AuthenticationError):
+                redis_py.Redis.from_url(refused).ping()
+            other = replace(settings, redis_url=refused)
+            with pytest.raises(CredentialsRefused, match=f"^Redis at redis://127.0.0.1:{port}/0 refused"):
+                redis.start(other)
+            assert services.status(other)[1][2] == "credentials refused"
+        conf = tmp_path / "redis" / "redis.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600
+        assert password not in conf.read_text()  # its SHA-256 only
+        assert password not in (tmp_path / "redis" / "redis.log").read_text()
+    finally:
+        assert redis.stop(settings) == "stopped"
 
 
 def test_redis_ping(shared: Settings) -> None:

@@ -193,11 +193,18 @@ def test_dead_letters_match_their_schema_and_type() -> None:
     }
     assert raw == orjson.dumps(expected)  # the bytes dead letters have always had
     assert validator("touch.dlq.json").is_valid(orjson.loads(raw))
-    assert msgspec.to_builtins(msgspec.json.decode(raw, type=DeadLetter)) == expected
+    # The flag is written only when set; readers see its default.
+    assert msgspec.to_builtins(msgspec.json.decode(raw, type=DeadLetter)) == {**expected, "original_omitted": False}
     whole = dead_letter(Rejection("not_json", "record value is not JSON"), topic="touch.cart", partition=0,
                         offset=0, key=None, value=None, timestamp_ms=None, now_ms=0)
     assert validator("touch.dlq.json").is_valid(orjson.loads(whole))
     assert not validator("touch.dlq.json").is_valid({**orjson.loads(whole), "reason": "whim"})
+    for reason in ("too_deep", "amount_out_of_range", "price_out_of_range", "quantity_out_of_range",
+                   "string_too_long", "too_many_items", "conflicting_duplicate", "internal_error"):
+        letter = orjson.loads(dead_letter(Rejection(reason, "why"), topic="touch.cart", partition=0, offset=0,
+                                          key=b"u1", value=b"{}", timestamp_ms=None, now_ms=0, with_original=False))
+        assert letter["original_omitted"] is True and letter["original_b64"] == ""
+        assert validator("touch.dlq.json").is_valid(letter), reason
 
 
 INTEGER_FIELDS = {"ts", "qty"}

@@ -137,14 +137,13 @@ def _aipl(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from tierflow.pipeline.dashboard.server import build_app, needs_token
+    from tierflow.pipeline.dashboard.server import build_app, check_binding
 
     ctx = from_args(args)
     host = args.host or ctx.settings.web_host
     port = args.port or ctx.settings.web_port
     token = ctx.settings.dashboard_token
-    if needs_token(host, token) and token is None:
-        raise CliError(f"binding the dashboard to {host} needs TIERFLOW_DASHBOARD_TOKEN", 2)
+    check_binding(host, token)  # before opening anything
     archive = Archive(ctx.settings, ctx.config.archive)
     try:
         archive.backend()
@@ -157,10 +156,11 @@ def _dashboard(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 1) from exc
     app = build_app(archive, ctx.config, host=host, token=token)
     shown = f"[{host}]" if ":" in host else host
-    print(f"dashboard at http://{shown}:{port}/dashboard/" + ("?token=..." if token else ""),
-          flush=True)
+    print(f"dashboard at http://{shown}:{port}/dashboard/"
+          + (" (log in with TIERFLOW_DASHBOARD_TOKEN)" if token else ""), flush=True)
     try:
-        web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+        # No access log: a request line can carry what a user pasted into a URL.
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True, access_log=None)
     finally:
         archive.close()
     return 0

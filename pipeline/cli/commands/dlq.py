@@ -19,7 +19,7 @@ from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.ingest.validate import Limits, parse_record, parse_ts
 from tierflow.pipeline.kafka.publisher import Publisher
-from tierflow.pipeline.kafka.reader import read_topic
+from tierflow.pipeline.kafka.reader import read_record, read_topic
 from tierflow.schemas.dead_letters import DeadLetter
 
 _DURATION = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd])$")
@@ -27,6 +27,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 # Text of the original record shown per dead letter in the table (the JSON has it whole).
 _SHOWN_CHARS = 80
 EXIT_INVALID = 1
+OMITTED = "(too big to quote: the record is at its source offset)"
 
 
 def since_ms(text: str | None, now: datetime | None = None) -> int | None:
@@ -89,7 +90,7 @@ def _list(args: argparse.Namespace) -> int:
         where = f"{source.topic}[{source.partition}]@{source.offset}"
         if letter.event_index is not None:
             where += f" event {letter.event_index}"
-        text = original.decode("utf-8", "replace")
+        text = OMITTED if letter.original_omitted else original.decode("utf-8", "replace")
         shown = text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
         print(f"{letter.rejected_at}  {letter.reason:<24} {where}  key={source.key}")
         print(f"    {letter.detail}")
@@ -104,11 +105,23 @@ def _replay(args: argparse.Namespace) -> int:
     inputs = set(ctx.settings.topics.inputs)
     # Several events of one batch record are dead-lettered apart: send the record once.
     records: dict[tuple[str, int, int], tuple[str, bytes | None, bytes]] = {}
+    missing = 0
     for letter, original in dead_letters(ctx, since_ms(args.since), args.reason):
         source = letter.source
-        if source.topic in inputs:
-            key = source.key.encode() if source.key is not None else None
-            records.setdefault((source.topic, source.partition, source.offset), (source.topic, key, original))
+        where = (source.topic, source.partition, source.offset)
+        if source.topic not in inputs or where in records:
+            continue
+        key = source.key.encode() if source.key is not None else None
+        if letter.original_omitted:  # too big to quote: read it back from where it came from
+            msg = read_record(ctx.settings, *where)
+            if msg is None:
+                missing += 1
+                continue
+            key, original = msg.key(), msg.value() or b""
+        records[where] = (source.topic, key, original)
+    if missing:
+        print(f"{missing} records are no longer in their input topics (retention) and cannot be sent again",
+              file=sys.stderr)
     if not args.yes:
         print(f"{len(records)} records would be sent again to their input topics; add --yes to send them")
         return 0

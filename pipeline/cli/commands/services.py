@@ -36,10 +36,12 @@ def _status(args: argparse.Namespace) -> int:
     rows = services.status(ctx.settings)
     for name, address, state in rows:
         print(f"{name:<11} {address:<40} {state}")
-    return 0 if all(state != "down" for _, _, state in rows) else 1
+    return 0 if all(state == "up" for _, _, state in rows) else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("up", help="start (or reuse) Kafka and Redis on loopback, create topics").set_defaults(func=_up)
     sub.add_parser("down", help="stop the services `up` started").set_defaults(func=_down)
-    sub.add_parser("status", help="what runs where (exit 1 if a service is down)").set_defaults(func=_status)
+    sub.add_parser(
+        "status", help="what runs where (exit 1 if a service is down or refuses the credentials)"
+    ).set_defaults(func=_status)

@@ -15,10 +15,13 @@ def _worker(args: argparse.Namespace) -> int:
     import faust
 
     from tierflow.agents.app import create_app
+    from tierflow.agents.lifecycle import ready_to_start
 
     ctx = from_args(args)
     # Ingest allocates many short-lived, cycle-free objects; frequent gen-0 sweeps cost ~10%.
     gc.set_threshold(50_000, 20, 100)
+    if not ready_to_start(ctx.settings, ctx.config.worker.restart_backoff_s):
+        return 0  # stopped while waiting for Kafka: nothing had started
     ensure_topics(ctx.settings)
     app = create_app(ctx)
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)

@@ -31,7 +31,6 @@
   window.addEventListener("unhandledrejection", (e) => fail(e.reason && e.reason.message || e.reason));
 
   const params = new URLSearchParams(location.search);
-  const token = params.get("token");
 
   // --- helpers ---------------------------------------------------------------------------
 
@@ -73,9 +72,8 @@
   async function api(path, query) {
     const url = new URL("../api/" + path, location.href);
     for (const [k, v] of Object.entries(query || {})) if (v) url.searchParams.set(k, v);
-    const headers = { Accept: "application/json" };
-    if (token) headers.Authorization = "Bearer " + token;
-    const resp = await fetch(url, { headers });
+    // The session cookie of the login form goes along (same origin); never a token in a URL.
+    const resp = await fetch(url, { headers: { Accept: "application/json" } });
     const body = await resp.json();
     if (!resp.ok) throw new Error(`${path}: ${body.error || resp.status}`);
     return body;
@@ -373,7 +371,6 @@
 
   async function load() {
     period = { from: params.get("from"), to: params.get("to") };
-    if (token) document.getElementById("status-link").href += "?token=" + encodeURIComponent(token);
     const status = await drawStatus().catch(() => null);
     wirePeriod(status);
     const jobs = [

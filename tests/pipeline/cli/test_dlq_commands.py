@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import msgspec
 import orjson
 
 from tests.fixtures.worker import cli
@@ -17,6 +18,7 @@ from tierflow.pipeline.ingest.validate import Limits, parse_record
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.kafka.reader import read_topic
 from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.schemas.dead_letters import DeadLetter, DeadLetterSource
 
 GOOD = {"type": "browse", "event_id": "e-good", "user_id": "u1", "ts": "2026-11-01T08:00:00Z",
         "channel": "app", "page": "home"}
@@ -101,3 +103,26 @@ def test_validate_reports_the_workers_reasons_per_line(tmp_path: Path, settings:
     clean = cli(settings, "validate", str(good_only))
     assert clean.returncode == 0 and b"1 records, 1 valid events, 0 rejected" in clean.stdout
     assert cli(settings, "validate", str(tmp_path / "missing.jsonl")).returncode == 2
+
+
+def test_replay_reads_a_record_too_big_to_quote_back_from_its_source(settings: Settings) -> None:
+    ensure_topics(settings)
+    topic = settings.topics.input("browse")
+    big = orjson.dumps({**GOOD, "page": "x" * 5000})
+    delivery = Publisher(settings.kafka, timeout_s=30).delivery()
+    delivery.send(topic, b"u1", big)
+    delivery.wait()
+    [source] = list(read_topic(settings, topic))
+    letter = DeadLetter(
+        reason="string_too_long", detail="page is longer than 64", event_index=None, original_b64="",
+        original_omitted=True, rejected_at="2026-11-01T08:00:00+00:00",
+        source=DeadLetterSource(topic=topic, partition=source.partition(), offset=source.offset(), key="u1"),
+    )
+    delivery = Publisher(settings.kafka, timeout_s=30).delivery()
+    delivery.send(settings.topics.dlq, b"u1", msgspec.json.encode(letter))
+    delivery.wait()
+
+    listed = cli(settings, "dlq").stdout.decode()
+    assert "too big to quote" in listed
+    assert cli(settings, "dlq", "replay", "--yes").returncode == 0
+    assert [(msg.key(), msg.value()) for msg in read_topic(settings, topic)] == [(b"u1", big), (b"u1", big)]

@@ -35,7 +35,7 @@ from tierflow.pipeline.archive.aipl import monday
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.settings import Settings
-from tierflow.pipeline.dashboard.server import build_app, is_loopback, needs_token
+from tierflow.pipeline.dashboard.server import DashboardError, build_app, check_binding, is_loopback
 
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "t0ken-for-tests"
@@ -52,9 +52,11 @@ CHROMIUM_FLAGS = [
 def test_token_rules() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
-    assert not needs_token("127.0.0.1", None)
-    assert needs_token("127.0.0.1", "x")  # a configured token is always checked
-    assert needs_token("0.0.0.0", None) and needs_token("192.168.1.5", "x")
+    for host, token in (("127.0.0.1", None), ("::1", None), ("127.0.0.1", "x"), ("0.0.0.0", "x")):
+        check_binding(host, token)
+    for host in ("0.0.0.0", "192.168.1.5", "example.org"):
+        with pytest.raises(DashboardError, match=f"refusing to serve the dashboard on {host} without"):
+            check_binding(host, None)
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date, list[dic
 
 
 @pytest.mark.service
-def test_api_answers_with_the_token_only_when_bound_publicly(
+def test_api_answers_with_the_token_in_a_header_or_a_login_session(
     seeded: tuple[Context, list[dict], date, list[dict]],
 ) -> None:
     ctx, events, start, changes = seeded
@@ -104,18 +106,26 @@ def test_api_answers_with_the_token_only_when_bound_publicly(
         public = build_app(archive, ctx.config, host="10.1.2.3", token=TOKEN,
                            status=lambda: {"state": "running"})
         async with TestClient(TestServer(public)) as client:
-            for path in ("/api/aipl", "/dashboard/", "/api/archive/status"):
-                assert (await client.get(path)).status == 401
+            for path in ("/api/aipl", "/dashboard/", "/api/archive/status", "/"):
+                assert (await client.get(path, allow_redirects=False)).status == 401
             bad = await client.get("/api/aipl", headers={"Authorization": "Bearer nope"})
             assert bad.status == 401
             ok = await client.get("/api/aipl", headers={"Authorization": f"Bearer {TOKEN}"})
             assert ok.status == 200
             assert counts(await ok.json()) == {"awareness": 50_000, "interest": 6_000,
                                                "purchase": 1_860, "loyalty": 837}
-            assert (await client.get(f"/api/aipl?token={TOKEN}")).status == 200
-            assert (await client.get(f"/dashboard/?token={TOKEN}")).status == 200
+            # Never in a URL: it would end up in access logs and browser history.
+            assert (await client.get(f"/api/aipl?token={TOKEN}")).status == 401
+            browser = {"Accept": "text/html"}
+            sent_away = await client.get(f"/dashboard/?token={TOKEN}", headers=browser,
+                                         allow_redirects=False)
+            assert (sent_away.status, sent_away.headers["Location"]) == (303, "/dashboard/login")
             assert (await client.get("/dashboard/static/dashboard.js")).status == 200  # no data
             assert (await client.get("/dashboard/static/secrets.txt")).status == 404
+            for bent in ("/dashboard/static/..%2F..%2Fapi%2Faipl", "/dashboard/static/../../api/aipl"):
+                assert (await client.get(bent)).status in (401, 404), bent  # never the data
+            assert (await client.get("/nowhere")).status == 401  # not even what exists
+            await login_session(client)
 
             auth = {"Authorization": f"Bearer {TOKEN}"}
             trend = await (await client.get(f"/api/aipl/trend?from={start}&to={end}",
@@ -143,9 +153,8 @@ def test_api_answers_with_the_token_only_when_bound_publicly(
             for query in ("from=yesterday", "by=planet", "from=2026-02-02&to=2026-01-01"):
                 assert (await client.get(f"/api/aipl?{query}", headers=auth)).status == 400
 
-        refused = build_app(archive, ctx.config, host="0.0.0.0", token=None)
-        async with TestClient(TestServer(refused)) as client:
-            assert (await client.get("/api/aipl")).status == 403
+        with pytest.raises(DashboardError, match=r"refusing to serve the dashboard on 0\.0\.0\.0"):
+            build_app(archive, ctx.config, host="0.0.0.0", token=None)
 
         local = build_app(archive, ctx.config, host="127.0.0.1", token=None)
         async with TestClient(TestServer(local)) as client:
@@ -155,6 +164,24 @@ def test_api_answers_with_the_token_only_when_bound_publicly(
         asyncio.run(scenario())
     finally:
         archive.close()
+
+
+async def login_session(client: TestClient) -> None:
+    """The login form sets an HttpOnly, SameSite=Strict session cookie that opens the
+    page and the API; logging out ends it."""
+    form = await client.get("/dashboard/login")
+    assert form.status == 200 and 'method="post"' in await form.text()
+    wrong = await client.post("/dashboard/login", data={"token": "nope"}, allow_redirects=False)
+    assert wrong.status == 401 and "not valid" in await wrong.text()
+    assert not client.session.cookie_jar.filter_cookies(client.make_url("/"))
+    right = await client.post("/dashboard/login", data={"token": TOKEN}, allow_redirects=False)
+    assert (right.status, right.headers["Location"]) == (303, "/dashboard/")
+    cookie = right.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    assert (await client.get("/dashboard/")).status == 200
+    assert (await client.get("/api/tiers")).status == 200
+    await client.post("/dashboard/logout", allow_redirects=False)
+    assert (await client.get("/api/tiers")).status == 401
 
 
 def day(change: dict) -> date:
@@ -251,9 +278,11 @@ def test_dashboard_page_renders_the_expected_numbers(
     ctx, events, start, changes = seeded
     end = start + timedelta(days=27)
     port = free_port()
-    env = cli_env(ctx, tmp_path, TIERFLOW_DASHBOARD_TOKEN=TOKEN, TIERFLOW_WEB_PORT=str(port))
+    # On loopback without a token, as on a laptop (the token rules are tested above).
+    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
+    env.pop("TIERFLOW_DASHBOARD_TOKEN", None)
     with dashboard_process(env, port) as base:
-        url = f"{base}/dashboard/?token={TOKEN}&from={start}&to={end}"
+        url = f"{base}/dashboard/?from={start}&to={end}"
         dumped = run_chromium(tmp_path, url, "--dump-dom")
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "dashboard.png"

@@ -1,0 +1,372 @@
+"""Exactly once on the output topics: every lane has one publisher at a time.
+
+Tier changes and reward records wait in their user's Redis outbox until they are
+on `tier.changes` / `reward.grants`, in partition `lane`: the user's lane
+(pipeline/lanes.py). The worker whose ingest consumer holds partition `lane` of the
+first input topic owns the lane, and its ingest thread alone publishes it, after
+every batch and whenever it is idle. The stages and the timer only write outboxes
+and note the users they wrote to (`Written`). The range assignor gives a worker
+the same partition of every input topic, so the owner of a lane also reads most
+of its users' events.
+
+Each lane has a transactional producer with a transactional.id of its own. One
+round sends the records of a page of the lane's users in one transaction, then
+trims their outboxes and moves the lane's mark past them. Why nothing is sent
+twice or lost:
+
+- A record leaves its outbox only after the transaction that carried it has
+  committed, so a crash or a failed commit loses nothing.
+- Fencing: a new owner's `init_transactions` aborts whatever the lane's previous
+  producer left open, and no producer of the lane with an older epoch can commit
+  after that. A worker that lost the lane without knowing it (hung, cut off from
+  the group) cannot add anything.
+- Read-back: the new owner then reads the lane's partitions (read_committed) from
+  the mark to the end. It acknowledges every record it finds there before it sends
+  anything, so a commit followed by a crash before the trim is not sent again.
+  The mark only ever moves past acknowledged records, so nothing older can be waiting.
+
+Tier-triggered rewards follow the same path: every change committed is handed to
+`on_published` (the reward rules) before it leaves its outbox, by the round that
+sent it or by the read-back that found it, and the grants it makes wait in the
+same user's outbox, in the same lane. (Not a consumer of `tier.changes`: offsets
+there have a gap after every transaction, which Faust's commits do not step over,
+faust-streaming issue #606.)
+
+Readers must use isolation.level=read_committed (librdkafka's default; Java's
+is read_uncommitted), or they also see aborted copies. An aborted record is always
+committed later with the same content.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping
+
+import msgspec
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from tierflow.agents.ingest import AppliedBatch
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.kafka import clients
+from tierflow.pipeline.kafka.errors import DeliveryError
+from tierflow.pipeline.kafka.publisher import Delivery
+from tierflow.pipeline.kafka.topics import admin
+from tierflow.pipeline.lanes import Lanes
+from tierflow.pipeline.rewards.engine import RewardEngine
+from tierflow.pipeline.rewards.outbox import OutboxBatch
+from tierflow.pipeline.tiering.keys import Shards
+from tierflow.pipeline.tiering.outbox import ChangeOutbox
+from tierflow.schemas.tier_changes import TierChange
+
+log = logging.getLogger("tierflow.outputs")
+
+# How long one poll of a read-back waits; the whole read-back is bounded by the delivery timeout.
+_POLL_S = 1.0
+
+
+class _RecordId(msgspec.Struct):
+    user_id: str
+    record_id: str
+
+
+# The reward rules for changes now on tier.changes; returns the users given records.
+OnPublished = Callable[[list[TierChange]], Iterable[str]]
+
+
+class Written:
+    """Users given output records since the publisher last looked: added to by the
+    stages and the timer, from any thread; taken by the publisher."""
+
+    def __init__(self) -> None:
+        self._users: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, users: Iterable[str]) -> None:
+        with self._lock:
+            self._users.update(users)
+
+    def take(self) -> list[str]:
+        with self._lock:
+            users, self._users = list(self._users), set()
+        return users
+
+
+class LaneProducer:
+    """The transactional producer of one lane in this process."""
+
+    def __init__(self, ctx: Context, lane: int) -> None:
+        settings = ctx.settings
+        self.lane = lane
+        self.timeout_s = ctx.config.worker.delivery_timeout_s
+        self.transactional_id = f"{settings.group_id}/{settings.topics.prefix}lane-{lane}"
+        self._producer = clients.producer(settings.kafka, transactional_id=self.transactional_id)
+        self._delivery: Delivery | None = None
+
+    def fence(self) -> None:
+        """Abort what earlier producers of the lane left open; they can commit nothing more."""
+        self._producer.init_transactions(self.timeout_s)
+
+    def begin(self, records: Iterable[tuple[str, str, bytes]]) -> None:
+        """Send (topic, user, value) records to the lane's partitions in a new transaction."""
+        self._producer.begin_transaction()
+        self._delivery = Delivery(self._producer, self.timeout_s)
+        for topic, user, value in records:
+            self._delivery.send(topic, user.encode(), value, partition=self.lane)
+
+    def commit(self) -> tuple[int, dict[str, int]]:
+        """Commit the open transaction: how many records it carried, and per topic the
+        offset after its last record."""
+        assert self._delivery is not None
+        delivery, self._delivery = self._delivery, None
+        self._producer.commit_transaction(self.timeout_s)
+        sent = delivery.wait()  # raises DeliveryError if any record was refused
+        return sent, {topic: end for (topic, _partition), end in delivery.ends.items()}
+
+    def abort(self) -> None:
+        """Best effort: the next owner's fence aborts what this leaves open."""
+        if self._delivery is not None:
+            self._delivery = None
+            try:
+                self._producer.abort_transaction(self.timeout_s)
+            except KafkaException as exc:
+                log.warning("lane %d: abort failed (%s); the next owner aborts it", self.lane, exc)
+
+    def close(self) -> None:
+        self.abort()
+        self._producer.close()
+
+
+def last_seqs(changes: Iterable[TierChange]) -> dict[str, int]:
+    """Per user, the highest seq among these changes."""
+    last: dict[str, int] = {}
+    for change in changes:
+        last[change.user_id] = max(last.get(change.user_id, 0), change.seq)
+    return last
+
+
+class Outputs:
+    """Publishes the outboxes of the lanes this worker owns. The last stage of every
+    ingest batch, and the ingest consumer's rebalance listener."""
+
+    def __init__(self, ctx: Context, client: redis.Redis, written: Written, on_published: OnPublished) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.written = written
+        self.on_published = on_published
+        self.worker = ctx.config.worker
+        topics = ctx.settings.topics
+        self.lane_topic = topics.inputs[0]
+        self.tier_topic, self.grant_topic = topics.tier_changes, topics.reward_grants
+        self.changes = ChangeOutbox(client, Shards.of(ctx.config.tiering.population.shards))
+        self.engine = RewardEngine(client, ctx.config.rewards)
+        self.lanes: Lanes | None = None
+        self.producers: dict[int, LaneProducer] = {}  # the lanes owned
+        self.parked: dict[int, LaneProducer] = {}  # revoked, kept in case they come straight back
+        self.published = 0
+        self._tier_cursors = [0] * len(self.changes.shards.all)
+        self._grant_cursor = 0
+        self._next_sweep = 0.0
+
+    def close(self) -> None:
+        for producer in [*self.producers.values(), *self.parked.values()]:
+            producer.close()
+        self.producers, self.parked = {}, {}
+
+    # --- the ingest thread ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Before each ingest run: forget the producers of the last run (a failed round
+        may have left records committed and not acknowledged: the next owner of each
+        lane reads them back) and check that every lane has an output partition."""
+        self.close()
+        metadata = admin(self.ctx.settings).list_topics(timeout=self.worker.delivery_timeout_s).topics
+        if self.lane_topic not in metadata:
+            raise ConfigError(f"topic {self.lane_topic} does not exist")
+        count = len(metadata[self.lane_topic].partitions)
+        for topic in (self.tier_topic, self.grant_topic):
+            have = len(metadata[topic].partitions) if topic in metadata else 0
+            if have < count:
+                raise ConfigError(f"{topic} has {have} partitions, fewer than {self.lane_topic}'s {count}: "
+                                  "each input partition is a lane of the output topics; add partitions")
+        self.lanes = Lanes(self.client, count)
+
+    def run(self, batch: AppliedBatch) -> None:
+        assert self.lanes is not None
+        self.lanes.assign(batch.partitions)
+        self.cycle()
+
+    def idle(self) -> None:
+        self.cycle()
+
+    def cycle(self) -> None:
+        """Point lane owners at what was written since the last cycle (and, now and then,
+        at a page of everything waiting), then publish the lanes owned here."""
+        assert self.lanes is not None
+        users = self.written.take()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.worker.outbox_sweep_ms / 1000
+            users += self.changes.tidy(self.changes.scan(self._tier_cursors, self.worker.outbox_batch))
+            self._grant_cursor, swept = self.engine.scan_outbox(self._grant_cursor, self.worker.outbox_batch)
+            users += self.engine.tidy_outbox(swept)
+        if users:
+            self.lanes.route(users)
+        if self.producers:
+            self._drain()
+
+    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lanes = sorted({tp.partition for tp in partitions if tp.topic == self.lane_topic})
+        for lane in lanes:
+            producer = self.parked.pop(lane, None)
+            # Parked since the revocation that opened this rebalance: no one else held it since.
+            self.producers[lane] = producer if producer is not None else self._take_over(lane)
+        for producer in self.parked.values():
+            producer.close()
+        self.parked = {}
+        # Walk every waiting record from the start: an earlier owner may have died mid-round.
+        self._tier_cursors = [0] * len(self._tier_cursors)
+        self._grant_cursor, self._next_sweep = 0, 0.0
+        log.info("publishing output lanes %s", lanes)
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
+            if producer is not None:
+                self.parked[tp.partition] = producer
+
+    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Others may hold these lanes already: this process's producers must go."""
+        for tp in partitions:
+            producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
+            if producer is not None:
+                producer.close()
+
+    # --- taking a lane over -------------------------------------------------------------
+
+    def _take_over(self, lane: int) -> LaneProducer:
+        producer = LaneProducer(self.ctx, lane)
+        try:
+            producer.fence()
+            found = self._read_back(lane)
+        except Exception:
+            producer.close()
+            raise
+        if found:
+            log.info("lane %d: %d records were already published; acknowledged", lane, found)
+        return producer
+
+    def _read_back(self, lane: int) -> int:
+        """Finish what an earlier owner committed and did not acknowledge: the records on
+        the lane's partitions from its mark to the end. Their changes' rewards are granted,
+        then all of them acknowledged. Returns how many records were found."""
+        assert self.lanes is not None
+        marks = self.lanes.marks(lane)
+        changes: list[TierChange] = []
+        granted: dict[str, set[str]] = defaultdict(set)
+        ends: dict[str, int] = {}
+        consumer = clients.consumer(self.ctx.settings.kafka, f"{self.ctx.settings.group_id}-readback", **{
+            "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+        try:
+            consumer.assign([TopicPartition(topic, lane, marks.get(topic, OFFSET_BEGINNING))
+                             for topic in (self.tier_topic, self.grant_topic)])
+            deadline = time.monotonic() + self.worker.delivery_timeout_s
+            while len(ends) < 2:
+                msg = consumer.poll(_POLL_S)
+                if msg is not None and msg.error() is None:
+                    self._seen(msg, changes, granted)
+                elif msg is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                    ends[msg.topic()] = msg.offset()
+                elif time.monotonic() > deadline:
+                    raise DeliveryError(f"lane {lane}: reading back the output topics timed out"
+                                        + (f" ({msg.error()})" if msg is not None else ""))
+        finally:
+            consumer.close()
+        if changes:
+            self.lanes.route(self.on_published(changes))
+        # Whatever is on the topic is published, whichever lane it was sent on.
+        self.changes.ack(last_seqs(changes))
+        stored = self.engine.outbox_of(list(granted))
+        self.engine.ack(OutboxBatch.of({
+            user: [raw for raw in rows if msgspec.json.decode(raw, type=_RecordId).record_id in granted[user]]
+            for user, rows in stored.raw.items()}))
+        self.lanes.advance(lane, ends)
+        return len(changes) + sum(len(ids) for ids in granted.values())
+
+    def _seen(self, msg: Message, changes: list[TierChange], granted: dict[str, set[str]]) -> None:
+        try:
+            if msg.topic() == self.tier_topic:
+                changes.append(msgspec.json.decode(msg.value(), type=TierChange))
+            else:
+                record = msgspec.json.decode(msg.value(), type=_RecordId)
+                granted[record.user_id].add(record.record_id)
+        except msgspec.MsgspecError:
+            log.warning("%s[%d]@%d is not a tierflow record; skipped", msg.topic(), msg.partition(), msg.offset())
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Rounds of one transaction per owned lane with waiting users, until a round
+        finds less than a page in every lane and granted nothing."""
+        assert self.lanes is not None
+        page = self.worker.outbox_batch
+        while True:
+            waiting = self.lanes.waiting(list(self.producers), page)
+            if not waiting:
+                return
+            # Pointers are hints: a user's records go to the user's own lane, nowhere else.
+            lane_of = self.lanes.of([user for users in waiting.values() for user in users])
+            mine = {lane: [user for user in users if lane_of[user] == lane] for lane, users in waiting.items()}
+            users = [user for lane_users in mine.values() for user in lane_users]
+            changes = self.changes.pending(users)
+            grants = self.engine.outbox_of(users)
+            ends = self._publish(mine, changes, grants.raw)
+            # Granted before the changes leave their outboxes: a crash in between is finished
+            # by the read-back. The grants are in these users' lanes, so they go out next.
+            published = [change for records in changes.values() for change in records]
+            granted = self.lanes.route(self.on_published(published)) if published else {}
+            self.changes.ack(last_seqs(published))
+            self.engine.ack(grants)
+            for lane, lane_ends in ends.items():
+                self.lanes.advance(lane, lane_ends)
+            self._release(waiting, lane_of)
+            if not granted and all(len(lane_users) < page for lane_users in waiting.values()):
+                return
+
+    def _publish(self, by_lane: Mapping[int, list[str]], changes: Mapping[str, list[TierChange]],
+                 grants: Mapping[str, list[str]]) -> dict[int, dict[str, int]]:
+        """One transaction per lane; the sends of all lanes overlap, then each commits."""
+        begun: list[LaneProducer] = []
+        try:
+            for lane, users in by_lane.items():
+                records = [(self.tier_topic, user, msgspec.json.encode(change))
+                           for user in users for change in changes.get(user, [])]
+                records += [(self.grant_topic, user, raw.encode()) for user in users for raw in grants.get(user, [])]
+                if records:
+                    self.producers[lane].begin(records)
+                    begun.append(self.producers[lane])
+            ends: dict[int, dict[str, int]] = {}
+            for producer in list(begun):
+                sent, ends[producer.lane] = producer.commit()
+                begun.remove(producer)
+                self.published += sent
+            return ends
+        except Exception:
+            for producer in begun:
+                producer.abort()
+            raise
+
+    def _release(self, waiting: Mapping[int, list[str]], lane_of: Mapping[str, int]) -> None:
+        """Drop the pointers to these users, then point again at those with records left
+        (written meanwhile), each in their own lane."""
+        assert self.lanes is not None
+        self.lanes.release(waiting)
+        users: Collection[str] = list(lane_of)
+        left = self.changes.holding(users) | self.engine.holding(users)
+        again: dict[int, list[str]] = defaultdict(list)
+        for user in left:
+            again[lane_of[user]].append(user)
+        self.lanes.add(again)

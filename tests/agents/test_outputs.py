@@ -1,0 +1,154 @@
+"""The publisher of the output lanes against a real broker and Redis, in-process, so
+that the dangerous moments happen on purpose: a publisher that dies between its
+commit and its acknowledgement, one that lost its lane and keeps going, records
+written where no publisher hears of them. Every record ends up on its topic once."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+
+from tests.fixtures.worker import read_committed
+from tierflow.agents.clock import Clock
+from tierflow.agents.outputs import Outputs, Written
+from tierflow.agents.rewards import RewardStage
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.ingest.validate import ValidEvent
+from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.pipeline.lanes import Lanes
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import encode
+from tierflow.pipeline.tiering.store import TierStore
+from tierflow.schemas.events import Item, Purchase
+from tierflow.schemas.tier_changes import TierChange
+
+# A first purchase moves a user's lifecycle to first_purchase, which this rule rewards.
+RULE = """
+[rewards.rules.first_buyer_points]
+campaign = "first_purchase"
+trigger = { on = "tier", dimension = "lifecycle", entered = "first_purchase" }
+prize = "first_points"
+"""
+
+
+class Died(Exception):
+    """The publisher's process ends here."""
+
+
+class World:
+    """One test's stores, and publishers made on demand, each like a worker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.client = connect(self.ctx.settings.redis_url)
+        self.tiers = TierStore(self.client, self.ctx.config)
+        self.state = StateStore(self.client, self.ctx.config.state.retention_days)
+        self.rewards = RewardStage(self.ctx, self.client, Clock("wall", self.client), lambda _users: None)
+        self.lanes = Lanes(self.client, self.ctx.settings.partitions)
+
+    def publisher(self, *lanes: int, die_after_commit: bool = False) -> Outputs:
+        """A publisher that owns these lanes (taking them over: fence, read back)."""
+
+        def on_published(changes: list[TierChange]) -> Iterable[str]:
+            if die_after_commit:
+                raise Died
+            return self.rewards.on_published(changes)
+
+        outputs = Outputs(self.ctx, self.client, Written(), on_published)
+        outputs.start()
+        outputs.on_assign(None, [TopicPartition(self.ctx.settings.topics.inputs[0], lane) for lane in lanes])
+        return outputs
+
+    def first_purchases(self, users: list[str], lane: int) -> None:
+        """Each user buys once (tier changes in their outboxes), in this lane."""
+        now = int(time.time() * 1000)
+        self.lanes.assign({user: lane for user in users})
+        events = [ValidEvent(Purchase(event_id=f"{u}-p", user_id=u, ts=now, channel="app", order_id=f"{u}-o",
+                                      amount=50.0, currency="CNY",
+                                      items=[Item(sku="SN001", category="snacks", qty=1, price=50.0)]), now)
+                  for u in users]
+        groups = {(e.event.user_id, "touch.purchase:0"): [encode(e.event, e.ts_ms, n)] for n, e in enumerate(events)}
+        self.state.apply(groups)
+        self.tiers.on_batch(events, now)
+
+    def published(self) -> tuple[list[dict], list[dict]]:
+        topics = self.ctx.settings.topics
+        return ([v for _, _, v in read_committed(self.ctx.settings, topics.tier_changes)],
+                [v for _, _, v in read_committed(self.ctx.settings, topics.reward_grants)])
+
+    def partitions_of(self, topic: str) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = defaultdict(set)
+        for partition, _, value in read_committed(self.ctx.settings, topic):
+            out[value["user_id"]].add(partition)
+        return out
+
+
+@pytest.fixture
+def world(settings: Settings, tmp_path: Path) -> World:
+    ensure_topics(settings)
+    path = tmp_path / "tierflow.toml"
+    path.write_text(RULE)
+    ctx = Context(settings, load_config(path))
+    return World(ctx)
+
+
+def once(changes: list[dict], grants: list[dict]) -> None:
+    """No change and no reward record twice."""
+    assert [k for k, n in Counter((c["user_id"], c["dimension"], c["version"]) for c in changes).items() if n > 1] == []
+    assert [k for k, n in Counter(g["record_id"] for g in grants).items() if n > 1] == []
+
+
+def test_a_crash_between_commit_and_acknowledgement_sends_nothing_twice(world: World) -> None:
+    users = [f"u{n}" for n in range(10)]
+    world.first_purchases(users, lane=0)
+    dying = world.publisher(0, die_after_commit=True)
+    dying.written.add(users)
+    with pytest.raises(Died):
+        dying.cycle()
+    committed, _ = world.published()
+    assert {c["user_id"] for c in committed} == set(users)
+    assert world.tiers.outbox_users(100)  # on the topic, not acknowledged
+
+    heir = world.publisher(0)  # reads the lane back: acknowledges, and grants what the changes earned
+    assert not world.tiers.outbox_users(100)
+    heir.cycle()
+    changes, grants = world.published()
+    once(changes, grants)
+    assert len(changes) == len(committed)
+    assert {g["user_id"] for g in grants if g["rule"] == "first_buyer_points"} == set(users)
+    assert world.rewards.engine.outbox(100).records == []
+
+
+def test_a_publisher_that_lost_its_lane_publishes_nothing(world: World) -> None:
+    old = world.publisher(0)
+    new = world.publisher(0)  # the group gave lane 0 to another worker: the old producer is fenced
+    users = [f"z{n}" for n in range(5)]
+    world.first_purchases(users, lane=0)
+    old.written.add(users)
+    with pytest.raises(KafkaException):
+        old.cycle()
+    assert world.published() == ([], [])
+    new.cycle()
+    changes, grants = world.published()
+    once(changes, grants)
+    assert {c["user_id"] for c in changes} == set(users)
+    assert {g["user_id"] for g in grants} == set(users)
+
+
+def test_records_written_outside_a_worker_reach_their_lane_and_only_it(world: World) -> None:
+    mine, theirs = world.publisher(0), world.publisher(1)
+    world.lanes.assign({"cli-a": 0, "cli-b": 1})
+    for user in ("cli-a", "cli-b"):  # as `tierflow` commands do: no publisher hears of them
+        world.rewards.engine.adjust_points(user, 100, f"gift-{user}", int(time.time() * 1000), "test")
+    mine.cycle()
+    assert world.partitions_of(world.ctx.settings.topics.reward_grants) == {"cli-a": {0}}
+    theirs.cycle()
+    assert world.partitions_of(world.ctx.settings.topics.reward_grants) == {"cli-a": {0}, "cli-b": {1}}
+    once(*world.published())

@@ -1,0 +1,103 @@
+"""apply.lua on a real Redis: each event once, an id that comes back with other
+content refused as a conflicting duplicate, and no total leaving the range the
+state keeps exactly (a total past it used to wrap Redis's 64-bit counters)."""
+
+from __future__ import annotations
+
+import msgspec
+import redis
+
+from tierflow.pipeline.state.store import Applied, StateStore, connect
+from tierflow.pipeline.state.summary import MAX_TOTAL, UserKeys, encode, summarize
+from tierflow.schemas.events import Interaction, Item, Purchase
+
+NOW = 1_795_000_000_000
+SOURCE = "touch.purchase:0"
+KEYS = UserKeys.of("u1")
+
+
+def purchase(event_id: str, amount: float, qty: int = 1, ts: int | str = NOW) -> Purchase:
+    return Purchase(event_id=event_id, user_id="u1", ts=ts, channel="app", order_id=f"o-{event_id}",
+                    amount=amount, currency="CNY", items=[Item(sku="s1", category="snacks", qty=qty, price=amount)])
+
+
+def apply(store: StateStore, *events: tuple[Purchase | Interaction, int]) -> Applied:
+    return store.apply({("u1", SOURCE): [encode(event, NOW, offset) for event, offset in events]})
+
+
+def state(client: redis.Redis) -> dict[str, dict[str, str]]:
+    return {key: client.hgetall(key) for key in (KEYS.profile, KEYS.days, KEYS.categories, KEYS.skus, KEYS.offsets)}
+
+
+def test_a_total_past_64_bits_is_refused_and_changes_nothing(redis_url: str) -> None:
+    """Reproduces the wrap: an amount of 1e17 (1e19 cents) made lifetime money negative."""
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    assert apply(store, (purchase("ok", 10.5), 0)).count == 1
+    before = state(client)
+    result = apply(store, (purchase("huge", 1e17), 1))
+    assert (result.count, result.refused) == (0, {(("u1", SOURCE), 0): "amount_out_of_range"})
+    assert state(client) == before
+    assert summarize("u1", store.read("u1"), NOW, [30], 400).monetary_cents["lifetime"] == 1050
+
+
+def test_lifetime_totals_stop_exactly_at_the_bound(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    apply(store, (purchase("first", 1.0), 0))
+    # As if many orders came before: room for one more yuan and one cent, not two cents.
+    client.hset(KEYS.profile, mapping={"pa": MAX_TOTAL - 101, "la": MAX_TOTAL - 101})
+    assert apply(store, (purchase("fits", 1.0), 1)).count == 1
+    assert int(client.hget(KEYS.profile, "pa")) == MAX_TOTAL - 1
+    refused = apply(store, (purchase("two-cents", 0.02), 2), (purchase("zero", 0.0), 3))
+    assert (refused.count, refused.refused) == (1, {(("u1", SOURCE), 0): "amount_out_of_range"})
+    assert int(client.hget(KEYS.profile, "pa")) == MAX_TOTAL - 1
+    # The refused event, sent again, is refused again (its dead letter is sent at least once).
+    again = apply(store, (purchase("two-cents", 0.02), 2))
+    assert again.refused == {(("u1", SOURCE), 0): "amount_out_of_range"}
+    # Quantities, which bound every category's and sku's quantity.
+    client.hset(KEYS.profile, "lq", MAX_TOTAL - 2)
+    many = apply(store, (purchase("qty", 0.0, qty=3), 4))
+    assert many.refused == {(("u1", SOURCE), 0): "quantity_out_of_range"}
+
+
+def test_same_id_other_content_is_a_conflicting_duplicate(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    original, forged = purchase("e1", 10.0), purchase("e1", 99.0)
+    assert apply(store, (original, 5)).count == 1
+    before = state(client)
+    conflict = {(("u1", SOURCE), 0): "conflicting_duplicate"}
+    # Sent again later with other content; then replayed at its own offset after a crash.
+    for offset in (9, 9):
+        result = apply(store, (forged, offset))
+        assert (result.count, result.refused) == (0, conflict)
+        assert state(client) == before
+    # The same content again, also with its time written another way: silently the same event.
+    same_instant = msgspec.structs.replace(original, ts="2026-11-18T08:26:40+00:00")
+    assert NOW == 1_795_000_000_000  # 2026-11-18T08:26:40Z
+    for event, offset in ((original, 5), (original, 12), (same_instant, 13)):
+        result = apply(store, (event, offset))
+        assert (result.count, result.refused) == (0, {})
+    assert state(client)[KEYS.profile] == before[KEYS.profile]
+
+
+def test_conflict_inside_one_call_and_beside_valid_events(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    sign_in = Interaction(event_id="i1", user_id="u1", ts=NOW, channel="app", kind="sign_in")
+    result = apply(store, (purchase("e1", 1.0), 1), (purchase("e1", 2.0), 1), (sign_in, 2))
+    assert (result.count, result.refused) == (2, {(("u1", SOURCE), 1): "conflicting_duplicate"})
+    assert int(client.hget(KEYS.profile, "pa")) == 100
+
+
+def test_ids_applied_before_digests_count_as_the_same_event(redis_url: str) -> None:
+    """State written by the earlier script kept a set of ids: it is converted in place."""
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    client.sadd(KEYS.seen, "old-1", "old-2")
+    result = apply(store, (purchase("old-1", 5.0), 3), (purchase("new-1", 5.0), 4))
+    assert (result.count, result.refused) == (1, {})
+    assert client.type(KEYS.seen) == "hash"
+    assert client.hget(KEYS.seen, "old-2") == ""
+    assert apply(store, (purchase("old-2", 7.0), 5)).refused == {}
