@@ -4,9 +4,7 @@ Maven Central jars, so neither Docker nor a Kafka download site is needed."""
 from __future__ import annotations
 
 import base64
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -17,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tierflow.infra.errors import CredentialsRefused, ServiceError, refuse_remote
-from tierflow.infra.process import SAFE_NAME, alive, file_lock, write_private
+from tierflow.infra.process import SAFE_NAME, alive, file_lock, terminate, write_private
 from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
 KAFKA_VERSION = "4.4.0"  # keep in step with kafka.version in kafka-pom.xml
@@ -162,14 +160,7 @@ def stop(settings: Settings, timeout: float = 30.0) -> str:
     if pid is None:
         (root / "kafka.pid").unlink(missing_ok=True)
         return "not running"
-    os.kill(pid, signal.SIGTERM)  # the broker does a controlled shutdown on SIGTERM
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while alive(pid):
-            time.sleep(0.1)
+    terminate(pid, timeout)  # the broker does a controlled shutdown on SIGTERM
     (root / "kafka.pid").unlink(missing_ok=True)
     return "stopped"
 

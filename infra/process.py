@@ -6,6 +6,8 @@ import contextlib
 import fcntl
 import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,3 +37,15 @@ def write_private(path: Path, text: str) -> None:
     path.unlink(missing_ok=True)
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         handle.write(text)
+
+
+def terminate(pid: int, timeout_s: float, poll_s: float = 0.1) -> None:
+    """SIGTERM (the service's clean shutdown), then SIGKILL if it outlives `timeout_s`."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            time.sleep(poll_s)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 
 from tierflow.infra.errors import CredentialsRefused, ServiceError, refuse_remote
-from tierflow.infra.process import SAFE_NAME, alive, file_lock, write_private
+from tierflow.infra.process import SAFE_NAME, alive, file_lock, terminate, write_private
 from tierflow.pipeline.config.settings import Settings
 
 
@@ -99,14 +98,7 @@ def stop(settings: Settings, timeout: float = 15.0) -> str:
     pid = _our_pid(pidfile)
     if pid is None:
         return "not running"
-    os.kill(pid, signal.SIGTERM)  # redis flushes the append-only file and exits
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while alive(pid):
-            time.sleep(0.1)
+    terminate(pid, timeout)  # redis flushes the append-only file and exits
     pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
     return "stopped"
 
