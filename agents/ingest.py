@@ -6,8 +6,10 @@ process, librdkafka ~170k/s, and batching is what lets Redis keep up. Per
 consumer batch: validate every record, dead-letter what is invalid, apply the
 rest with one Lua call per user in a single pipelined round trip, run the
 stages (tiers, rewards) over what was applied, then let the checkpoint commit
-the offsets once the dead letters are delivered. A crash before the commit
-replays the batch; the Lua script's event-id set and per-source offset
+the offsets once the dead letters are delivered. A record that makes the worker
+raise (a bug, or state damaged outside tierflow) is dead-lettered as
+`internal_error` and the rest goes on; an outage fails the batch whole. A crash
+before the commit replays the batch; the Lua script's event-id set and per-source offset
 watermark make that a no-op, and every stage is idempotent.
 """
 
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import msgspec
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -71,6 +75,15 @@ class _Record:
         log.error("ingest: record %s set aside as internal_error (%s)", where, rejection.detail, exc_info=exc)
         self.valid, self.encoded, self.rejected = [], [], [*self.rejected, rejection]
 
+    def fail(self, failed: Mapping[str, Rejection]) -> None:
+        """A stage raised for these customers: their events here are dead-lettered. Their
+        state stays applied, so a replay of the letter only re-runs the stages."""
+        for item in self.applied():
+            rejection = failed.get(item.event.user_id)
+            if rejection is not None:
+                event = msgspec.to_builtins(item.event)
+                self.rejected.append(replace(rejection, event_index=item.index, event=event))
+
     def refuse(self, position: int, reason: str) -> None:
         self.refused.add(position)
         self.rejected.append(refused(self.valid[position], reason))
@@ -90,6 +103,12 @@ class AppliedBatch:
     # An input partition each user's events arrived on (where a new user's output lane goes).
     partitions: dict[str, int] = field(default_factory=dict)
 
+    def only(self, users: Collection[str]) -> AppliedBatch:
+        """These users' part of the batch (`applied` stays the batch's count: no stage reads it)."""
+        keep = set(users)
+        return AppliedBatch([item for item in self.events if item.event.user_id in keep], keep, self.applied,
+                            self.now_ms, {user: p for user, p in self.partitions.items() if user in keep})
+
 
 @dataclass
 class IngestStats:
@@ -104,6 +123,14 @@ class IngestStats:
 class Stage(Protocol):
     """A step that runs over every applied batch, before its offsets are committed."""
 
+    def run(self, batch: AppliedBatch) -> None: ...
+
+
+class CustomerStage(ABC):
+    """A stage whose work is each customer's own (tiers, rewards): when it raises for a
+    batch, the loop can tell which customers it raises for by running it on fewer."""
+
+    @abstractmethod
     def run(self, batch: AppliedBatch) -> None: ...
 
 
@@ -178,17 +205,17 @@ class IngestLoop:
             self.stats.records += 1
             records.append(self._decode(msg, now_ms))
         applied = self._apply([record for record in records if record.valid])
-        dead_letters = self.publisher.delivery()
-        for record in records:
-            self._dead_letter(dead_letters, record, now_ms)
         valid_events = [item for record in records for item in record.applied()]
         self.stats.events += len(valid_events)
         self.stats.applied += applied
         self.stats.batches += 1
         partitions = {item.event.user_id: record.source.partition for record in records for item in record.applied()}
         batch = AppliedBatch(valid_events, set(partitions), applied, now_ms, partitions)
-        for stage in self.stages:
-            stage.run(batch)
+        failed = self._run_stages(batch)
+        dead_letters = self.publisher.delivery()
+        for record in records:
+            record.fail(failed)
+            self._dead_letter(dead_letters, record, now_ms)
         # Dead letters must be durable before the offsets that produced them are committed.
         self.checkpoint.commit(dead_letters)
         return batch
@@ -231,6 +258,38 @@ class IngestLoop:
             record, position = origins[group][index]
             record.refuse(position, reason)
         return result.count
+
+    def _run_stages(self, batch: AppliedBatch) -> dict[str, Rejection]:
+        """Run the stages in order; returns the customers a customer stage raised for, with
+        the rejection of their events. Those are left out of the later customer stages."""
+        failed: dict[str, Rejection] = {}
+        for stage in self.stages:
+            if not isinstance(stage, CustomerStage):
+                stage.run(batch)
+            elif failed:
+                failed |= self._isolate(stage, batch.only(batch.users - failed.keys()))
+            else:
+                failed = self._isolate(stage, batch)
+        return failed
+
+    def _isolate(self, stage: CustomerStage, batch: AppliedBatch) -> dict[str, Rejection]:
+        """Run the stage; when it raises for a reason other than an outage, halve the batch's
+        customers and run each half again, until the customers it raises for are alone.
+        Every stage is idempotent: what already went through is not done twice."""
+        try:
+            stage.run(batch)
+        except Exception as exc:
+            if is_outage(exc) or not batch.users:
+                raise
+            users = sorted(batch.users)
+            if len(users) > 1:
+                half = len(users) // 2
+                return self._isolate(stage, batch.only(users[:half])) | self._isolate(stage, batch.only(users[half:]))
+            rejection = internal_error(exc)
+            log.error("%s: a customer's %d events set aside as internal_error (%s)", type(stage).__name__,
+                      len(batch.events), rejection.detail, exc_info=exc)
+            return {users[0]: rejection}
+        return {}
 
     def _dead_letter(self, dead_letters: Delivery, record: _Record, now_ms: int) -> None:
         for letter in self.letters.build(record.rejected, record.source, now_ms):

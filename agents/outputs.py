@@ -118,14 +118,13 @@ class LaneProducer:
         for topic, user, value in records:
             self._delivery.send(topic, user.encode(), value, partition=self.lane)
 
-    def commit(self) -> tuple[int, dict[str, int]]:
-        """Commit the open transaction: how many records it carried, and per topic the
-        offset after its last record."""
+    def commit(self) -> dict[str, int]:
+        """Commit the open transaction; per topic, the offset after its last record."""
         assert self._delivery is not None
-        delivery, self._delivery = self._delivery, None
         self._producer.commit_transaction(self.timeout_s)
-        sent = delivery.wait()  # raises DeliveryError if any record was refused
-        return sent, {topic: end for (topic, _partition), end in delivery.ends.items()}
+        delivery, self._delivery = self._delivery, None
+        delivery.wait()  # raises DeliveryError if any record was refused
+        return {topic: end for (topic, _partition), end in delivery.ends.items()}
 
     def abort(self) -> None:
         """Best effort: the next owner's fence aborts what this leaves open."""
@@ -167,7 +166,6 @@ class Outputs:
         self.lanes: Lanes | None = None
         self.producers: dict[int, LaneProducer] = {}  # the lanes owned
         self.parked: dict[int, LaneProducer] = {}  # revoked, kept in case they come straight back
-        self.published = 0
         self._tier_cursors = [0] * len(self.changes.shards.all)
         self._grant_cursor = 0
         self._next_sweep = 0.0
@@ -350,9 +348,8 @@ class Outputs:
                     begun.append(self.producers[lane])
             ends: dict[int, dict[str, int]] = {}
             for producer in list(begun):
-                sent, ends[producer.lane] = producer.commit()
+                ends[producer.lane] = producer.commit()
                 begun.remove(producer)
-                self.published += sent
             return ends
         except Exception:
             for producer in begun:
@@ -365,7 +362,7 @@ class Outputs:
         assert self.lanes is not None
         self.lanes.release(waiting)
         users: Collection[str] = list(lane_of)
-        left = self.changes.holding(users) | self.engine.holding(users)
+        left = set(self.changes.pending(users)) | set(self.engine.outbox_of(users).raw)
         again: dict[int, list[str]] = defaultdict(list)
         for user in left:
             again[lane_of[user]].append(user)

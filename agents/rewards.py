@@ -19,7 +19,7 @@ from collections.abc import Iterable
 import redis
 
 from tierflow.agents.clock import Clock
-from tierflow.agents.ingest import AppliedBatch
+from tierflow.agents.ingest import AppliedBatch, CustomerStage
 from tierflow.agents.tiers import Notify
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.rewards.engine import RewardEngine
@@ -27,7 +27,7 @@ from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
 
-class RewardStage:
+class RewardStage(CustomerStage):
     def __init__(self, ctx: Context, client: redis.Redis, clock: Clock, notify: Notify) -> None:
         self.engine = RewardEngine(client, ctx.config.rewards)
         self.clock = clock
@@ -49,4 +49,10 @@ class RewardStage:
         self._written(self.engine.expire_points(self.clock.now(), self.worker.points_expiry_users))
 
     def _written(self, records: Iterable[RewardRecord]) -> None:
-        self.notify({record.user_id for record in records})
+        users: set[str] = set()
+        try:
+            users.update(record.user_id for record in records)
+        finally:
+            # Records written before a customer's call raised wait in outboxes all the same,
+            # and running the stage again grants nothing new to point at them.
+            self.notify(users)

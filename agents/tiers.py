@@ -14,14 +14,14 @@ from collections.abc import Callable, Iterable
 import redis
 
 from tierflow.agents.clock import Clock, wall_ms
-from tierflow.agents.ingest import AppliedBatch
+from tierflow.agents.ingest import AppliedBatch, CustomerStage
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.tiering.store import TierStore
 
 Notify = Callable[[Iterable[str]], None]
 
 
-class TierStage:
+class TierStage(CustomerStage):
     """Runs over every applied batch (evaluate, commit) before the offsets are committed."""
 
     def __init__(self, ctx: Context, client: redis.Redis, clock: Clock, notify: Notify) -> None:

@@ -90,10 +90,6 @@ class RewardEngine:
         """Every undelivered record of these users."""
         return outbox.waiting(self.ledger, users)
 
-    def holding(self, users: Collection[str]) -> set[str]:
-        """Those of these users with undelivered records."""
-        return self.ledger.outbox_holding(users)
-
     def tidy_outbox(self, users: Collection[str]) -> set[str]:
         """Those of these users with undelivered records; the others leave the outbox index."""
         return self.ledger.tidy_outbox(users)

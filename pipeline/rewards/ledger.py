@@ -374,17 +374,10 @@ class Ledger:
             pipe.lrange(RewardKeys.of(user).outbox, 0, -1)
         return {user: [_text(r) for r in rows] for user, rows in zip(users, pipe.execute(), strict=True) if rows}
 
-    def outbox_holding(self, users: Collection[str]) -> set[str]:
-        """Those of these users with undelivered records."""
-        pipe = self.client.pipeline(transaction=False)
-        for user in users:
-            pipe.llen(RewardKeys.of(user).outbox)
-        return {user for user, n in zip(users, pipe.execute(), strict=True) if n}
-
     def tidy_outbox(self, users: Collection[str]) -> set[str]:
         """Those of these users with undelivered records; the others leave the index
         (a write only indexes its user before and after itself, whether it wrote a record or not)."""
-        holding = self.outbox_holding(users)
+        holding = set(self.outbox_of(users))
         self._unindex_outbox([user for user in users if user not in holding])
         return holding
 
@@ -406,7 +399,7 @@ class Ledger:
         if not users:
             return
         self.client.srem(OUTBOX_INDEX, *users)
-        written = self.outbox_holding(users)  # written meanwhile: keep those indexed
+        written = list(self.outbox_of(users))  # written meanwhile: keep those indexed
         if written:
             self.client.sadd(OUTBOX_INDEX, *written)
 

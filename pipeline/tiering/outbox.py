@@ -42,13 +42,6 @@ class ChangeOutbox:
             pipe.lrange(TierKeys.of(user).outbox, 0, -1)
         return {user: decode_changes(rows) for user, rows in zip(users, pipe.execute(), strict=True) if rows}
 
-    def holding(self, users: Collection[str]) -> set[str]:
-        """Those of these users with unacknowledged records."""
-        pipe = self.client.pipeline(transaction=False)
-        for user in users:
-            pipe.llen(TierKeys.of(user).outbox)
-        return {user for user, n in zip(users, pipe.execute(), strict=True) if n}
-
     def tidy(self, users: Collection[str]) -> set[str]:
         """Those of these users with unacknowledged records. The others leave the index
         (one interrupted between its ack and unlist stays listed) unless a change was

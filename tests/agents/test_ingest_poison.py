@@ -1,6 +1,7 @@
 """The ingest loop on real Kafka and Redis: a record that makes the worker raise is
-set aside as internal_error and its batch applied without it; an event id that
-comes back with other content is dead-lettered; an outage fails the batch whole,
+set aside as internal_error and its batch applied without it, and so are the
+events of a customer the tier or reward stage raises for; an event id that comes
+back with other content is dead-lettered; an outage fails the batch whole,
 dead-lettering nothing, so the supervisor retries it."""
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from confluent_kafka import Message
 
 from tests.fixtures.worker import read_to_end
 from tierflow.agents import ingest
+from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import IngestLoop
+from tierflow.agents.rewards import RewardStage
+from tierflow.agents.tiers import TierStage
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.ingest.validate import Limits, Rejection, ValidEvent
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.pipeline.rewards.ledger import RewardKeys
 from tierflow.pipeline.state.store import USERS_KEY, StateStore, connect
 from tierflow.pipeline.state.summary import UserKeys
+from tierflow.pipeline.tiering.keys import TierKeys
 
 NOW_MS = 1_795_000_000_000
 
@@ -30,6 +36,13 @@ NOW_MS = 1_795_000_000_000
 def sign_in(user: str, event_id: str, **changes: object) -> bytes:
     return orjson.dumps({"event_id": event_id, "type": "interaction", "user_id": user, "ts": NOW_MS - 1000,
                          "channel": "app", "kind": "sign_in", **changes})
+
+
+def first_purchase(user: str, event_id: str) -> bytes:
+    """A purchase that moves the customer's lifecycle and earns the default first-purchase points."""
+    return orjson.dumps({"event_id": event_id, "type": "purchase", "user_id": user, "ts": NOW_MS - 1000,
+                         "channel": "app", "order_id": f"o-{event_id}", "amount": 20.0, "currency": "CNY",
+                         "items": [{"sku": "SN001", "category": "snacks", "qty": 1, "price": 20.0}]})
 
 
 @pytest.fixture
@@ -133,3 +146,69 @@ def test_an_outage_fails_the_batch_and_dead_letters_nothing(loop: IngestLoop, se
 ])
 def test_what_counts_as_an_outage(error: Exception, outage: bool) -> None:
     assert ingest.is_outage(error) is outage
+
+
+# State damaged outside tierflow, each where one stage reads it: (key, field or None for the whole key, value).
+DAMAGE = {
+    "tiers": (TierKeys.of("broken").tier, "asof", "yesterday"),  # the tier stage cannot parse the instant
+    "rewards": (RewardKeys.of("broken").grants, None, "not a hash"),  # the grant script meets the wrong type
+}
+
+
+@pytest.mark.parametrize("stage", sorted(DAMAGE))
+def test_a_customer_a_stage_raises_for_is_dead_lettered_and_the_others_go_on(
+    loop: IngestLoop, settings: Settings, stage: str
+) -> None:
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    written: set[str] = set()
+    clock = Clock("event", client)
+    tiers = TierStage(loop.ctx, client, clock, written.update)
+    rewards = RewardStage(loop.ctx, client, clock, written.update)
+    loop.stages = [tiers, rewards]
+    key, field, value = DAMAGE[stage]
+    if field is None:
+        client.set(key, value)
+    else:
+        client.hset(key, field, value)
+    healthy = [f"u{i}" for i in range(6)]
+    records = [(user.encode(), first_purchase(user, f"{user}-p1")) for user in healthy]
+    records.insert(3, (b"broken", first_purchase("broken", "broken-p1")))
+    loop.process(batch_of(loop, settings, records))
+
+    def tiered(user: str) -> bool:
+        return client.hget(TierKeys.of(user).tier, "v:lifecycle") == "first_purchase"
+
+    def rewarded(user: str) -> bool:
+        return [g.prize for g in rewards.engine.ledger.grants(user)] == ["first_points"]
+
+    assert all(tiered(user) and rewarded(user) for user in healthy)
+    assert set(healthy) <= written
+    [letter] = read_to_end(settings, settings.topics.dlq)
+    assert (letter["reason"], letter["source"]["key"], letter["event"]["event_id"]) == (
+        "internal_error", "broken", "broken-p1")
+    assert letter["detail"].split(" #")[0] == {"tiers": "ValueError", "rewards": "ResponseError"}[stage]
+    assert "yesterday" not in letter["detail"] and "WRONGTYPE" not in letter["detail"]
+    # Left out of the stages after the one that raised: no reward, whatever the damage.
+    assert client.hlen(RewardKeys.of("broken").items) == 0
+    assert client.hget(UserKeys.of("broken").profile, "pc") == "1"  # the event stays counted in state
+    # The partitions moved on: the whole batch's offsets are committed.
+    committed = loop.consumer.committed(loop.consumer.assignment(), 10)
+    assert sum(max(tp.offset, 0) for tp in committed) == len(records)
+
+    # Repaired, the record sent again (as `tierflow dlq replay` does) is evaluated normally,
+    # and counted once.
+    client.delete(key)
+    loop.process(batch_of(loop, settings, [(b"broken", first_purchase("broken", "broken-p1"))]))
+    assert tiered("broken") and rewarded("broken")
+    assert client.hget(UserKeys.of("broken").profile, "pc") == "1"
+    assert len(read_to_end(settings, settings.topics.dlq)) == 1
+
+
+def test_an_outage_in_a_stage_fails_the_batch_and_dead_letters_nothing(loop: IngestLoop, settings: Settings) -> None:
+    down = connect("redis://127.0.0.1:1/0")
+    loop.stages = [TierStage(loop.ctx, down, Clock("event", down), lambda _users: None)]
+    messages = batch_of(loop, settings, [(b"u1", first_purchase("u1", "p1")), (b"u2", first_purchase("u2", "p2"))])
+    with pytest.raises(redis.ConnectionError):
+        loop.process(messages)
+    assert read_to_end(settings, settings.topics.dlq) == []
+    assert all(tp.offset < 0 for tp in loop.consumer.committed(loop.consumer.assignment(), 10))

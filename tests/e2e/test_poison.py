@@ -15,7 +15,7 @@ import orjson
 import redis
 from confluent_kafka import Producer
 
-from tests.e2e.test_spine import assert_state_matches
+from tests.fixtures.checks import assert_state_matches
 from tests.fixtures.worker import population_events, read_all, running_worker, wait_processed
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.state.store import StateStore, connect

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from tests.e2e.test_spine import assert_state_matches
+from tests.fixtures.checks import assert_state_matches
 from tests.fixtures.worker import (
     WorkerProcess,
     cli,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_spine import assert_state_matches
+from tests.fixtures.checks import assert_state_matches
 from tests.fixtures.worker import (
     WorkerProcess,
     free_port,

@@ -13,6 +13,7 @@ import orjson
 from confluent_kafka import Producer
 
 from tests.fixtures import truth
+from tests.fixtures.checks import WINDOWS, assert_state_matches
 from tests.fixtures.worker import (
     cli,
     population_events,
@@ -22,32 +23,10 @@ from tests.fixtures.worker import (
     wait_part_way,
     wait_processed,
 )
-from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import DAY_MS, summarize
-
-WINDOWS = [30, 90]
-
-
-def assert_state_matches(settings: Settings, events: list[dict], as_of_times: list[int]) -> None:
-    config = load_config()
-    store = StateStore(connect(settings.redis_url), config.state.retention_days)
-    for as_of in as_of_times:
-        expected = truth.user_truth(events, as_of, WINDOWS)
-        assert store.user_count() == len(expected)
-        for user_id, want in expected.items():
-            raw = store.read(user_id)
-            assert raw is not None, user_id
-            got = summarize(user_id, raw, as_of, WINDOWS, config.state.retention_days)
-            assert got.recency_days == want["recency_days"], user_id
-            assert got.frequency == want["frequency"], user_id
-            assert {k: v / 100 for k, v in got.monetary_cents.items()} == want["monetary"], user_id
-            assert got.first_purchase_ms == want["first_purchase_ms"], user_id
-            assert got.last_purchase_ms == want["last_purchase_ms"], user_id
-            assert got.categories == want["categories"], user_id
-            assert got.channels == want["channels"], user_id
 
 
 def test_stream_equals_batch(settings: Settings, tmp_path: Path) -> None:

@@ -65,8 +65,8 @@ USER_CHUNK = 500
 
 
 def worker_groups(ctx: Context) -> list[str]:
-    """Every consumer group a running worker is a member of: ingest, the Faust agent on
-    tier.changes (agents/app.py names it), and the archive writer."""
+    """Every consumer group a running worker is a member of: ingest, the Faust app's own
+    group (agents/app.py names it), and the archive writer."""
     group = ctx.settings.group_id
     return [group, f"{group}-agents", group + ctx.config.archive.group_suffix]
 
