@@ -24,7 +24,6 @@ class Checkpoint:
         self.consumer = consumer
         self.name = name
         self.next_offsets: dict[tuple[str, int], int] = {}
-        self.commits = 0
 
     def track(self, topic: str, partition: int, offset: int) -> None:
         self.next_offsets[(topic, partition)] = offset + 1
@@ -44,5 +43,4 @@ class Checkpoint:
         except KafkaException as exc:
             log.warning("%s: offset commit failed (%s); the batch will be replayed harmlessly", self.name, exc)
             return False
-        self.commits += 1
         return True

@@ -97,16 +97,20 @@ class AppliedBatch:
     """What one consumer batch changed, handed to the downstream stages."""
 
     events: list[ValidEvent]
-    users: set[str]
     applied: int
     now_ms: int
-    # An input partition each user's events arrived on (where a new user's output lane goes).
-    partitions: dict[str, int] = field(default_factory=dict)
+    # Every user of the batch, with an input partition their events arrived on (where a
+    # new user's output lane goes).
+    partitions: dict[str, int]
+
+    @property
+    def users(self) -> set[str]:
+        return set(self.partitions)
 
     def only(self, users: Collection[str]) -> AppliedBatch:
         """These users' part of the batch (`applied` stays the batch's count: no stage reads it)."""
         keep = set(users)
-        return AppliedBatch([item for item in self.events if item.event.user_id in keep], keep, self.applied,
+        return AppliedBatch([item for item in self.events if item.event.user_id in keep], self.applied,
                             self.now_ms, {user: p for user, p in self.partitions.items() if user in keep})
 
 
@@ -146,7 +150,6 @@ class PartitionOwner(Protocol):
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None: ...
 
     def idle(self) -> None: ...
-
 
 
 class IngestLoop:
@@ -210,7 +213,7 @@ class IngestLoop:
         self.stats.applied += applied
         self.stats.batches += 1
         partitions = {item.event.user_id: record.source.partition for record in records for item in record.applied()}
-        batch = AppliedBatch(valid_events, set(partitions), applied, now_ms, partitions)
+        batch = AppliedBatch(valid_events, applied, now_ms, partitions)
         failed = self._run_stages(batch)
         dead_letters = self.publisher.delivery()
         for record in records:
@@ -266,10 +269,8 @@ class IngestLoop:
         for stage in self.stages:
             if not isinstance(stage, CustomerStage):
                 stage.run(batch)
-            elif failed:
-                failed |= self._isolate(stage, batch.only(batch.users - failed.keys()))
             else:
-                failed = self._isolate(stage, batch)
+                failed |= self._isolate(stage, batch.only(batch.users - failed.keys()) if failed else batch)
         return failed
 
     def _isolate(self, stage: CustomerStage, batch: AppliedBatch) -> dict[str, Rejection]:

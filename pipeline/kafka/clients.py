@@ -3,15 +3,10 @@ and the consumers, with the security settings applied to each."""
 
 from __future__ import annotations
 
-import logging
-
 from confluent_kafka import Consumer, Producer
 
 from tierflow.pipeline.config.settings import KafkaSettings
 
-# librdkafka's own messages (a broker down, a retry) go to Python logging, where the
-# worker's log settings apply, instead of straight to stderr.
-_LOG = {"logger": logging.getLogger("tierflow.kafka")}
 # Idempotent producers: a retry after a lost acknowledgement never writes a record twice.
 _PRODUCER = {"enable.idempotence": True, "linger.ms": 5}
 # Bulk sending (`tierflow produce`, the demo, benchmarks) trades a little latency for throughput.
@@ -24,9 +19,9 @@ def producer(kafka: KafkaSettings, *, bulk: bool = False, transactional_id: str 
     conf = _PRODUCER | _BULK if bulk else _PRODUCER
     if transactional_id is not None:
         conf = conf | {"transactional.id": transactional_id}
-    return Producer(kafka.confluent(**conf, **_LOG))
+    return Producer(kafka.confluent(**conf))
 
 
 def consumer(kafka: KafkaSettings, group_id: str, **overrides: object) -> Consumer:
     """A consumer that never commits on its own: callers commit what they have made durable."""
-    return Consumer(kafka.confluent(**{"group.id": group_id, "enable.auto.commit": False, **_LOG, **overrides}))
+    return Consumer(kafka.confluent(**{"group.id": group_id, "enable.auto.commit": False, **overrides}))

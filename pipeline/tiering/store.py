@@ -159,7 +159,7 @@ class TierStore:
         """Ingest hook, after the batch's events are applied to the state (and before
         the offsets are committed): re-evaluate every user in it (reason event),
         recording their paid-membership orders. Safe to call again for a replayed
-        batch. Publish `Result.outbox`, then `ack_changes`."""
+        batch. The changes wait in the users' outboxes (`self.outbox`) for the publisher."""
         event_times: dict[str, int] = {}
         for item in events:
             user = item.event.user_id
@@ -380,7 +380,7 @@ class TierStore:
     def reevaluate_all(self, user_ids: Iterable[str], now_ms: int) -> Result:
         """After a configuration change: re-score everyone (reason config_change),
         then re-snapshot the population and sweep the users it moves. The changes wait
-        in the outboxes (`outbox_users`) for the worker to publish. Safe to re-run."""
+        in the outboxes (`self.outbox`) for the worker to publish. Safe to re-run."""
         result = Result()
         for chunk in _chunks(user_ids, self.tiering.decay.due_batch):
             result.merge(self.evaluate_users(chunk, now_ms, "config_change"))
@@ -392,17 +392,3 @@ class TierStore:
         """`tierflow segments --json`: counts per value of every dimension from the
         stored tiers, and the means in use."""
         return self.stats.report()
-
-    # --- publication (outbox.py) --------------------------------------------------------------
-
-    def pending_changes(self, user_ids: Iterable[str]) -> dict[str, list[TierChange]]:
-        """Unacknowledged change records per user, oldest first (users with none left out)."""
-        return self.outbox.pending(user_ids)
-
-    def ack_changes(self, published: Mapping[str, int]) -> int:
-        """Drop each user's records up to the given seq; returns how many were dropped."""
-        return self.outbox.ack(published)
-
-    def outbox_users(self, limit: int) -> list[str]:
-        """Users who may hold unpublished changes (e.g. after a crash), up to limit."""
-        return self.outbox.users(limit)

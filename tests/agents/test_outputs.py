@@ -114,10 +114,10 @@ def test_a_crash_between_commit_and_acknowledgement_sends_nothing_twice(world: W
         dying.cycle()
     committed, _ = world.published()
     assert {c["user_id"] for c in committed} == set(users)
-    assert world.tiers.outbox_users(100)  # on the topic, not acknowledged
+    assert world.tiers.outbox.users(100)  # on the topic, not acknowledged
 
     heir = world.publisher(0)  # reads the lane back: acknowledges, and grants what the changes earned
-    assert not world.tiers.outbox_users(100)
+    assert not world.tiers.outbox.users(100)
     heir.cycle()
     changes, grants = world.published()
     once(changes, grants)

@@ -108,10 +108,10 @@ def test_tier_changes_survive_kill_9_without_duplicates_or_gaps(settings: Settin
         worker.kill9()
         worker.start()
         wait_processed(settings, worker)
-        wait_until(lambda: not tiers.outbox_users(10), 60, worker, "the outbox to drain")
+        wait_until(lambda: not tiers.outbox.users(10), 60, worker, "the outbox to drain")
         # Let a means snapshot and its sweep settle.
         time.sleep(7)
-        wait_until(lambda: not tiers.outbox_users(10), 60, worker, "the outbox to drain")
+        wait_until(lambda: not tiers.outbox.users(10), 60, worker, "the outbox to drain")
 
     records = read_to_end(settings, settings.topics.tier_changes)
     by_key: dict[tuple[str, str], list[int]] = defaultdict(list)

@@ -77,7 +77,7 @@ class World:
         return self.tiers.on_batch(events, now)
 
     def records(self, user: str) -> list[TierChange]:
-        return self.tiers.pending_changes([user]).get(user, [])
+        return self.tiers.outbox.pending([user]).get(user, [])
 
 
 @pytest.fixture
@@ -332,7 +332,7 @@ def test_reevaluating_everyone_under_a_new_config_emits_config_changes_once(redi
     ]
     assert w2.tiers.stats.counts()["m:1"] == 3
     assert w2.tiers.reevaluate_all(w2.state.users(), T0 + 2000).appended == []
-    assert "a" in w2.tiers.outbox_users(10)
+    assert "a" in w2.tiers.outbox.users(10)
     assert_population_consistent(w2)
 
 
@@ -466,22 +466,22 @@ def test_quantile_mode_scores_by_population_quintile(redis_url: str) -> None:
 def test_outbox_ack_drops_only_what_was_published(world: World) -> None:
     world.ingest([world.browse("u1", T0)], T0)
     world.ingest([world.purchase("u2", T0)], T0)
-    assert set(world.tiers.outbox_users(100)) == {"u1", "u2"}
+    assert set(world.tiers.outbox.users(100)) == {"u1", "u2"}
     u1 = world.records("u1")
-    assert world.tiers.ack_changes({"u1": u1[-1].seq}) == len(u1)
-    assert world.tiers.ack_changes({"u1": u1[-1].seq}) == 0  # idempotent
-    assert world.tiers.outbox_users(100) == ["u2"]
+    assert world.tiers.outbox.ack({"u1": u1[-1].seq}) == len(u1)
+    assert world.tiers.outbox.ack({"u1": u1[-1].seq}) == 0  # idempotent
+    assert world.tiers.outbox.users(100) == ["u2"]
     # u2 publishes its first two, then changes again before acknowledging.
     u2 = world.records("u2")
     world.ingest([world.purchase("u2", T0 + DAY_MS)], T0 + DAY_MS)
-    assert world.tiers.ack_changes({"u2": u2[1].seq}) == 2
+    assert world.tiers.outbox.ack({"u2": u2[1].seq}) == 2
     left = world.records("u2")
     # Its two unpublished first-purchase records remain, then the repeat purchase's two.
     assert [r.seq for r in left] == [3, 4, 5, 6] and len(u2) == 4
     assert [(r.dimension, r.new) for r in left[2:]] == [("lifecycle", "repeat"), ("aipl", "loyalty")]
-    assert world.tiers.outbox_users(100) == ["u2"]
-    world.tiers.ack_changes({"u2": left[-1].seq})
-    assert world.tiers.outbox_users(100) == []
+    assert world.tiers.outbox.users(100) == ["u2"]
+    world.tiers.outbox.ack({"u2": left[-1].seq})
+    assert world.tiers.outbox.users(100) == []
 
 
 # --- the example consumer, over real Kafka -----------------------------------------------------------
@@ -504,7 +504,7 @@ def test_example_marketing_consumer_acts_once_per_change(
     w = World(redis_url, config_with())
     w.ingest([w.purchase("u1", T0, 3000.0), w.purchase("u2", T0 - 100 * DAY_MS, 10.0)], T0)
     w.tiers.tick(T0)  # the first snapshot: u1 is now high on R and M
-    records = w.tiers.pending_changes(["u1"])["u1"]
+    records = w.tiers.outbox.pending(["u1"])["u1"]
     segments = [(r.new, r.reason) for r in records if r.dimension == "segment"]
     assert segments == [("general_win_back", "event"), ("important_develop", "means_shift")]
     ensure_topics(settings)
@@ -514,7 +514,7 @@ def test_example_marketing_consumer_acts_once_per_change(
         producer.produce(settings.topics.tier_changes, key=record.user_id, value=msgspec.json.encode(record))
     producer.produce(settings.topics.tier_changes, key="u1", value=b'{"not": "a change"}')
     assert producer.flush(30) == 0
-    w.tiers.ack_changes({"u1": records[-1].seq})
+    w.tiers.outbox.ack({"u1": records[-1].seq})
 
     lines: list[str] = []
     stats = example.run(settings, group_id=settings.group_id, from_beginning=True, idle_timeout_s=10,
