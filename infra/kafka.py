@@ -322,7 +322,8 @@ def _groups_ready(settings: Settings) -> bool:
     admin = AdminClient(settings.kafka.confluent(log_level=0))
     try:
         admin.describe_consumer_groups(["tierflow-readiness"])["tierflow-readiness"].result(timeout=2.0)
-    except KafkaException:
+    except (KafkaException, TimeoutError):
+        # a coordinator still loading may not answer within the wait at all
         return False
     return True
 
