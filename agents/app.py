@@ -68,7 +68,7 @@ def create_app(ctx: Context) -> faust.App:
         # session has expired there, as in the ingest group.
         broker_session_timeout=worker.session_timeout_ms / 1000,
         broker_heartbeat_interval=worker.heartbeat_ms / 1000,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication,
         store="memory://",
         value_serializer="raw",
     )

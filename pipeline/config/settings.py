@@ -21,6 +21,7 @@ KAFKA_LOG = logging.getLogger("tierflow.kafka")
 # Kafka allows more, but a topic per input type with more partitions than this is a typo.
 MAX_PARTITIONS = 10_000
 MAX_PORT = 65_535
+MAX_REPLICAS = 16
 
 
 def _env(name: str, default: str) -> str:
@@ -130,6 +131,10 @@ class Settings:
     config_path: Path | None = None
     topics: Topics = field(default_factory=Topics)
     partitions: int = 4
+    # Replicas of every topic tierflow creates (Faust's own included); 3 on a production
+    # cluster. min.insync.replicas defaults to a majority so acks=all survives one broker.
+    replication: int = 1
+    min_insync_replicas: int | None = None
     group_id: str = "tierflow"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -148,12 +153,20 @@ class Settings:
             config_path=Path(config).expanduser() if config else None,
             topics=Topics(prefix=os.environ.get("TIERFLOW_TOPIC_PREFIX", "")),
             partitions=_int_env("TIERFLOW_PARTITIONS", cls.partitions, 1, MAX_PARTITIONS),
+            replication=_int_env("TIERFLOW_REPLICATION", cls.replication, 1, MAX_REPLICAS),
+            min_insync_replicas=(_int_env("TIERFLOW_MIN_INSYNC_REPLICAS", 1, 1, MAX_REPLICAS)
+                                 if _env("TIERFLOW_MIN_INSYNC_REPLICAS", "") else None),
             group_id=_env("TIERFLOW_GROUP", cls.group_id),
             web_host=_env("TIERFLOW_WEB_HOST", cls.web_host),
             web_port=_int_env("TIERFLOW_WEB_PORT", cls.web_port, 0, MAX_PORT),
             dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
             clock=_env("TIERFLOW_CLOCK", cls.clock),
         )
+
+    @property
+    def insync_replicas(self) -> int:
+        """min.insync.replicas of the topics tierflow creates: as set, else a majority."""
+        return self.min_insync_replicas or self.replication // 2 + 1
 
     @property
     def redis_is_local(self) -> bool:

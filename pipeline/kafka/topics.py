@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.errors import ConfigError
 
 KEEP_FOREVER = "-1"
 
@@ -18,16 +17,19 @@ def admin(settings: Settings) -> AdminClient:
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create missing topics; returns the names that were created."""
+    if settings.insync_replicas > settings.replication:
+        raise ConfigError(f"TIERFLOW_MIN_INSYNC_REPLICAS={settings.insync_replicas} is more than "
+                          f"TIERFLOW_REPLICATION={settings.replication}: no write could succeed")
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
-    replication = int(os.environ.get("TIERFLOW_REPLICATION", "1"))
     # tier.changes and reward.grants are the record of what was published and granted:
     # `tierflow rebuild` restores the ledger and the tier versions from them, so they
     # are kept for good (the input topics keep the broker's default retention).
     kept = {settings.topics.tier_changes, settings.topics.reward_grants}
+    common = {"min.insync.replicas": str(settings.insync_replicas)}
     missing = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=replication,
-                 config={"retention.ms": KEEP_FOREVER} if name in kept else {})
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication,
+                 config=common | {"retention.ms": KEEP_FOREVER} if name in kept else common)
         for name in settings.topics.all
         if name not in existing
     ]
