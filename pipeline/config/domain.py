@@ -46,6 +46,10 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
     # How long a stopping worker waits for its ingest loop and archive writer to finish a batch.
     stop_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+    # How often the worker measures its group's consumer lag for /metrics.
+    lag_interval_s: Annotated[float, msgspec.Meta(gt=0)]
+    # How long /healthz waits for each service (Kafka, Redis, the archive) to answer.
+    health_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
 
     @property
     def heartbeat_ms(self) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from tierflow.pipeline.errors import ConfigError
 
 INPUT_TYPES = ("browse", "cart", "purchase", "interaction")
+LOG_FORMATS = ("text", "json")
 KAFKA_LOG = logging.getLogger("tierflow.kafka")
 # Kafka allows more, but a topic per input type with more partitions than this is a typo.
 MAX_PARTITIONS = 10_000
@@ -38,6 +39,14 @@ def _int_env(name: str, default: int, lowest: int, highest: int) -> int:
         raise ConfigError(f"{name}={text!r} is not an integer") from None
     if not lowest <= value <= highest:
         raise ConfigError(f"{name}={value} is outside {lowest}..{highest}")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; a bad value is an error that names the variable."""
+    value = _env(name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
     return value
 
 
@@ -141,6 +150,8 @@ class Settings:
     dashboard_token: str | None = field(default=None, repr=False)
     # "wall", or "event": time is the newest event time seen (backfills, tests).
     clock: str = "wall"
+    # The worker's log lines: "text" for people, "json" (one object per line) for machines.
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -161,6 +172,7 @@ class Settings:
             web_port=_int_env("TIERFLOW_WEB_PORT", cls.web_port, 0, MAX_PORT),
             dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
             clock=_env("TIERFLOW_CLOCK", cls.clock),
+            log_format=_choice_env("TIERFLOW_LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )
 
     @property
