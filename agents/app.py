@@ -18,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from functools import partial
 
 import faust
 
 from tierflow.agents.archive import install_archive
 from tierflow.agents.clock import Clock
+from tierflow.agents.health import Consuming, Health, worker_checks
 from tierflow.agents.ingest import IngestLoop
 from tierflow.agents.lifecycle import bound_shutdown
-from tierflow.agents.outputs import Outputs, Written
+from tierflow.agents.metrics import METRICS_PATH, MeteredOutputs, Metrics
+from tierflow.agents.outputs import Written
 from tierflow.agents.rewards import RewardStage
 from tierflow.agents.supervisor import Supervisor, hosted
 from tierflow.agents.tiers import TierStage
 from tierflow.pipeline.config.context import Context
-from tierflow.pipeline.dashboard.server import protect
+from tierflow.pipeline.dashboard.server import HEALTH_PATH, protect
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.state.store import StateStore, connect
 
@@ -77,6 +80,8 @@ def create_app(ctx: Context) -> faust.App:
     protect(app.web.web_app, settings.web_host, settings.dashboard_token)
     bound_shutdown(app, worker.stop_timeout_s)
 
+    metrics = Metrics(settings)
+    consuming = Consuming()
     client = connect(settings.redis_url)
     publisher = Publisher(settings.kafka, worker.delivery_timeout_s)
     clock = Clock(settings.clock, client)
@@ -84,11 +89,15 @@ def create_app(ctx: Context) -> faust.App:
     written = Written()
     tiers = TierStage(ctx, client, clock, written.add)
     rewards = RewardStage(ctx, client, clock, written.add)
-    outputs = Outputs(ctx, client, written, rewards.on_published)
+    outputs = MeteredOutputs(metrics, ctx, client, written, rewards.on_published)
+    stages = metrics.stages({"tiers": tiers, "rewards": rewards, "outputs": outputs})
 
     def ingest(stop: threading.Event) -> None:
         outputs.start()
-        IngestLoop(ctx, store, publisher, stages=[tiers, rewards, outputs], owner=outputs).run(stop)
+        loop = IngestLoop(ctx, store, publisher, stages=stages, owner=outputs)
+        metrics.ingest.watch(loop)
+        with consuming.running():
+            loop.run(stop)
 
     def stopped() -> None:
         outputs.close()
@@ -96,6 +105,9 @@ def create_app(ctx: Context) -> faust.App:
 
     supervisor = Supervisor("ingest", ingest, worker.restart_backoff_s)
     app.service(hosted(supervisor, worker.stop_timeout_s, stopped))
+    lag_watch = Supervisor("lag", partial(metrics.lag.watch, interval_s=worker.lag_interval_s),
+                           worker.restart_backoff_s)
+    app.service(hosted(lag_watch, worker.stop_timeout_s, lambda: None))
 
     @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)
     async def decay_timer() -> None:
@@ -109,5 +121,10 @@ def create_app(ctx: Context) -> faust.App:
         if changed:
             log.info("timer: %d tier changes (time decay / means shift)", changed)
 
-    install_archive(app, ctx)
+    archive = install_archive(app, ctx)
+    # /metrics behind the dashboard token like every route; /healthz open to probes.
+    health = Health(worker_checks(settings, worker.health_timeout_s, consuming,
+                                  archive if ctx.config.archive.enabled else None), worker.health_timeout_s)
+    app.web.web_app.router.add_get(METRICS_PATH, metrics.handle)
+    app.web.web_app.router.add_get(HEALTH_PATH, health.handle)
     return app

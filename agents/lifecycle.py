@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -84,18 +84,27 @@ def secrets_of(settings: Settings) -> set[str]:
     return {secret for secret in found if secret and len(secret) >= MIN_SECRET_CHARS}
 
 
-def mask_secrets(settings: Settings) -> None:
-    """Mask the settings' secrets in every log record created from now on."""
+def scrubber(settings: Settings) -> Callable[[str], str]:
+    """A function that masks the settings' secrets in a text."""
     hidden = sorted(secrets_of(settings), key=len, reverse=True)  # longest first: no partial masks
-    # Kafka's wire-protocol dump (DEBUG) carries the SASL handshake, perhaps escaped.
-    logging.getLogger("aiokafka.conn").setLevel(logging.INFO)
-    if not hidden:
-        return
 
     def scrub(text: str) -> str:
         for secret in hidden:
             text = text.replace(secret, MASK)
         return text
+
+    return scrub
+
+
+def mask_secrets(settings: Settings) -> None:
+    """Mask the settings' secrets in every log record created from now on (its message,
+    arguments and traceback; the JSON log format masks the extra fields too)."""
+    hidden = secrets_of(settings)
+    # Kafka's wire-protocol dump (DEBUG) carries the SASL handshake, perhaps escaped.
+    logging.getLogger("aiokafka.conn").setLevel(logging.INFO)
+    if not hidden:
+        return
+    scrub = scrubber(settings)
 
     def hide(value: object) -> object:
         """The value itself (formatters may render it their way), or its text masked

@@ -56,7 +56,10 @@ LOGIN_PATH = "/dashboard/login"
 SESSION_COOKIE = "tierflow_session"
 SESSION_CONTEXT = b"tierflow dashboard session"
 LOGIN_PAGE = Template((STATIC_DIR / "login.html").read_text())
-PUBLIC_ROUTES = frozenset({LOGIN_PATH, STATIC_PREFIX + "{name}"})
+# The worker's health probe (agents/health.py) answers without a token: load balancers
+# rarely send one, and it tells only which services are up.
+HEALTH_PATH = "/healthz"
+PUBLIC_ROUTES = frozenset({LOGIN_PATH, STATIC_PREFIX + "{name}", HEALTH_PATH})
 STATIC_FILES = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 DIMENSIONS = ("segment", "lifecycle", "membership", "aipl")
 

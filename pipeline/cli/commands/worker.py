@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import logging.config
 
 from tierflow.pipeline.config.context import from_args
+from tierflow.pipeline.config.settings import LOG_FORMATS
 from tierflow.pipeline.kafka.topics import ensure_topics
 
 
@@ -15,16 +17,20 @@ def _worker(args: argparse.Namespace) -> int:
     import faust
 
     from tierflow.agents.app import create_app
-    from tierflow.agents.lifecycle import ready_to_start
+    from tierflow.agents.lifecycle import ready_to_start, scrubber
+    from tierflow.agents.logs import logging_config
 
     ctx = from_args(args)
+    log_config = logging_config(args.log_format or ctx.settings.log_format, args.loglevel, scrubber(ctx.settings))
+    if log_config is not None:
+        logging.config.dictConfig(log_config)  # the lines before Faust starts too
     # Ingest allocates many short-lived, cycle-free objects; frequent gen-0 sweeps cost ~10%.
     gc.set_threshold(50_000, 20, 100)
     if not ready_to_start(ctx.settings, ctx.config.worker.restart_backoff_s):
         return 0  # stopped while waiting for Kafka: nothing had started
     ensure_topics(ctx.settings)
     app = create_app(ctx)
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True)
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, logging_config=log_config)
     logging.getLogger("tierflow").setLevel(args.loglevel.upper())
     worker.execute_from_commandline()
     return 0
@@ -33,4 +39,8 @@ def _worker(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("worker", help="run the streaming worker (ingest, tiers, rewards, archive, web)")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, default=None,
+        help="text (default) or json: one JSON object per line (default: $TIERFLOW_LOG_FORMAT, else text)",
+    )
     parser.set_defaults(func=_worker)
