@@ -85,7 +85,7 @@ def create_app(ctx: Context) -> faust.App:
     client = connect(settings.redis_url)
     publisher = Publisher(settings.kafka, worker.delivery_timeout_s)
     clock = Clock(settings.clock, client)
-    store = StateStore(client, ctx.config.state.retention_days)
+    store = StateStore.of(client, ctx.config.state)
     written = Written()
     tiers = TierStage(ctx, client, clock, written.add)
     rewards = RewardStage(ctx, client, clock, written.add)

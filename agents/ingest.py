@@ -9,8 +9,8 @@ stages (tiers, rewards) over what was applied, then let the checkpoint commit
 the offsets once the dead letters are delivered. A record that makes the worker
 raise (a bug, or state damaged outside tierflow) is dead-lettered as
 `internal_error` and the rest goes on; an outage fails the batch whole. A crash
-before the commit replays the batch; the Lua script's event-id set and per-source offset
-watermark make that a no-op, and every stage is idempotent.
+before the commit replays the batch; the Lua script's per-source offset watermarks
+make that a no-op (and its bounded id window skips an app's resends), and every stage is idempotent.
 """
 
 from __future__ import annotations
@@ -228,7 +228,10 @@ class IngestLoop:
         record = _Record(source, [], [], [])
         try:
             record.valid, record.rejected = parse_record(source.value, source.key, self.limits, now_ms)
-            record.encoded = [encode(item.event, item.ts_ms, source.offset) for item in record.valid]
+            # The dedupe window counts from the record's arrival on the topic (a replay brings
+            # the same time back, so it decides the same way); the wall clock if the broker gave none.
+            arrival_ms = source.timestamp_ms if source.timestamp_ms is not None and source.timestamp_ms >= 0 else now_ms
+            record.encoded = [encode(item.event, item.ts_ms, source.offset, arrival_ms) for item in record.valid]
         except Exception as exc:  # a bug one record triggers stops that record, not the partition
             record.set_aside(exc)
         return record

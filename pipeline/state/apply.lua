@@ -1,36 +1,44 @@
 -- Apply a batch of one user's events atomically, each event once.
 -- KEYS (all share the user's hash tag, so this runs unchanged on Redis Cluster):
---   1 profile  2 day buckets  3 categories  4 skus  5 channels  6 applied events  7 offsets
---   (6 is a hash: event id -> digest of the event's content, see summary.digest)
+--   1 profile  2 day buckets  3 categories  4 skus  5 channels  6 dedupe  7 legacy offsets
+--   6 is a hash of bounded size: '@' .. source -> offset watermark of that source partition,
+--   '.' -> the arrival minute of the next pruning, and one field per id remembered:
+--   id key -> arrival minute .. ':' .. digest (refused: .. ':!' .. code .. digest).
+--   7 is the watermark hash of earlier versions, moved into 6 on first touch.
 -- ARGV: 1 source ("topic:partition")  2 retention in days  3 the largest total kept (summary.MAX_TOTAL)
---   4 JSON array of compact events:
---   {event_id, offset, digest, kind, day, ts_ms, channel, weekend, detail, amount_cents, items}
+--   4 the dedupe window in minutes  5 JSON array of compact events:
+--   {id_key, offset, digest, arrival_min, kind, day, ts_ms, channel, weekend, detail, amount_cents, items}
 --   kind: "p" purchase, "c" cart, "b" browse, "i" interaction; detail: cart action / interaction kind;
 --   items (purchase only): flat {category, sku, qty, amount_cents, ...}
 -- Returns {applied, {position, reason, ...}}: how many events were applied, and each event refused
--- (1-based position in ARGV[4]) with its reason:
---   conflicting_duplicate  the id was applied (or refused) before with other content; nothing changes
+-- (1-based position in ARGV[5]) with its reason:
+--   conflicting_duplicate  the id was applied (or refused) within the window with other content
 --   amount_out_of_range / quantity_out_of_range  a lifetime total would pass ARGV[3]; the id is kept,
---     marked refused ('!' .. code .. digest), so the same event again is refused again
--- The same id with the same content again (a resend, or a replay after a crash) is skipped silently,
--- and so is a new id at or below the source partition's offset watermark (a replayed offset).
-local profile, days, cats, skus, chans, seen, offsets =
+--     marked refused, so the same event again within the window is refused again
+-- Each event once: an offset at or below its source partition's watermark (a replay) is skipped
+-- whatever its age; a new offset whose id arrived less than the window before is a resend: skipped
+-- silently with the same content, refused with other content. An id comes back later than that is new.
+local profile, days, cats, skus, chans, seen, legacy_offsets =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local source = ARGV[1]
 local retention = tonumber(ARGV[2])
 local max_total = tonumber(ARGV[3])
-local events = cjson.decode(ARGV[4])
+local window = tonumber(ARGV[4])
+local events = cjson.decode(ARGV[5])
 local REFUSED = {a = 'amount_out_of_range', q = 'quantity_out_of_range'}
+local WATERMARK, PRUNE_AT = '@' .. source, '.'
 
 -- Lua numbers print as 1.7e+12 through tostring; Redis needs plain integers.
 local function int(n) return string.format('%d', n) end
 
--- State written before content digests kept the applied ids in a set. Their content is
--- unknown (''), so a resend of one of them counts as the same event.
-if redis.call('TYPE', seen).ok == 'set' then
-  local ids = redis.call('SMEMBERS', seen)
-  redis.call('DEL', seen)
-  for _, id in ipairs(ids) do redis.call('HSET', seen, id, '') end
+-- Earlier versions: a set of ids (no content), then an unbounded hash of id -> digest, with
+-- the watermarks in a key of their own. Their ids are pruned below (they carry no arrival);
+-- the watermarks still make replays of what they applied a no-op.
+if redis.call('TYPE', seen).ok == 'set' then redis.call('DEL', seen) end
+if redis.call('EXISTS', legacy_offsets) == 1 then
+  local moved = redis.call('HGETALL', legacy_offsets)
+  for i = 1, #moved, 2 do redis.call('HSET', seen, '@' .. moved[i], moved[i + 1]) end
+  redis.call('DEL', legacy_offsets)
 end
 
 -- Whether a purchase would take a lifetime total past max_total: 'a' (money: the order
@@ -51,8 +59,18 @@ local function over_limit(cents, items)
   return nil
 end
 
-local watermark = tonumber(redis.call('HGET', offsets, source) or '-1')
+-- What an id's entry says as of `arrival`: its stored content (digest, or '!' .. code .. digest),
+-- or nil when the id is not remembered (never seen, arrived a window or more before, or legacy).
+local function remembered(stored, arrival)
+  if not stored then return nil end
+  local at, content = string.match(stored, '^(%d+):(.*)$')
+  if not at or arrival - tonumber(at) >= window then return nil end
+  return content
+end
+
+local watermark = tonumber(redis.call('HGET', seen, WATERMARK) or '-1')
 local newest_offset = watermark
+local newest_arrival = -1
 local maxday = tonumber(redis.call('HGET', profile, 'maxday') or '-1')
 local old_maxday = maxday
 local applied = 0
@@ -64,44 +82,42 @@ local function refuse(position, reason)
 end
 
 -- An id seen before: silent when the content is the same, else refused.
-local function seen_again(position, stored, digest)
-  if stored == digest or stored == '' then return end
-  if string.sub(stored, 1, 1) == '!' and string.sub(stored, 3) == digest then
-    refuse(position, REFUSED[string.sub(stored, 2, 2)])
+local function seen_again(position, content, digest)
+  if content == digest then return end
+  if string.sub(content, 1, 1) == '!' and string.sub(content, 3) == digest then
+    refuse(position, REFUSED[string.sub(content, 2, 2)])
   else
     refuse(position, 'conflicting_duplicate')
   end
 end
 
 for position, e in ipairs(events) do
-  local event_id, offset, digest, kind, day, ts = e[1], e[2], e[3], e[4], e[5], e[6]
-  local new = false
-  if offset > watermark then
-    new = redis.call('HSETNX', seen, event_id, digest) == 1
-    if not new then seen_again(position, redis.call('HGET', seen, event_id), digest) end
-  else
-    local stored = redis.call('HGET', seen, event_id)
-    if stored then seen_again(position, stored, digest) end
+  local id_key, offset, digest, arrival, kind, day, ts = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  if arrival > newest_arrival then newest_arrival = arrival end
+  local content = remembered(redis.call('HGET', seen, id_key), arrival)
+  local new = offset > watermark and not content
+  if content then seen_again(position, content, digest) end
+  local over = new and kind == 'p' and over_limit(e[11], e[12])
+  if new then
+    redis.call('HSET', seen, id_key, int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest)
   end
-  local over = new and kind == 'p' and over_limit(e[10], e[11])
   if over then
-    redis.call('HSET', seen, event_id, '!' .. over .. digest)
     refuse(position, REFUSED[over])
   elseif new then
     applied = applied + 1
     if offset > newest_offset then newest_offset = offset end
     if day > maxday then maxday = day end
-    local channel = e[7]
+    local channel = e[8]
     redis.call('HINCRBY', chans, channel, 1)
     local first_seen = redis.call('HGET', profile, 'fs')
     if not first_seen or ts < tonumber(first_seen) then redis.call('HSET', profile, 'fs', int(ts)) end
     local last_seen = redis.call('HGET', profile, 'ls')
     if not last_seen or ts > tonumber(last_seen) then redis.call('HSET', profile, 'ls', int(ts)) end
     if kind == 'p' then
-      local cents = e[10]
+      local cents = e[11]
       redis.call('HINCRBY', profile, 'pc', 1)
       redis.call('HINCRBY', profile, 'pa', int(cents))
-      redis.call('HINCRBY', profile, e[8] == 1 and 'pwe' or 'pwd', 1)
+      redis.call('HINCRBY', profile, e[9] == 1 and 'pwe' or 'pwd', 1)
       redis.call('HINCRBY', chans, 'p:' .. channel, 1)
       local fp = redis.call('HGET', profile, 'fp')
       if not fp or ts < tonumber(fp) then redis.call('HSET', profile, 'fp', int(ts)) end
@@ -112,7 +128,7 @@ for position, e in ipairs(events) do
         redis.call('HINCRBY', days, 'c' .. int(day), 1)
         redis.call('HINCRBY', days, 'a' .. int(day), int(cents))
       end
-      local items = e[11]
+      local items = e[12]
       local counted_cat, counted_sku = {}, {}
       local line_cents, line_qty = 0, 0
       for i = 1, #items, 4 do
@@ -136,12 +152,12 @@ for position, e in ipairs(events) do
       redis.call('HINCRBY', profile, 'lq', int(line_qty))
     elseif kind == 'c' then
       redis.call('HINCRBY', profile, 'nc', 1)
-      redis.call('HINCRBY', profile, 'c:' .. e[9], 1)
+      redis.call('HINCRBY', profile, 'c:' .. e[10], 1)
     elseif kind == 'b' then
       redis.call('HINCRBY', profile, 'nb', 1)
     else
       redis.call('HINCRBY', profile, 'ni', 1)
-      redis.call('HINCRBY', profile, 'k:' .. e[9], 1)
+      redis.call('HINCRBY', profile, 'k:' .. e[10], 1)
     end
   end
 end
@@ -150,7 +166,22 @@ if applied > 0 then
   -- A change counter: tier evaluations made from an older read are rejected by tiers.lua.
   redis.call('HINCRBY', profile, 'n', applied)
 end
-if newest_offset > watermark then redis.call('HSET', offsets, source, int(newest_offset)) end
+if newest_offset > watermark then redis.call('HSET', seen, WATERMARK, int(newest_offset)) end
+
+-- Forget the ids that arrived a window or more before the newest arrival, at most once a
+-- window per user, so an id stays in the hash for less than two windows.
+local prune_at = tonumber(redis.call('HGET', seen, PRUNE_AT) or '-1')
+if newest_arrival >= prune_at then
+  local entries = redis.call('HGETALL', seen)
+  for i = 1, #entries, 2 do
+    local name = entries[i]
+    if name ~= PRUNE_AT and string.sub(name, 1, 1) ~= '@' and not remembered(entries[i + 1], newest_arrival) then
+      redis.call('HDEL', seen, name)
+    end
+  end
+  redis.call('HSET', seen, PRUNE_AT, int(newest_arrival + window))
+end
+
 if maxday > old_maxday then
   redis.call('HSET', profile, 'maxday', int(maxday))
   -- Retention follows event time: drop buckets that fell behind the newest event's day.

@@ -14,3 +14,7 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Day buckets older than this many days before a user's newest event are pruned
     # (by event time, so backfills keep working). Must cover the longest window.
     retention_days: Annotated[int, msgspec.Meta(ge=1)]
+    # How long an event id is remembered after its record reached the input topic: an app
+    # resending an event within this many hours is deduplicated (a conflicting resend is
+    # dead-lettered). Replays of applied offsets are skipped at any age (offset watermarks).
+    dedupe_window_hours: Annotated[int, msgspec.Meta(ge=1, le=8760)]

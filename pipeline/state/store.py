@@ -10,6 +10,7 @@ import orjson
 import redis
 
 from tierflow.pipeline import lua
+from tierflow.pipeline.state.config import StateConfig
 from tierflow.pipeline.state.summary import MAX_TOTAL, RawState, UserKeys
 
 USERS_KEY = "tf:users"
@@ -31,10 +32,18 @@ def connect(url: str) -> redis.Redis:
 
 
 class StateStore:
-    def __init__(self, client: redis.Redis, retention_days: int) -> None:
+    def __init__(self, client: redis.Redis, retention_days: int, dedupe_window_hours: int | None = None) -> None:
+        """dedupe_window_hours: how long an event id is remembered (state.dedupe_window_hours);
+        readers need not give it, and without it ids are remembered for the retention."""
         self.client = client
         self.retention_days = retention_days
+        window_hours = retention_days * 24 if dedupe_window_hours is None else dedupe_window_hours
+        self.dedupe_window_min = window_hours * 60
         self._apply = lua.register(client, __file__, "apply")
+
+    @classmethod
+    def of(cls, client: redis.Redis, config: StateConfig) -> StateStore:
+        return cls(client, config.retention_days, config.dedupe_window_hours)
 
     def apply(self, groups: Mapping[Group, Iterable[list[object]]]) -> Applied:
         """Apply events grouped by (user_id, "topic:partition"). A call that fails raises
@@ -46,7 +55,7 @@ class StateStore:
         for (user_id, source), events in groups.items():
             self._apply(
                 keys=UserKeys.of(user_id).as_list(),
-                args=[source, self.retention_days, MAX_TOTAL, orjson.dumps(list(events))],
+                args=[source, self.retention_days, MAX_TOTAL, self.dedupe_window_min, orjson.dumps(list(events))],
                 client=pipe,
             )
         results = pipe.execute(raise_on_error=False)

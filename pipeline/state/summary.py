@@ -7,6 +7,7 @@ integer cents so sums are exact whatever the arrival order.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from tierflow.pipeline.errors import TierflowError
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
 
 DAY_MS = 86_400_000
+MINUTE_MS = 60_000
 # The largest total the state keeps (money in cents, quantities): Lua numbers are
 # doubles, exact up to 2**53, and apply.lua refuses an event that would pass it, far
 # inside the 64-bit range of Redis counters.
@@ -45,6 +47,9 @@ def user_tag(user_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class UserKeys:
+    """A customer's state keys. `seen` holds the dedupe window and the offset watermarks;
+    `offsets` is where earlier versions kept the watermarks (apply.lua moves them)."""
+
     profile: str
     days: str
     categories: str
@@ -62,19 +67,34 @@ class UserKeys:
         return [self.profile, self.days, self.categories, self.skus, self.channels, self.seen, self.offsets]
 
 
+def _short_hash(data: bytes) -> str:
+    """64 bits as 11 url-safe characters: compact in Redis, collisions out of reach
+    among one customer's events."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=8).digest()).rstrip(b"=").decode()
+
+
+def id_key(event_id: str) -> str:
+    """How apply.lua remembers an event id for the dedupe window: short whatever the id's length."""
+    return _short_hash(event_id.encode())
+
+
 def digest(event: Purchase | Cart | Browse | Interaction, ts_ms: int) -> str:
     """A short fingerprint of an event's content, kept beside its id: the same id
     again with another fingerprint is a conflicting duplicate. The time counts as an
     instant, so a resend that writes it in another accepted form is the same event."""
-    canonical = msgspec.json.encode(msgspec.structs.replace(event, ts=ts_ms))
-    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+    return _short_hash(msgspec.json.encode(msgspec.structs.replace(event, ts=ts_ms)))
 
 
-def encode(event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int) -> list[object]:
-    """The compact array the Lua script reads (apply.lua beside this module)."""
+def encode(
+    event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int, arrival_ms: int | None = None
+) -> list[object]:
+    """The compact array the Lua script reads (apply.lua beside this module). arrival_ms:
+    when the event reached the input topic (the record's timestamp), which the dedupe
+    window counts from; the event's own time when not given."""
     day = day_of(ts_ms)
     weekend = 1 if (day + _THURSDAY) % 7 in _WEEKEND else 0
-    head: list[object] = [event.event_id, offset, digest(event, ts_ms)]
+    arrival_min = (ts_ms if arrival_ms is None else arrival_ms) // MINUTE_MS
+    head: list[object] = [id_key(event.event_id), offset, digest(event, ts_ms), arrival_min]
     if isinstance(event, Purchase):
         items: list[object] = []
         for item in event.items:

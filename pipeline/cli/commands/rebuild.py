@@ -225,7 +225,7 @@ def replay_inputs(ctx: Context, store: StateStore, now_ms: int) -> Replay:
                 replay.records += 1
                 try:
                     valid, _rejected = parse_record(msg.value(), msg.key(), limits, now_ms)
-                    encoded = [encode(item.event, item.ts_ms, msg.offset()) for item in valid]
+                    encoded = [encode(item.event, item.ts_ms, msg.offset(), msg.timestamp()[1]) for item in valid]
                 except Exception:  # the worker dead-letters such a record (internal_error)
                     replay.set_aside += 1
                     continue
@@ -349,7 +349,7 @@ def rebuild(ctx: Context, client: redis.Redis, assume_yes: bool) -> int:
     restore_lanes(ctx, client, outputs.lanes)
 
     now_ms = int(time.time() * 1000)
-    store = StateStore(client, ctx.config.state.retention_days)
+    store = StateStore.of(client, ctx.config.state)
     replay = replay_inputs(ctx, store, now_ms)
     say(f"replayed {replay.records:,} input records: {replay.events:,} valid events, {replay.applied:,} applied"
         + (f", {replay.set_aside:,} records set aside (the worker dead-letters them)" if replay.set_aside else ""))

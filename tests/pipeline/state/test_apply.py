@@ -1,6 +1,7 @@
 """apply.lua on a real Redis: each event once, an id that comes back with other
-content refused as a conflicting duplicate, and no total leaving the range the
-state keeps exactly (a total past it used to wrap Redis's 64-bit counters)."""
+content refused as a conflicting duplicate, no total leaving the range the
+state keeps exactly (a total past it used to wrap Redis's 64-bit counters), and
+a customer's dedupe state bounded by the window, not by their lifetime."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import msgspec
 import redis
 
 from tierflow.pipeline.state.store import Applied, StateStore, connect
-from tierflow.pipeline.state.summary import MAX_TOTAL, UserKeys, encode, summarize
+from tierflow.pipeline.state.summary import DAY_MS, MAX_TOTAL, UserKeys, encode, summarize
 from tierflow.schemas.events import Interaction, Item, Purchase
 
 NOW = 1_795_000_000_000
@@ -21,8 +22,11 @@ def purchase(event_id: str, amount: float, qty: int = 1, ts: int | str = NOW) ->
                     amount=amount, currency="CNY", items=[Item(sku="s1", category="snacks", qty=qty, price=amount)])
 
 
-def apply(store: StateStore, *events: tuple[Purchase | Interaction, int]) -> Applied:
-    return store.apply({("u1", SOURCE): [encode(event, NOW, offset) for event, offset in events]})
+HOUR_MS = 3_600_000
+
+
+def apply(store: StateStore, *events: tuple[Purchase | Interaction, int], arrival_ms: int = NOW) -> Applied:
+    return store.apply({("u1", SOURCE): [encode(event, NOW, offset, arrival_ms) for event, offset in events]})
 
 
 def state(client: redis.Redis) -> dict[str, dict[str, str]]:
@@ -91,13 +95,49 @@ def test_conflict_inside_one_call_and_beside_valid_events(redis_url: str) -> Non
     assert int(client.hget(KEYS.profile, "pa")) == 100
 
 
-def test_ids_applied_before_digests_count_as_the_same_event(redis_url: str) -> None:
-    """State written by the earlier script kept a set of ids: it is converted in place."""
+def test_a_resend_counts_once_within_the_window_and_a_replay_at_any_age(redis_url: str) -> None:
     client = connect(redis_url)
-    store = StateStore(client, 400)
-    client.sadd(KEYS.seen, "old-1", "old-2")
-    result = apply(store, (purchase("old-1", 5.0), 3), (purchase("new-1", 5.0), 4))
-    assert (result.count, result.refused) == (1, {})
-    assert client.type(KEYS.seen) == "hash"
-    assert client.hget(KEYS.seen, "old-2") == ""
-    assert apply(store, (purchase("old-2", 7.0), 5)).refused == {}
+    store = StateStore(client, 400, dedupe_window_hours=24)
+    original = purchase("e1", 10.0)
+    assert apply(store, (original, 5)).count == 1
+    # The app sends it again (a new offset) 23 hours later: the same event.
+    assert apply(store, (original, 6), arrival_ms=NOW + 23 * HOUR_MS).count == 0
+    # Other content under the id within the window: dead-lettered, nothing changes.
+    forged = apply(store, (purchase("e1", 99.0), 7), arrival_ms=NOW + 23 * HOUR_MS)
+    assert forged.refused == {(("u1", SOURCE), 0): "conflicting_duplicate"}
+    # A year later, the record at offset 5 is replayed (a reset consumer): still once.
+    assert apply(store, (original, 5), arrival_ms=NOW + 365 * DAY_MS).count == 0
+    assert client.hget(KEYS.profile, "pa") == "1000"
+    # The documented limit: an app resending the id a window after it arrived has it counted again.
+    assert apply(store, (original, 8), arrival_ms=NOW + 25 * HOUR_MS).count == 1
+    assert client.hget(KEYS.profile, "pa") == "2000"
+
+
+def test_the_dedupe_state_is_bounded_by_the_window(redis_url: str) -> None:
+    """Three events a day for 200 days: the ids kept are those of at most two windows."""
+    client = connect(redis_url)
+    store = StateStore(client, 400, dedupe_window_hours=24)
+    offset = 0
+    for day in range(200):
+        for n in range(3):
+            offset += 1
+            event = Interaction(event_id=f"d{day}-{n}", user_id="u1", ts=NOW, channel="app", kind="sign_in")
+            assert apply(store, (event, offset), arrival_ms=NOW + day * DAY_MS + n * HOUR_MS).count == 1
+    assert client.hget(KEYS.profile, "ni") == "600"
+    # 6 ids at most, the watermark and the next pruning time.
+    assert client.hlen(KEYS.seen) <= 8
+    assert (client.memory_usage(KEYS.seen) or 0) < 400
+
+
+def test_state_of_earlier_versions_is_moved_and_pruned(redis_url: str) -> None:
+    """Earlier versions kept every id (id -> digest) and the watermarks in a key of their
+    own: the watermarks move into the dedupe hash, the ids go, replays stay no-ops."""
+    client = connect(redis_url)
+    store = StateStore(client, 400, dedupe_window_hours=24)
+    client.hset(KEYS.seen, mapping={f"old-{i}": "0123456789abcdef" for i in range(100)})
+    client.hset(KEYS.offsets, SOURCE, 41)
+    replayed = apply(store, (purchase("old-7", 5.0), 41), (purchase("new-1", 5.0), 42))
+    assert (replayed.count, replayed.refused) == (1, {})
+    assert not client.exists(KEYS.offsets)
+    assert client.hlen(KEYS.seen) == 3  # new-1, the watermark and the next pruning time
+    assert apply(store, (purchase("old-7", 5.0), 41)).count == 0
