@@ -79,7 +79,7 @@ _campaign_of = msgspec.json.Decoder(_Campaign)
 
 def events_by_topic(batch: AppliedBatch, topics: Topics) -> Tally[str]:
     """Events per input topic (the topic of the event's type, where producers send it)."""
-    return Tally(topics.input(item.event.type) for item in batch.events)
+    return Tally(topics.input(type(item.event).__struct_config__.tag) for item in batch.events)
 
 
 def changes_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:

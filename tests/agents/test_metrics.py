@@ -1,0 +1,153 @@
+"""The pure parts of the worker's observability: what the metrics count, the health
+verdict, the JSON log line, and the Grafana dashboard against the metrics the worker
+exports (no services)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.paths import ROOT
+from tierflow.agents.health import Verdict
+from tierflow.agents.ingest import AppliedBatch, CustomerStage, IngestStats
+from tierflow.agents.logs import JsonFormatter, logging_config
+from tierflow.agents.metrics import (
+    Metrics,
+    add_stats,
+    change_delays_s,
+    changes_by_dimension,
+    events_by_topic,
+    records_by_campaign,
+)
+from tierflow.pipeline.config.settings import Settings, Topics
+from tierflow.pipeline.ingest.validate import ValidEvent
+from tierflow.schemas.events import Browse, Cart
+from tierflow.schemas.tier_changes import ChangeScores, TierChange
+
+DASHBOARD = ROOT / "infra" / "grafana" / "tierflow.json"
+
+
+def change(dimension: str, reason: str = "event", event_time: str = "2026-12-01T10:00:00Z") -> TierChange:
+    return TierChange(user_id="u1", dimension=dimension, old=None, new="x", version=1, seq=1,  # type: ignore[arg-type]
+                      reason=reason, scores=ChangeScores(r=None, f=None, m=None), points=0,  # type: ignore[arg-type]
+                      repurchases=0, event_time=event_time)
+
+
+def test_events_are_counted_under_the_topic_of_their_type() -> None:
+    topics = Topics(prefix="p.")
+    events = [
+        ValidEvent(Browse(event_id=f"e{n}", user_id=f"u{n}", ts="2026-12-01T10:00:00Z", channel="app", page="home"), 0)
+        for n in range(2)
+    ]
+    events.append(ValidEvent(Cart(event_id="e3", user_id="u1", ts="2026-12-01T10:00:00Z", channel="app",
+                                  action="add", sku="s1", category="c", qty=1, price=1.0), 0))
+    batch = AppliedBatch(events, 3, 0, {"u0": 0, "u1": 1})
+    assert events_by_topic(batch, topics) == {"p.touch.browse": 2, "p.touch.cart": 1}
+
+
+def test_tier_changes_per_dimension_and_the_delay_of_those_an_event_caused() -> None:
+    changes = [change("segment"), change("aipl"), change("segment", reason="time_decay")]
+    assert changes_by_dimension(changes) == {"segment": 2, "aipl": 1}
+    event_ms = 1_796_119_200_000  # 2026-12-01T10:00:00Z
+    assert change_delays_s(changes, event_ms + 1_500) == [1.5, 1.5]
+    # A clock behind the event's time is no negative delay.
+    assert change_delays_s([change("segment")], event_ms - 10) == [0.0]
+
+
+def test_reward_records_per_campaign_and_kind() -> None:
+    raws = [
+        orjson.dumps({"record_id": "a", "kind": "grant", "campaign": "vip_welcome", "user_id": "u1"}),
+        orjson.dumps({"record_id": "b", "kind": "grant", "campaign": "vip_welcome", "user_id": "u2"}).decode(),
+        orjson.dumps({"record_id": "c", "kind": "points_adjust", "campaign": None, "user_id": "u1"}),
+    ]
+    assert records_by_campaign(raws) == {("vip_welcome", "grant"): 2, ("none", "points_adjust"): 1}
+
+
+def test_ingest_counters_carry_over_from_one_loop_to_the_next() -> None:
+    first = IngestStats(records=3, events=4, applied=2, rejected=1, batches=1, reasons={"not_json": 1})
+    second = IngestStats(records=5, events=5, applied=5, rejected=2, batches=2, reasons={"not_json": 1, "x": 1})
+    total = add_stats(first, second)
+    assert (total.records, total.events, total.applied, total.rejected, total.batches) == (8, 9, 7, 3, 3)
+    assert total.reasons == {"not_json": 2, "x": 1}
+
+
+def test_timed_stages_keep_their_kind_and_name() -> None:
+    class Tiers(CustomerStage):
+        def run(self, batch: AppliedBatch) -> None:
+            self.seen = batch
+
+    class Outputs:
+        def run(self, batch: AppliedBatch) -> None:
+            pass
+
+    tiers = Tiers()
+    stages = Metrics(Settings()).stages({"tiers": tiers, "outputs": Outputs()})
+    assert [type(stage).__name__ for stage in stages[1:3]] == ["Tiers", "Outputs"]
+    assert isinstance(stages[1], CustomerStage) and not isinstance(stages[2], CustomerStage)
+    batch = AppliedBatch([], 0, 0, {})
+    for stage in stages:
+        stage.run(batch)
+    assert tiers.seen is batch
+
+
+def test_health_verdict_names_what_fails() -> None:
+    assert Verdict({"redis": "ok", "kafka": "ok"}).body() == {"status": "ok", "checks": {"redis": "ok", "kafka": "ok"}}
+    failing = Verdict({"redis": "unreachable", "kafka": "ok", "archive": "failing (ArchiveUnavailable)"})
+    assert not failing.healthy
+    assert failing.body() == {"status": "unavailable", "reason": "redis: unreachable; archive: failing"
+                              " (ArchiveUnavailable)", "checks": failing.checks}
+
+
+def test_json_log_line_carries_extra_fields_and_masks_secrets() -> None:
+    formatter = JsonFormatter(lambda text: text.replace("hunter22", "***"))
+    logger = logging.getLogger("tierflow.test")
+    record = logger.makeRecord("tierflow.test", logging.WARNING, __file__, 1, "login %s failed", ("hunter22",),
+                               None, extra={"user": "u1", "attempts": 3, "url": "redis://:hunter22@h"})
+    line = formatter.format(record)
+    assert "\n" not in line and "hunter22" not in line
+    entry = orjson.loads(line)
+    assert entry["level"] == "warning" and entry["logger"] == "tierflow.test"
+    assert entry["message"] == "login *** failed"
+    assert entry["user"] == "u1" and entry["attempts"] == 3 and entry["url"] == "redis://:***@h"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["ts"])
+    assert logging_config("text", "info", str) is None
+
+
+def exported_names() -> set[str]:
+    """Every sample name the worker's /metrics can show."""
+    text = Metrics(Settings()).render().decode()
+    names = set()
+    for family in text_string_to_metric_families(text):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
+
+
+def expressions(dashboard: object) -> list[str]:
+    if isinstance(dashboard, dict):
+        found = [dashboard["expr"]] if isinstance(dashboard.get("expr"), str) else []
+        return found + [expr for value in dashboard.values() for expr in expressions(value)]
+    if isinstance(dashboard, list):
+        return [expr for value in dashboard for expr in expressions(value)]
+    return []
+
+
+def test_every_grafana_expression_names_a_metric_the_worker_exports() -> None:
+    dashboard = orjson.loads(Path(DASHBOARD).read_bytes())
+    exprs = expressions(dashboard)
+    assert len(exprs) >= 8, "a panel per metric family"
+    exported = exported_names()
+    for expr in exprs:
+        used = set(re.findall(r"\btierflow_[a-z_]+", expr))
+        assert used, expr
+        assert used <= exported, (expr, used - exported)
+    # Every family the worker exports for tierflow has a panel.
+    shown = {name for expr in exprs for name in re.findall(r"\btierflow_[a-z_]+", expr)}
+    families = {"tierflow_events_processed_total", "tierflow_consumer_lag", "tierflow_dead_letters_total",
+                "tierflow_tier_changes_total", "tierflow_reward_records_total",
+                "tierflow_event_to_tier_change_seconds_bucket", "tierflow_stage_batch_seconds_bucket"}
+    assert families <= shown, families - shown
