@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 
 from mode import Service
 
+from tierflow.agents.ingest import is_outage
+
 log = logging.getLogger("tierflow.supervisor")
 
 Work = Callable[[threading.Event], None]
@@ -35,10 +37,14 @@ class Supervisor:
             try:
                 self.work(self.stop_event)
                 self.failures = 0
-            except Exception:
+            except Exception as exc:
                 delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
                 self.failures += 1
-                log.exception("%s failed; restarting in %ss", self.name, delay)
+                if is_outage(exc):  # expected while a service is down: one line, no traceback
+                    log.warning("%s stopped: a service is unavailable (%s: %s); restarting in %ss",
+                                self.name, type(exc).__name__, exc, delay)
+                else:
+                    log.exception("%s failed; restarting in %ss", self.name, delay)
                 self.stop_event.wait(delay)
 
     def start(self) -> None:

@@ -6,6 +6,9 @@ import itertools
 import threading
 import time
 
+import pytest
+import redis
+
 from tierflow.agents.supervisor import Supervisor
 
 
@@ -61,3 +64,23 @@ def test_stop_interrupts_the_backoff_wait() -> None:
     began = time.monotonic()
     supervisor.stop(5)
     assert time.monotonic() - began < 2
+
+
+def test_a_service_outage_is_one_line_and_a_bug_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    failures = iter([redis.ConnectionError("Error 111 connecting to 127.0.0.1:6399"), KeyError("bug")])
+
+    def work(stop: threading.Event) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        stop.wait()
+
+    supervisor = Supervisor("test", work, backoff_s=[0.01])
+    with caplog.at_level("WARNING", logger="tierflow.supervisor"):
+        supervisor.start()
+        wait_for(lambda: supervisor.failures == 2)
+        supervisor.stop(5)
+    outage, bug = caplog.records
+    assert outage.levelname == "WARNING" and outage.exc_info is None
+    assert "unavailable (ConnectionError: Error 111" in outage.getMessage()
+    assert bug.levelname == "ERROR" and bug.exc_info is not None
