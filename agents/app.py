@@ -25,7 +25,7 @@ import faust
 from tierflow.agents.archive import install_archive
 from tierflow.agents.clock import Clock
 from tierflow.agents.health import Consuming, Health, worker_checks
-from tierflow.agents.ingest import IngestLoop
+from tierflow.agents.ingest import IngestLoop, is_outage
 from tierflow.agents.lifecycle import bound_shutdown
 from tierflow.agents.metrics import METRICS_PATH, MeteredOutputs, Metrics
 from tierflow.agents.outputs import Written
@@ -115,8 +115,11 @@ def create_app(ctx: Context) -> faust.App:
         try:
             changed = await asyncio.to_thread(tiers.tick)
             await asyncio.to_thread(rewards.tick)
-        except Exception:
-            log.exception("tier timer failed; retrying on the next tick")
+        except Exception as exc:
+            if is_outage(exc):  # the ingest loop and /healthz report the outage; no line a second here
+                log.debug("tier timer skipped: a service is unavailable (%s)", exc)
+            else:
+                log.exception("tier timer failed; retrying on the next tick")
             return
         if changed:
             log.info("timer: %d tier changes (time decay / means shift)", changed)
