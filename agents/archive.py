@@ -13,10 +13,19 @@ Touch records are re-validated with the ingest's own parser; invalid ones are
 skipped (ingest already dead-lettered them). To decide the same way on every
 replay, "now" for the future-timestamp rule is the record's Kafka timestamp.
 
+With embedded chDB (no CLICKHOUSE_URL) one process owns the archive: a writer
+consumes only while its process holds the owner lock (pipeline/archive/owner.py).
+With N workers one archives and the others stand by, polling the lock every
+`archive.standby_poll_ms`; when the owner dies the kernel frees its lock, a
+standby takes it, joins the archive group and resumes from the committed
+offsets once the group has dropped the dead member (`archive.session_timeout_ms`).
+With a ClickHouse server every worker's writer joins the group and writes.
+
 Exactness: a crash between insert and commit, a rebalance, or a duplicate
-delivery re-inserts rows. Every table a user queries is built to absorb that
-(ReplacingMergeTree keyed by the record's identity, aggregates over distinct
-ids); see docs/bi.md.
+delivery re-inserts rows. Inserts carry deduplication tokens (the same batch is
+dropped by ClickHouse), and every table a user queries is built to absorb the
+rest (ReplacingMergeTree keyed by the record's identity, aggregates over
+distinct ids); see docs/bi.md.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from tierflow.agents.checkpoint import Checkpoint
 from tierflow.agents.supervisor import Supervisor, hosted
-from tierflow.pipeline.archive.backend import server_display
+from tierflow.pipeline.archive.backend import ArchiveBusy, server_display
 from tierflow.pipeline.archive.batch import Batch, RecordSorter, backoff_ms, insert_batch
 from tierflow.pipeline.archive.config import chdb_path
 from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.archive.owner import read_owner
+from tierflow.pipeline.archive.remote import add_sql_route
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.dashboard.server import add_routes
 from tierflow.pipeline.ingest.validate import Limits
@@ -57,7 +68,7 @@ def archive_group(ctx: Context) -> str:
 class WriterStatus:
     """What the writer is doing, for /api/archive/status and the logs."""
 
-    state: str = "starting"  # starting | running | holding | stopped
+    state: str = "starting"  # starting | standby | running | holding | stopped
     group: str = ""
     batches: int = 0
     records: int = 0
@@ -99,11 +110,47 @@ class ArchiveWriter:
             topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config.ingest)
         )
         self.status = WriterStatus(group=archive_group(ctx))
-        self.consumer = clients.consumer(ctx.settings.kafka, archive_group(ctx), **{"auto.offset.reset": "earliest"})
+        self.consumer: Consumer = self._new_consumer()
         self.checkpoint = Checkpoint(self.consumer, "archive")
 
+    def _new_consumer(self) -> Consumer:
+        session_ms = self.cfg.session_timeout_ms
+        return clients.consumer(self.ctx.settings.kafka, archive_group(self.ctx), **{
+            "auto.offset.reset": "earliest", "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": max(session_ms // 3, 1)})
+
     def run(self, stop: threading.Event) -> None:
-        """Consume, insert and commit until `stop` is set."""
+        """Consume, insert and commit until `stop` is set; with embedded chDB, only
+        while this process owns the archive."""
+        try:
+            if self.own(stop):
+                try:
+                    self.consume(stop)
+                finally:
+                    self.archive.release()
+        finally:
+            self.status.state = "stopped"
+            self.consumer.close()
+
+    def own(self, stop: threading.Event) -> bool:
+        """Wait until this process owns the archive (at once with a server); False
+        when asked to stop first."""
+        announced = False
+        while not self.archive.claim():
+            if not announced:
+                busy = ArchiveBusy(self.archive.chdb_dir, read_owner(self.archive.chdb_dir))
+                self.status.state = "standby"
+                self.status.last_error = str(busy)
+                log.info("archive: standing by: %s; taking over when it stops", busy)
+                announced = True
+            if stop.wait(self.cfg.standby_poll_ms / 1000):
+                return False
+        if announced:
+            log.warning("archive: this worker now owns the archive at %s", self._where())
+            self.status.last_error = None
+        return True
+
+    def consume(self, stop: threading.Event) -> None:
         self.consumer.subscribe(self.topics)
         self.status.state = "running"
         log.info("archive consuming %s as group %s into %s", ", ".join(self.topics),
@@ -113,14 +160,10 @@ class ArchiveWriter:
         except Exception as exc:
             log.warning("archive: ClickHouse not ready at start (%s: %s); records wait in Kafka",
                         type(exc).__name__, exc)
-        try:
-            while not stop.is_set():
-                batch = self.collect(stop)
-                if batch.records and self.store(batch, stop):
-                    self.commit(batch)
-        finally:
-            self.status.state = "stopped"
-            self.consumer.close()
+        while not stop.is_set():
+            batch = self.collect(stop)
+            if batch.records and self.store(batch, stop):
+                self.commit(batch)
 
     def _where(self) -> str:
         settings = self.ctx.settings
@@ -265,11 +308,15 @@ class ArchiveThread:
 
 
 def install_archive(app: faust.App, ctx: Context) -> Archive:
-    """Mount the dashboard and its JSON API on the worker's web server and, when
-    `archive.enabled`, run the archive writer while the worker runs. Both share one
-    `Archive`, so an embedded chDB directory is opened once, by the worker."""
+    """Mount the dashboard, its JSON API and the archive's SQL endpoint on the worker's
+    web server and, when `archive.enabled`, run the archive writer while the worker
+    runs. They share one `Archive`, so an embedded chDB directory is opened once per
+    process; the dashboard of a worker that does not own it reads through the owner."""
     archive = Archive(ctx.settings, ctx.config.archive)
     writer = ArchiveThread(ctx, archive) if ctx.config.archive.enabled else None
+    # Readers in other processes query the embedded archive through whichever worker owns it.
+    archive.serve_reads(ctx.settings.web_host, ctx.settings.web_port)
+    add_sql_route(app.web.web_app.router, archive)
 
     app.service(hosted(writer.supervisor if writer else None, ctx.config.worker.stop_timeout_s, archive.close))
     add_routes(

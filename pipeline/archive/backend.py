@@ -8,8 +8,14 @@ spliced into SQL text), one type conversion and one error model, and every
 test run on chDB exercises the same code a server deployment runs.
 
 Embedded chDB allows one process per data directory (ClickHouse locks its
-``status`` file). Opening a directory another process holds raises
-`ArchiveBusy`; the CLI then asks the worker that holds it (pipeline/cli/commands/archive.py).
+``status`` file). A process opens it only while it holds the owner lock beside it
+(owner.py); opening a directory another process holds raises `ArchiveBusy`, which
+names the owner, and readers then read through it (remote.py).
+
+Inserts carry an ``insert_deduplication_token`` (batch.py derives it from the Kafka
+offsets a batch covers), so a batch inserted again after a crash or a replay is
+dropped by ClickHouse itself: by ReplicatedMergeTree on a cluster, by MergeTree with
+``non_replicated_deduplication_window`` (migration 006) on one server and in chDB.
 
 What "acknowledged" means for embedded chDB: the engine returned from the
 insert *and* the data directory at the path is still the one it opened
@@ -30,15 +36,17 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from tierflow.pipeline.archive.config import ArchiveConfig, chdb_path
+from tierflow.pipeline.archive.owner import OWNERSHIP, OwnerRecord, read_owner
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.errors import TierflowError
 
@@ -59,11 +67,32 @@ class ArchiveUnavailable(TierflowError, RuntimeError):
 
 
 class ArchiveBusy(ArchiveUnavailable):
-    """Another process holds the embedded chDB data directory."""
+    """Another process holds the embedded chDB data directory; `owner` is what it
+    wrote about itself (None: not a tierflow process, or not written yet)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"the chDB data directory {path} is in use by another process")
+    def __init__(self, path: Path, owner: OwnerRecord | None = None) -> None:
+        who = f" (pid {owner.pid})" if owner else ""
+        super().__init__(f"the chDB data directory {path} is in use by another process{who}")
         self.path = path
+        self.owner = owner
+
+
+class ArchiveQueryError(TierflowError, ValueError):
+    """ClickHouse refused a query (bad SQL, unknown table, not allowed read-only)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A query's result with its column names and ClickHouse types."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+# What a read-only query may not do: write, or change settings (on a server the user's
+# profile decides the rest; see docs/bi.md).
+READONLY = {"readonly": 1}
 
 
 class Backend(Protocol):
@@ -74,7 +103,16 @@ class Backend(Protocol):
 
     def query(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]: ...
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None: ...
+    def insert(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], token: str | None = None
+    ) -> None:
+        """`token`: the insert's deduplication token; the same token again inserts nothing."""
+        ...
+
+    def select(self, sql: str, params: Params = None) -> Table:
+        """A read-only query (readonly=1) with its column names and types; refused or
+        failing SQL raises ArchiveQueryError."""
+        ...
 
     def session(self) -> int:
         """Connect if needed; the connection's number, which changes after a reconnect
@@ -198,13 +236,25 @@ class ClickHouseBackend:
         result = self._call("query", sql, parameters=dict(params) if params else None)
         return [tuple(row) for row in result.result_rows]
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+    def insert(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], token: str | None = None
+    ) -> None:
         if not rows:
             return
         self._call(
             "insert", _check_identifier(table), list(rows),
             column_names=[_check_identifier(c) for c in columns],
+            settings={"insert_deduplication_token": token} if token else None,
         )
+
+    def select(self, sql: str, params: Params = None) -> Table:
+        try:
+            result = self._call("query", sql, parameters=dict(params) if params else None,
+                                settings=READONLY)
+        except DatabaseError as exc:
+            raise ArchiveQueryError(_clickhouse_message(exc)) from exc
+        return Table(list(result.column_names), [t.name for t in result.column_types],
+                     [tuple(row) for row in result.result_rows])
 
     def close(self) -> None:
         with self._lock:
@@ -234,6 +284,7 @@ class ChdbBackend(ClickHouseBackend):
         super().__init__("chdb", f"chdb://{path}", f"chDB {path}", database)
         self.path = path
         self._opened: dict[str, tuple[int, int]] = {}
+        self._owning = False  # this backend counts in the process's owner lock
 
     def _identity(self) -> dict[str, tuple[int, int]]:
         """(device, inode) of each part present now."""
@@ -246,7 +297,34 @@ class ChdbBackend(ClickHouseBackend):
             found[part] = (st.st_dev, st.st_ino)
         return found
 
+    def _own(self) -> None:
+        """Hold the owner lock, and make sure no foreign process (one that does not take
+        the lock, e.g. `clickhouse local`) has the directory open."""
+        if self._owning:
+            return
+        if not OWNERSHIP.take(self.path):
+            raise ArchiveBusy(self.path, read_owner(self.path))
+        with _OPEN_LOCK:
+            ours = self._dsn in _OPEN_HERE
+        if not ours and held_elsewhere(self.path):
+            OWNERSHIP.give_back(self.path)
+            raise ArchiveBusy(self.path)
+        self._owning = True
+
+    def _disown(self) -> None:
+        if self._owning:
+            self._owning = False
+            OWNERSHIP.give_back(self.path)
+
     def _open(self) -> Client:
+        self._own()
+        try:
+            return self._open_owned()
+        except BaseException:
+            self._disown()
+            raise
+
+    def _open_owned(self) -> Client:
         before = self._identity()
         if "" not in before:
             raise ArchiveUnavailable(
@@ -281,6 +359,24 @@ class ChdbBackend(ClickHouseBackend):
         self._verify()  # after: what was written landed in the directory still at the path
         return result
 
+    def close(self) -> None:
+        super().close()
+        self._disown()
+
+
+def _clickhouse_message(exc: DatabaseError) -> str:
+    """ClickHouse's own message on one line, without the driver's preamble, the
+    settings and format the driver appended to the query, the parser's list of
+    expected tokens or the version trailer."""
+    text = " ".join(str(exc).split())
+    start = text.rfind("DB::Exception:")
+    if start >= 0:
+        text = text[start + len("DB::Exception:"):].strip()
+    text = re.split(r"\. Expected one of:", text)[0]
+    text = re.sub(r"(\(line \d+, col \d+\)):.*", r"\1", text)
+    text = re.sub(r"\s*SETTINGS readonly = '1'|\s*FORMAT Native|\s*\(version [^)]*\)", "", text)
+    return text[:500]
+
 
 def _brief(exc: BaseException) -> str:
     # clickhouse-connect messages can embed the request URL; keep the first line only
@@ -302,11 +398,12 @@ def open_backend(settings: Settings, cfg: ArchiveConfig) -> ClickHouseBackend:
             autogenerate_session_id=False,  # the writer and the dashboard share one client
         )
     path = chdb_path(cfg, settings.home).resolve()
-    with _OPEN_LOCK:
-        ours = f"chdb://{path}" in _OPEN_HERE
-    if not ours and held_elsewhere(path):
-        raise ArchiveBusy(path)
-    path.mkdir(parents=True, exist_ok=True)
-    backend = ChdbBackend(path, cfg.database)
-    backend.connect()  # take the directory now, so a second process sees it held
+    if not OWNERSHIP.take(path):  # before creating anything: the directory may be another's
+        raise ArchiveBusy(path, read_owner(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        backend = ChdbBackend(path, cfg.database)
+        backend.connect()  # take the directory now, so a second process sees it held
+    finally:
+        OWNERSHIP.give_back(path)  # the backend holds its own share from here on
     return backend

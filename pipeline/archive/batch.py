@@ -4,6 +4,7 @@ tierflow.agents.archive."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,18 @@ class Batch:
     tiers: list[Row] = field(default_factory=list)
     grants: list[Row] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    # (topic, partition) -> (first, last) offset of the records in the batch
+    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def note(self, topic: str, partition: int, offset: int) -> None:
+        first, last = self.ranges.get((topic, partition), (offset, offset))
+        self.ranges[(topic, partition)] = (min(first, offset), max(last, offset))
+
+    def token(self, table: str) -> str:
+        """The insert deduplication token of this batch's rows for `table`: the same
+        records read again (a replay of the same offsets) give the same token."""
+        spans = ",".join(f"{t}:{p}:{a}-{b}" for (t, p), (a, b) in sorted(self.ranges.items()))
+        return f"{table}:{hashlib.sha256(spans.encode()).hexdigest()}"
 
     def tables(self) -> list[tuple[str, tuple[str, ...], list[Row]]]:
         return [
@@ -48,9 +61,11 @@ class Batch:
 
 
 def insert_batch(backend: Backend, batch: Batch) -> None:
-    """Every table's rows; a failure part way is fine to retry (duplicates are absorbed)."""
+    """Every table's rows; a failure part way is fine to retry: the tables that took
+    their rows drop them the second time (same token), and duplicates that reach
+    them anyway are absorbed by the tables' design."""
     for table, columns, rows in batch.tables():
-        backend.insert(table, rows, columns)
+        backend.insert(table, rows, columns, token=batch.token(table))
 
 
 class RecordSorter:
@@ -67,6 +82,7 @@ class RecordSorter:
         key: bytes | None, value: bytes | None, timestamp_ms: int,
     ) -> None:
         batch.records += 1
+        batch.note(topic, partition, offset)
         source = (topic, partition, offset)
         if topic in self.inputs:
             valid, rejected = parse_record(value, key, self.limits, timestamp_ms)

@@ -30,9 +30,14 @@ class ArchiveConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Retry a failed insert after retry_initial_ms, doubling up to retry_max_ms.
     retry_initial_ms: Annotated[int, msgspec.Meta(ge=1)]
     retry_max_ms: Annotated[int, msgspec.Meta(ge=1, le=MAX_RETRY_MS)]
-    # How long CLI commands wait for a running worker's JSON API (embedded chDB
-    # allows one process per data directory, so the CLI asks the worker that holds it).
+    # How long a reader waits for the answer of the process that owns the embedded
+    # archive (embedded chDB allows one process per data directory, so others read through it).
     worker_api_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+    # Embedded chDB: how often a standby worker tries to take over the archive.
+    standby_poll_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)]
+    # The archive group's Kafka session timeout: how soon a dead writer's partitions
+    # go to its successor.
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=3_000, le=300_000)]
 
 
 def chdb_path(cfg: ArchiveConfig, home: Path) -> Path:

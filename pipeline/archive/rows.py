@@ -113,6 +113,16 @@ def tier_row(value: bytes | None, source: Source) -> Row:
     )
 
 
+def points_moved(rec: RewardRecord) -> int:
+    """Points the record adds or takes away. Grants state them in the points lots they
+    issue (points_delta is for expiries, spends and adjustments)."""
+    if rec.points_delta is not None:
+        return rec.points_delta
+    if rec.kind == "grant":
+        return sum(item.points or 0 for item in rec.items if item.type == "points")
+    return 0
+
+
 def grant_row(value: bytes | None, source: Source) -> Row:
     if value is None:
         raise RecordError("record has no value")
@@ -120,7 +130,7 @@ def grant_row(value: bytes | None, source: Source) -> Row:
     return (
         rec.record_id, rec.kind, rec.user_id, utc(rec.at_ms), utc(rec.recorded_ms),
         rec.campaign or "", rec.rule or "", rec.prize or "", rec.prize_type or "",
-        rec.trigger or "", rec.cost_cents, rec.points_delta or 0, rec.amount_cents or 0,
+        rec.trigger or "", rec.cost_cents, points_moved(rec), rec.amount_cents or 0,
         rec.order_id or "", rec.order_cents or 0, rec.discount_cents or 0,
         [i.item_id for i in rec.items], [i.type for i in rec.items],
         [i.value_cents for i in rec.items], value.decode("utf-8", errors="replace"), *source,

@@ -214,7 +214,8 @@ class Endpoints:
                    **unavailable: object) -> web.Response:
         """`unavailable`: added to the 503 answer while the archive cannot be reached."""
         try:
-            return _json(await asyncio.to_thread(lambda: report(self.archive.backend())))
+            # reader(): this process's archive, or the owner's while another process owns it
+            return _json(await asyncio.to_thread(lambda: report(self.archive.reader())))
         except ArchiveUnavailable as exc:
             return _json({"error": str(exc), **unavailable}, status=503)
 

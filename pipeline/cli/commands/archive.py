@@ -1,21 +1,18 @@
 """`tierflow migrate`, `tierflow aipl`, `tierflow dashboard`: the ClickHouse archive
 from the command line.
 
-Embedded chDB lets one process at a time open its data directory. While a
-worker holds it, `aipl` reads the same numbers through the worker's JSON API
-and `migrate` reports the schema the worker applied when it started;
-`dashboard` points at the worker, which already serves the page.
+Embedded chDB lets one process at a time open its data directory. While another
+process (a worker, or `tierflow dashboard`) owns it, `aipl` and the dashboard read
+through that process (pipeline/archive/remote.py) and `migrate` reports the schema
+the owner applied.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
 from datetime import date
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 
@@ -23,8 +20,9 @@ from tierflow.pipeline.archive import aipl
 from tierflow.pipeline.archive.backend import ArchiveBusy, ArchiveUnavailable, open_backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.migrate import MigrationError, migrate
+from tierflow.pipeline.archive.remote import add_sql_route
 from tierflow.pipeline.cli.errors import CliError
-from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.config.context import from_args
 
 
 def _day(text: str) -> date:
@@ -34,50 +32,26 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from exc
 
 
-def worker_url(ctx: Context, path: str, query: dict[str, str]) -> str:
-    host = ctx.settings.web_host
-    if host in ("0.0.0.0", "::", ""):  # bound everywhere: reach it on loopback
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    qs = f"?{urlencode(query)}" if query else ""
-    return f"http://{host}:{ctx.settings.web_port}{path}{qs}"
-
-
-def ask_worker(ctx: Context, busy: ArchiveBusy, path: str, query: dict[str, str]) -> Any:
-    """GET a JSON endpoint of the worker that holds the chDB directory."""
-    url = worker_url(ctx, path, query)
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if ctx.settings.dashboard_token:
-        request.add_header("Authorization", f"Bearer {ctx.settings.dashboard_token}")
-    try:
-        with urllib.request.urlopen(request, timeout=ctx.config.archive.worker_api_timeout_s) as resp:
-            return orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise CliError(f"{busy}; the worker at {url} answered {exc.code}: {detail}", 1) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(
-            f"{busy}, and no worker answers at {worker_url(ctx, '', {})} ({exc}). "
-            "Stop the process that holds it, or set TIERFLOW_WEB_HOST/TIERFLOW_WEB_PORT "
-            "to the worker's address.", 1,
-        ) from exc
+def unavailable(exc: ArchiveUnavailable | MigrationError) -> CliError:
+    """The one-line error for an archive that cannot be read."""
+    if isinstance(exc, ArchiveBusy):
+        return CliError(f"{exc}, which does not answer reads (not a tierflow worker or dashboard,"
+                        " or one still starting): try again, or stop it", 1)
+    return CliError(str(exc), 1)
 
 
 def _migrate(args: argparse.Namespace) -> int:
     ctx = from_args(args)
     try:
         backend = open_backend(ctx.settings, ctx.config.archive)
-    except ArchiveBusy as busy:
-        status = ask_worker(ctx, busy, "/api/archive/status", {})
-        versions = status.get("migrations", [])
-        print(f"the running worker holds {busy.path} and migrated it at start: "
-              f"schema versions {', '.join(f'{v:03d}' for v in versions)}")
-        return 0
+    except ArchiveBusy:
+        return _owner_migrated(Archive(ctx.settings, ctx.config.archive))
+    except ArchiveUnavailable as exc:
+        raise unavailable(exc) from exc
     try:
         done = migrate(backend)
     except (ArchiveUnavailable, MigrationError) as exc:
-        raise CliError(str(exc), 1) from exc
+        raise unavailable(exc) from exc
     finally:
         backend.close()
     if done:
@@ -85,6 +59,18 @@ def _migrate(args: argparse.Namespace) -> int:
             print(f"applied {m.version:03d}_{m.name}")
     else:
         print(f"{backend.display}: schema up to date")
+    return 0
+
+
+def _owner_migrated(archive: Archive) -> int:
+    """Another process owns the embedded archive: it migrated it when it opened it."""
+    try:
+        where = archive.reader().display
+        versions = archive.migrations()
+    except (ArchiveUnavailable, MigrationError) as exc:
+        raise unavailable(exc) from exc
+    print(f"{where} owns the archive and migrated it: "
+          f"schema versions {', '.join(f'{v:03d}' for v in versions)}")
     return 0
 
 
@@ -119,12 +105,9 @@ def _aipl(args: argparse.Namespace) -> int:
         raise CliError("--to is before --from", 2)
     archive = Archive(ctx.settings, ctx.config.archive)
     try:
-        doc = aipl.report(archive.backend(), args.start, args.end, args.by)
-    except ArchiveBusy as busy:
-        query = {k: v for k, v in (("from", args.start), ("to", args.end), ("by", args.by)) if v}
-        doc = ask_worker(ctx, busy, "/api/aipl", {k: str(v) for k, v in query.items()})
+        doc = aipl.report(archive.reader(), args.start, args.end, args.by)
     except (ArchiveUnavailable, MigrationError) as exc:
-        raise CliError(str(exc), 1) from exc
+        raise unavailable(exc) from exc
     finally:
         archive.close()
     if args.json:
@@ -146,17 +129,14 @@ def _dashboard(args: argparse.Namespace) -> int:
     check_binding(host, token)  # before opening anything
     archive = Archive(ctx.settings, ctx.config.archive)
     try:
-        archive.backend()
-    except ArchiveBusy as busy:
-        raise CliError(
-            f"{busy}: a running worker already serves the dashboard at "
-            f"{worker_url(ctx, '/dashboard/', {})}", 1,
-        ) from busy
+        where = archive.reader().display  # owns the archive now, or reads through its owner
     except (ArchiveUnavailable, MigrationError) as exc:
-        raise CliError(str(exc), 1) from exc
+        raise unavailable(exc) from exc
     app = build_app(archive, ctx.config, host=host, token=token)
+    add_sql_route(app.router, archive)
+    archive.serve_reads(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"dashboard at http://{shown}:{port}/dashboard/"
+    print(f"dashboard at http://{shown}:{port}/dashboard/ reading {where}"
           + (" (log in with TIERFLOW_DASHBOARD_TOKEN)" if token else ""), flush=True)
     try:
         # No access log: a request line can carry what a user pasted into a URL.
