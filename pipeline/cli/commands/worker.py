@@ -24,6 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
     log_config = logging_config(args.log_format or ctx.settings.log_format, args.loglevel, scrubber(ctx.settings))
     if log_config is not None:
         logging.config.dictConfig(log_config)  # the lines before Faust starts too
+        logging.captureWarnings(True)  # Python's warnings as log lines too, not raw text between them
     # Ingest allocates many short-lived, cycle-free objects; frequent gen-0 sweeps cost ~10%.
     gc.set_threshold(50_000, 20, 100)
     if not ready_to_start(ctx.settings, ctx.config.worker.restart_backoff_s):
