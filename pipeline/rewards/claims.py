@@ -38,5 +38,5 @@ def claim_code(ledger: Ledger, config: RewardsConfig, code: str, user_id: str, n
     match = rules.match_code(config, code, user_id, now_ms)
     if isinstance(match, str):
         return ClaimResult(match)
-    outcome = granting.grant(ledger, config, match, now_ms)
+    [outcome] = granting.run(ledger, config, [granting.Grant(match)], now_ms)
     return ClaimResult(_CLAIM_STATUS[outcome.status], outcome.records[-1] if outcome.records else None)

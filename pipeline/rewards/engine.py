@@ -2,30 +2,33 @@
 that do the work (granting, redemption, claims, points, account, views, outbox).
 
     engine = RewardEngine(redis_client, ctx.config.rewards)
-    engine.on_tier_change(change_value, now_ms)        # each `tier.changes` record
-    engine.on_event(valid.event, valid.ts_ms, now_ms)  # each valid input event, after state apply
-    engine.expire_points(now_ms)                       # on a timer
+    engine.on_tier_changes(changes, now_ms)            # `tier.changes` records, as published
+    engine.on_events([(event, ts_ms), ...], now_ms)    # valid input events, after state apply
+    engine.expire_points(now_ms, max_users)            # on a timer, a bounded slice per call
     batch = engine.outbox_of(users)                    # the publisher (agents/outputs.py):
     ... produce batch.records to `reward.grants` (key user_id, value reward_grants.encode(r)), commit ...
     engine.ack(batch)
 
 Every call is idempotent: replaying a tier change or an event grants, redeems
 and records nothing twice. Each call returns the records it newly wrote; the
-same records wait in the outbox until acknowledged.
+same records wait in the outbox until acknowledged. A batch of triggers costs a
+few Redis round trips whatever its size (granting.py), and writes exactly what
+the same triggers one at a time would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import msgspec
 import redis
 
-from tierflow.pipeline.rewards import account, claims, granting, outbox, points, redemption, views
+from tierflow.pipeline.rewards import account, claims, granting, outbox, points, views
 from tierflow.pipeline.rewards.claims import ClaimResult
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import Ledger
 from tierflow.pipeline.rewards.outbox import OutboxBatch
+from tierflow.pipeline.rewards.rules import EventRules
 from tierflow.schemas.events import Event, Purchase
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
@@ -35,21 +38,30 @@ class RewardEngine:
     def __init__(self, client: redis.Redis, config: RewardsConfig) -> None:
         self.config = config
         self.ledger = Ledger(client)
+        self.event_rules = EventRules.of(config)
 
     # --- triggers --------------------------------------------------------------
 
     def on_tier_change(self, change: Mapping[str, object] | TierChange, now_ms: int) -> list[RewardRecord]:
         """A `tier.changes` record value (decoded JSON) or a TierChange. Raises ValueError if malformed."""
         parsed = change if isinstance(change, TierChange) else msgspec.convert(change, TierChange)
-        return granting.grant_on_tier_change(self.ledger, self.config, parsed, now_ms)
+        return self.on_tier_changes([parsed], now_ms)
+
+    def on_tier_changes(self, changes: Sequence[TierChange], now_ms: int) -> list[RewardRecord]:
+        """Raises ValueError, before granting anything, if a change is malformed."""
+        return _new(granting.run(self.ledger, self.config, granting.change_steps(self.config, changes), now_ms))
 
     def on_event(self, event: Event, ts_ms: int, now_ms: int) -> list[RewardRecord]:
-        """A valid input event, after the state store applied it: coupons named on
-        a purchase are redeemed, then the rules the event fires grant."""
-        written: list[RewardRecord] = []
-        if isinstance(event, Purchase) and event.coupons:
-            written += redemption.redeem_coupons(self.ledger, self.config, event, ts_ms, now_ms)
-        return written + granting.grant_on_event(self.ledger, self.config, event, ts_ms, now_ms)
+        return self.on_events([(event, ts_ms)], now_ms)
+
+    def on_events(self, events: Sequence[tuple[Event, int]], now_ms: int) -> list[RewardRecord]:
+        """Valid input events (event, event time), after the state store applied them: the
+        coupons named on a purchase are redeemed, then the rules the event fires grant."""
+        wanted = [e.user_id for e, _ in events if isinstance(e, Purchase)] if self.event_rules.wants_first_purchase \
+            else []
+        first = self.ledger.first_purchases(list(dict.fromkeys(wanted))) if wanted else {}
+        steps = granting.event_steps(self.config, self.event_rules, events, first)
+        return _new(granting.run(self.ledger, self.config, steps, now_ms)) if steps else []
 
     def claim_code(self, code: str, user_id: str, now_ms: int) -> ClaimResult:
         """A user typed a public code."""
@@ -57,7 +69,8 @@ class RewardEngine:
 
     # --- points and cash ---------------------------------------------------------
 
-    def expire_points(self, now_ms: int, max_users: int = 1000) -> list[RewardRecord]:
+    def expire_points(self, now_ms: int, max_users: int) -> list[RewardRecord]:
+        """One slice of the points expiry: up to max_users users with lots due."""
         return points.expire_points(self.ledger, now_ms, max_users)
 
     def spend_points(self, user_id: str, amount: int, ref: str, now_ms: int) -> RewardRecord | None:
@@ -101,3 +114,7 @@ class RewardEngine:
     def ack(self, batch: OutboxBatch) -> None:
         """After the batch's records are durably published."""
         outbox.ack(self.ledger, batch)
+
+
+def _new(outcomes: Sequence[granting.Outcome]) -> list[RewardRecord]:
+    return [record for outcome in outcomes for record in outcome.new]

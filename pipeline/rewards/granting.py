@@ -1,8 +1,28 @@
-"""Granting prizes: a trigger (a tier entered, an input event) fires rules, each
-rule gives a grant intent, the intent reserves budget, stock and pool coupons on
-its campaign, the catalogue issues the items, and the user's wallet is written
-(the reservation is released if the wallet refuses). Referral coupons step up
+"""Granting prizes and redeeming coupons, a batch of triggers at a time: a trigger
+(a tier entered, an input event, a claimed code) fires rules, each rule gives a
+grant intent, the intent reserves budget, stock and pool coupons on its
+campaign, the catalogue issues the items, and the user's wallet is written (the
+reservation is released if the wallet refuses). Referral coupons step up
 instead: each new step cancels the unused coupon held and issues a bigger one.
+Coupons named on a purchase are redeemed before the purchase's own grants.
+
+A batch is a list of steps in trigger order, run in waves of four pipelined
+round trips each, however many steps a wave holds:
+
+1. read what the decisions need (grants made before, per-user counts, wallets,
+   referral state, shipping addresses);
+2. decide in memory, index the users, reserve on the campaigns (reserve.lua per
+   grant, in trigger order, so a budget running out mid-batch stops the same
+   grants as one trigger at a time would);
+3. write the user side (grant.lua, redeem.lua, in trigger order);
+4. release what the user side refused, index the users again.
+
+A step whose decision depends on the outcome of an earlier step of the same user
+starts the next wave, and every later step goes with it (campaigns are still
+taken from in trigger order): anything after a referral step-up, a redemption
+after a grant. Redemptions after redemptions are decided on the wallet as the
+earlier ones leave it. So a batch writes exactly what one trigger at a time does,
+in one wave unless a customer's own triggers depend on each other.
 
 Every grant is idempotent on (rule, user, trigger), so replaying a trigger
 grants nothing twice (ledger.py explains why this holds on Redis Cluster).
@@ -10,130 +30,325 @@ grants nothing twice (ledger.py explains why this holds on Redis Cluster).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import orjson
 
-from tierflow.pipeline.rewards import catalogue, rules
+from tierflow.pipeline.rewards import catalogue, redeem, redemption, rules
 from tierflow.pipeline.rewards.catalogue import IssueContext, ReferralCoupon, UniversalCode
 from tierflow.pipeline.rewards.config import RewardsConfig
-from tierflow.pipeline.rewards.ledger import Ledger, PoolNeed
-from tierflow.pipeline.rewards.rules import GrantIntent
-from tierflow.schemas.events import Event, Interaction
+from tierflow.pipeline.rewards.ledger import (
+    GrantCall,
+    Ledger,
+    PoolNeed,
+    Reads,
+    RedeemCall,
+    Reservation,
+    ReserveCall,
+    Touch,
+    Wants,
+)
+from tierflow.pipeline.rewards.rules import EventRules, GrantIntent
+from tierflow.pipeline.rewards.wallet import RawWallet
+from tierflow.schemas.events import Event, Purchase
 from tierflow.schemas.reward_grants import RewardItem, RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
-GrantStatus = Literal["granted", "duplicate", "budget", "stock", "pool", "limit", "conflict"]
+GrantStatus = Literal["granted", "redeemed", "duplicate", "budget", "stock", "pool", "limit", "conflict"]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: GrantStatus
-    records: list[RewardRecord]  # new records when granted; the stored ones when a duplicate
+    records: list[RewardRecord]  # new records when granted or redeemed; the stored ones when a duplicate
     prize_id: str | None = None  # out of stock / pool empty
 
-
-def grant_on_tier_change(ledger: Ledger, config: RewardsConfig, change: TierChange,
-                         now_ms: int) -> list[RewardRecord]:
-    return [r for intent in rules.match_tier_change(config, change) for r in grant_new(ledger, config, intent, now_ms)]
-
-
-def grant_on_event(ledger: Ledger, config: RewardsConfig, event: Event, ts_ms: int,
-                   now_ms: int) -> list[RewardRecord]:
-    """A valid input event, after the state store applied it (first-purchase
-    rules read the user's first purchase time from there)."""
-    first = ledger.first_purchase_ms(event.user_id) if rules.wants_first_purchase(config, event) else None
-    written: list[RewardRecord] = []
-    for intent in rules.match_event(config, event, ts_ms, first):
-        if isinstance(config.prizes[intent.prize_id], ReferralCoupon):
-            assert isinstance(event, Interaction)  # checked at load
-            written += step_up(ledger, config, intent, event, now_ms)
-        else:
-            written += grant_new(ledger, config, intent, now_ms)
-    return written
+    @property
+    def new(self) -> list[RewardRecord]:
+        return self.records if self.status in ("granted", "redeemed") else []
 
 
-def grant_new(ledger: Ledger, config: RewardsConfig, intent: GrantIntent, now_ms: int) -> list[RewardRecord]:
-    """The records of the grant if it is made now; nothing when refused or made before."""
-    outcome = grant(ledger, config, intent, now_ms)
-    return outcome.records if outcome.status == "granted" else []
+@dataclass(frozen=True, slots=True)
+class Grant:
+    intent: GrantIntent
 
 
-def grant(ledger: Ledger, config: RewardsConfig, intent: GrantIntent, now_ms: int) -> Outcome:
-    key, user = intent.idempotency_key, intent.user_id
-    stored = ledger.stored_grant(user, key)
-    if stored is not None:
-        ledger.touch(user)  # a replay: make sure its records get delivered
-        return Outcome("duplicate", stored)
-    needs = catalogue.needs(intent.prize_id, config.prizes, config.point_value_cents)
-    stock, pools = _campaign_needs(config, needs)
-    reservation = ledger.reserve(intent.campaign_id, key, needs.cost_cents,
-                                 config.campaigns[intent.campaign_id].budget_cents, stock, pools)
-    if not reservation.reserved:
-        return Outcome(reservation.status, [], reservation.prize_id)  # type: ignore[arg-type]
-    components = catalogue.flatten(intent.prize_id, config.prizes)
-    expiry = _points_expiry(intent.at_ms, components)
-    address = None
-    if any(isinstance(c.prize, catalogue.Physical) for c in components):
-        address = ledger.read(user).account.get("address")
-    items = catalogue.issue(intent.prize_id, config.prizes, issue_context(config, intent, address),
-                            reservation.codes)
-    record = grant_record(config, intent, items, reservation.cost_cents, now_ms)
-    status, stored = ledger.commit_grant(user, key, intent.rule_id, config.rules[intent.rule_id].per_user,
-                                         [record], items, expiry_ms=expiry)
-    if status == "granted":
-        return Outcome("granted", [record])
-    if status == "duplicate":
-        assert stored is not None
-        return Outcome("duplicate", stored)
-    ledger.release(intent.campaign_id, key, [p.prize_id for p in pools])
-    return Outcome(status, [])  # type: ignore[arg-type]
+@dataclass(frozen=True, slots=True)
+class StepUp:
+    """A referral coupon rule fired by an accepted invite (`invitee`: the event, counted once)."""
+
+    intent: GrantIntent
+    invitee: str
 
 
-def step_up(ledger: Ledger, config: RewardsConfig, intent: GrantIntent, event: Interaction,
-            now_ms: int) -> list[RewardRecord]:
-    """Referral coupon: count the invite; on reaching a new step, cancel the
-    coupon held (if still unused) and issue the next one. Never mutates a coupon."""
-    prize = config.prizes[intent.prize_id]
-    assert isinstance(prize, ReferralCoupon)
-    user, rule_id = intent.user_id, intent.rule_id
-    # Each accepted-invite event counts once, however often it is replayed.
-    invites = ledger.add_invite(user, rule_id, event.event_id)
-    reached = catalogue.reached_step(prize, invites)
-    state_text, statuses = ledger.referral(user, rule_id)
-    held = orjson.loads(state_text) if state_text else None
-    held_step = held["step"] if held else 0
-    if reached <= held_step:
-        return []
-    if held is not None and statuses.get(held["item"]) != "active":
-        return []  # the coupon grows only while unused
-    step = replace(intent, trigger_id=f"step:{reached}")
-    key = step.idempotency_key
-    reservation = ledger.reserve(intent.campaign_id, key, catalogue.step_cost(prize, held_step, reached),
-                                 config.campaigns[intent.campaign_id].budget_cents, [], [])
-    if not reservation.reserved:
-        return []
-    item = catalogue.referral_item(intent.prize_id, prize, reached, issue_context(config, step))
-    records = [grant_record(config, step, [item], reservation.cost_cents, now_ms)]
-    if held is not None:
-        old = ledger.read(user).item(held["item"])
-        assert old is not None  # the referral state names an issued coupon
-        records.insert(0, RewardRecord(
-            record_id=f"cancellation:{old.item_id}", kind="cancellation", user_id=user, at_ms=intent.at_ms,
-            recorded_ms=now_ms, items=[old], campaign=old.campaign, rule=old.rule, prize=old.prize,
-            prize_type="referral_coupon", trigger=step.trigger_id, idempotency_key=key,
-            reason="referral_step_up", replaced_by=item.item_id,
-        ))
-    referral = {"expect": state_text, "cancel": held["item"] if held else "",
-                "state": orjson.dumps({"item": item.item_id, "step": reached}).decode()}
-    status, _ = ledger.commit_grant(user, key, rule_id, 0 if held else 1, records, [item], referral)
-    if status == "granted":
-        return records
-    if status != "duplicate":
-        ledger.release(intent.campaign_id, key, [])
-    return []
+@dataclass(frozen=True, slots=True)
+class Redeem:
+    purchase: Purchase
+    ts_ms: int
+
+
+Step = Grant | StepUp | Redeem
+
+
+def user_of(step: Step) -> str:
+    return step.purchase.user_id if isinstance(step, Redeem) else step.intent.user_id
+
+
+# --- steps: pure -------------------------------------------------------------------
+
+
+def event_steps(config: RewardsConfig, event_rules: EventRules, events: Sequence[tuple[Event, int]],
+                first_purchase: Mapping[str, int]) -> list[Step]:
+    """Valid input events (event, event time), after the state store applied them: each
+    purchase's coupons are redeemed, then the rules the event fires grant.
+    `first_purchase`: users' earliest purchase times from the state store."""
+    steps: list[Step] = []
+    for event, ts_ms in events:
+        if isinstance(event, Purchase) and event.coupons:
+            steps.append(Redeem(event, ts_ms))
+        for intent in rules.match_event(config, event, ts_ms, first_purchase.get(event.user_id), event_rules):
+            referral = isinstance(config.prizes[intent.prize_id], ReferralCoupon)  # interactions only (load check)
+            steps.append(StepUp(intent, event.event_id) if referral else Grant(intent))
+    return steps
+
+
+def change_steps(config: RewardsConfig, changes: Sequence[TierChange]) -> list[Step]:
+    """Raises ValueError if a change's `event_time` is not a real time."""
+    return [Grant(intent) for change in changes for intent in rules.match_tier_change(config, change)]
+
+
+def waves(steps: Sequence[Step]) -> Iterator[Sequence[Step]]:
+    """Consecutive runs of steps none of which depends on the outcome of another in its run."""
+    start = 0
+    stepped: set[str] = set()
+    granted: set[str] = set()
+    for i, step in enumerate(steps):
+        user = user_of(step)
+        if user in stepped or (isinstance(step, Redeem) and user in granted):
+            yield steps[start:i]
+            start = i
+            stepped.clear()
+            granted.clear()
+        if isinstance(step, StepUp):
+            stepped.add(user)
+        elif isinstance(step, Grant):
+            granted.add(user)
+    if start < len(steps):
+        yield steps[start:]
+
+
+# --- running a batch ----------------------------------------------------------------
+
+
+def run(ledger: Ledger, config: RewardsConfig, steps: Sequence[Step], now_ms: int) -> list[Outcome]:
+    """Each step's outcome, in order. Raises if any Redis call raised: what was written
+    stays written, and running the steps again writes nothing twice."""
+    outcomes: list[Outcome] = []
+    first_of: dict[str, int] = {}  # idempotency key -> the step that first asked for it
+    asked_again: list[tuple[int, int]] = []  # (step, the step that first asked for its grant)
+    for wave in waves(steps):
+        outcomes += _Wave(ledger, config, now_ms, first_of, asked_again, len(outcomes)).run(wave)
+    # A grant asked for twice in one batch: what the first ask got, as a replay would see it.
+    for later, first in asked_again:
+        got = outcomes[first]
+        outcomes[later] = Outcome("duplicate", got.records) if got.status == "granted" else got
+    return outcomes
+
+
+@dataclass
+class _Pending:
+    """A grant decided in memory, waiting for its reservation."""
+
+    index: int
+    intent: GrantIntent
+    limit: int
+    reserve: ReserveCall
+    address: str | None = None
+    held: dict[str, str] | None = None  # step-up: the referral state read ({"item", "step"})
+    state_text: str = ""
+    reached: int = 0
+    old: RewardItem | None = None  # step-up: the coupon it cancels
+
+
+class _Wave:
+    def __init__(self, ledger: Ledger, config: RewardsConfig, now_ms: int, first_of: dict[str, int],
+                 asked_again: list[tuple[int, int]], offset: int) -> None:
+        self.ledger, self.config, self.now_ms = ledger, config, now_ms
+        self.first_of, self.asked_again, self.offset = first_of, asked_again, offset
+
+    def run(self, steps: Sequence[Step]) -> list[Outcome]:
+        reads = self.ledger.read_wave(self._wants(steps))
+        outcomes: list[Outcome | None] = [None] * len(steps)
+        pending: list[_Pending] = []
+        redeems: dict[int, RedeemCall] = {}
+        touches: list[Touch] = []
+        planned: dict[tuple[str, str], int] = {}  # (user, rule) -> grants decided in this wave
+        applied = set(reads.applied)
+        for n, step in enumerate(steps):
+            user = user_of(step)
+            if isinstance(step, Redeem):
+                redeems[n] = self._redeem(step, reads.wallets[user], applied)
+                touches.append((user, None))
+            elif isinstance(step, StepUp):
+                outcome = self._step_up(n, step, reads, pending)
+                if outcome is None:
+                    touches.append((user, None))
+                else:
+                    outcomes[n] = outcome
+            else:
+                first = self.first_of.setdefault(step.intent.idempotency_key, self.offset + n)
+                if first != self.offset + n:
+                    self.asked_again.append((self.offset + n, first))
+                    outcomes[n] = Outcome("duplicate", [])  # settled by run() once the first is known
+                    continue
+                outcome = self._grant(n, step.intent, reads, planned, pending)
+                if outcome is None or outcome.status == "duplicate":
+                    touches.append((user, self._expiry(step.intent)))  # a replay: make sure its records get out
+                if outcome is not None:
+                    outcomes[n] = outcome
+        reservations = self.ledger.reserve_all([p.reserve for p in pending], touches)
+        calls: dict[int, GrantCall | RedeemCall] = dict(redeems)
+        for p, reservation in zip(pending, reservations, strict=True):
+            if reservation.reserved:
+                calls[p.index] = self._issue(p, reservation)
+            else:
+                outcomes[p.index] = Outcome(reservation.status, [], reservation.prize_id)  # type: ignore[arg-type]
+        order = sorted(calls)
+        replies = self.ledger.write_all([calls[n] for n in order])
+        releases: list[tuple[str, str, Sequence[str]]] = []
+        by_index = {p.index: p for p in pending}
+        for n, reply in zip(order, replies, strict=True):
+            call = calls[n]
+            if isinstance(call, RedeemCall):
+                outcomes[n] = Outcome("redeemed", reply)  # type: ignore[arg-type]
+                continue
+            status, stored = reply  # type: ignore[misc]
+            if status == "granted":
+                outcomes[n] = Outcome("granted", list(call.records))
+            elif status == "duplicate":
+                outcomes[n] = Outcome("duplicate", stored or [])
+            else:
+                p = by_index[n]
+                releases.append((p.intent.campaign_id, call.key, [pool.prize_id for pool in p.reserve.pools]))
+                outcomes[n] = Outcome(status, [])  # type: ignore[arg-type]
+        self.ledger.settle(releases, touches)
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    # --- reads ------------------------------------------------------------------------
+
+    def _wants(self, steps: Sequence[Step]) -> Wants:
+        grants, counts, addresses, applied, invites, referrals, wallets = [], [], [], [], [], [], []
+        for step in steps:
+            user = user_of(step)
+            if isinstance(step, Redeem):
+                wallets.append(user)
+                applied += [(user, redemption.dedupe(step.purchase, c)) for c in dict.fromkeys(step.purchase.coupons)]
+            elif isinstance(step, StepUp):
+                wallets.append(user)
+                invites.append((user, step.intent.rule_id, step.invitee))
+                referrals.append((user, step.intent.rule_id))
+            else:
+                intent = step.intent
+                grants.append((user, intent.idempotency_key))
+                if self.config.rules[intent.rule_id].per_user > 0:
+                    counts.append((user, intent.rule_id))
+                if _physical(self.config, intent.prize_id):
+                    addresses.append(user)
+        return Wants(grants, list(dict.fromkeys(counts)), list(dict.fromkeys(addresses)), applied, invites,
+                     referrals, list(dict.fromkeys(wallets)))
+
+    # --- decisions --------------------------------------------------------------------
+
+    def _grant(self, n: int, intent: GrantIntent, reads: Reads, planned: dict[tuple[str, str], int],
+               pending: list[_Pending]) -> Outcome | None:
+        """None when the grant goes ahead (pending its reservation)."""
+        stored = reads.grants[intent.idempotency_key]
+        if stored is not None:
+            return Outcome("duplicate", stored)
+        limit = self.config.rules[intent.rule_id].per_user
+        slot = (intent.user_id, intent.rule_id)
+        if limit > 0:
+            # Earlier grants of the rule in this wave count as made: were one refused by its
+            # campaign, this one (same prize, same campaign, later) would be refused too.
+            if reads.counts[slot] + planned.get(slot, 0) >= limit:
+                return Outcome("limit", [])
+            planned[slot] = planned.get(slot, 0) + 1
+        needs = catalogue.needs(intent.prize_id, self.config.prizes, self.config.point_value_cents)
+        stock, pools = _campaign_needs(self.config, needs)
+        reserve = ReserveCall(intent.campaign_id, intent.idempotency_key, needs.cost_cents,
+                              self.config.campaigns[intent.campaign_id].budget_cents, stock, pools)
+        pending.append(_Pending(n, intent, limit, reserve, reads.addresses.get(intent.user_id)))
+        return None
+
+    def _step_up(self, n: int, step: StepUp, reads: Reads, pending: list[_Pending]) -> Outcome | None:
+        """Referral coupon: on reaching a new step, cancel the coupon held (if still unused)
+        and issue the next one. Never mutates a coupon. None when it goes ahead."""
+        intent = step.intent
+        prize = self.config.prizes[intent.prize_id]
+        assert isinstance(prize, ReferralCoupon)
+        user, rule_id = intent.user_id, intent.rule_id
+        reached = catalogue.reached_step(prize, reads.invites[(user, rule_id)])
+        state_text = reads.referrals[(user, rule_id)]
+        held = orjson.loads(state_text) if state_text else None
+        held_step = held["step"] if held else 0
+        wallet = reads.wallets[user]
+        if reached <= held_step or (held is not None and wallet.status.get(held["item"]) != "active"):
+            return Outcome("duplicate", [])  # nothing new: the coupon grows only while unused
+        key = replace(intent, trigger_id=f"step:{reached}").idempotency_key
+        reserve = ReserveCall(intent.campaign_id, key, catalogue.step_cost(prize, held_step, reached),
+                              self.config.campaigns[intent.campaign_id].budget_cents)
+        old = wallet.item(held["item"]) if held is not None else None
+        assert held is None or old is not None  # the referral state names an issued coupon
+        pending.append(_Pending(n, intent, 0 if held else 1, reserve, held=held, state_text=state_text,
+                                reached=reached, old=old))
+        return None
+
+    def _redeem(self, step: Redeem, wallet: RawWallet, applied: set[str]) -> RedeemCall:
+        """Decided on the wallet as this batch's earlier redemptions leave it."""
+        purchase = step.purchase
+        order = redeem.Order.from_purchase(purchase, step.ts_ms, self.config.shop)
+        ops = []
+        for coupon_id in dict.fromkeys(purchase.coupons):
+            op = redemption.plan(purchase, coupon_id, wallet, order, self.now_ms)
+            if op.dedupe not in applied:
+                applied.add(op.dedupe)
+                if op.coupon:
+                    wallet.status[op.coupon] = "redeemed"
+            ops.append(op)
+        return RedeemCall(purchase.user_id, ops)
+
+    def _issue(self, p: _Pending, reservation: Reservation) -> GrantCall:
+        intent, config = p.intent, self.config
+        prize = config.prizes[intent.prize_id]
+        if not isinstance(prize, ReferralCoupon):
+            items = catalogue.issue(intent.prize_id, config.prizes, issue_context(config, intent, p.address),
+                                    reservation.codes)
+            record = grant_record(config, intent, items, reservation.cost_cents, self.now_ms)
+            return GrantCall(intent.user_id, intent.idempotency_key, intent.rule_id, p.limit, [record], items)
+        step = replace(intent, trigger_id=f"step:{p.reached}")
+        item = catalogue.referral_item(intent.prize_id, prize, p.reached, issue_context(config, step))
+        records = [grant_record(config, step, [item], reservation.cost_cents, self.now_ms)]
+        if p.old is not None:
+            old = p.old
+            records.insert(0, RewardRecord(
+                record_id=f"cancellation:{old.item_id}", kind="cancellation", user_id=intent.user_id,
+                at_ms=intent.at_ms, recorded_ms=self.now_ms, items=[old], campaign=old.campaign, rule=old.rule,
+                prize=old.prize, prize_type="referral_coupon", trigger=step.trigger_id,
+                idempotency_key=step.idempotency_key, reason="referral_step_up", replaced_by=item.item_id,
+            ))
+        referral = {"expect": p.state_text, "cancel": p.held["item"] if p.held else "",
+                    "state": orjson.dumps({"item": item.item_id, "step": p.reached}).decode()}
+        return GrantCall(intent.user_id, step.idempotency_key, intent.rule_id, p.limit, records, [item], referral)
+
+    def _expiry(self, intent: GrantIntent) -> int | None:
+        return _points_expiry(intent.at_ms, catalogue.flatten(intent.prize_id, self.config.prizes))
+
+
+def _physical(config: RewardsConfig, prize_id: str) -> bool:
+    return any(isinstance(c.prize, catalogue.Physical) for c in catalogue.flatten(prize_id, config.prizes))
 
 
 def issue_context(config: RewardsConfig, intent: GrantIntent, address: str | None = None) -> IssueContext:

@@ -55,6 +55,7 @@ from typing import Any
 import msgspec
 import orjson
 import redis
+from redis.client import Pipeline
 
 from tierflow.pipeline import lua
 from tierflow.pipeline.rewards.catalogue import initial_status
@@ -167,6 +168,69 @@ class RedeemOp:
     rejected: RewardRecord | None = None  # written instead when the coupon is no longer active
 
 
+@dataclass(frozen=True, slots=True)
+class ReserveCall:
+    """One reserve.lua call: what a grant takes from its campaign."""
+
+    campaign_id: str
+    key: str
+    cost_cents: int
+    budget_cents: int | None
+    stock: Sequence[tuple[str, int, int]] = ()  # (prize, units, limit)
+    pools: Sequence[PoolNeed] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GrantCall:
+    """One grant.lua call: a grant's user side (limit 0: a step-up, neither checked nor counted)."""
+
+    user_id: str
+    key: str
+    rule_id: str
+    limit: int
+    records: Sequence[RewardRecord]
+    items: Sequence[RewardItem]
+    referral: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedeemCall:
+    """One redeem.lua call: the coupons named on one purchase."""
+
+    user_id: str
+    ops: Sequence[RedeemOp]
+
+
+@dataclass(frozen=True, slots=True)
+class Wants:
+    """What a batch of reward decisions reads, in one round trip."""
+
+    grants: Sequence[tuple[str, str]] = ()  # (user, idempotency key): the grant, if made
+    counts: Sequence[tuple[str, str]] = ()  # (user, rule): grants of the rule so far
+    addresses: Sequence[str] = ()  # users whose shipping address a physical prize needs
+    applied: Sequence[tuple[str, str]] = ()  # (user, dedupe key): written before?
+    invites: Sequence[tuple[str, str, str]] = ()  # (user, rule, invitee): count it, then how many
+    referrals: Sequence[tuple[str, str]] = ()  # (user, rule): the referral state
+    wallets: Sequence[str] = ()
+
+
+@dataclass
+class Reads:
+    grants: dict[str, list[RewardRecord] | None]
+    counts: dict[tuple[str, str], int]
+    addresses: dict[str, str | None]
+    applied: set[str]
+    invites: dict[tuple[str, str], int] = field(default_factory=dict)
+    referrals: dict[tuple[str, str], str] = field(default_factory=dict)
+    wallets: dict[str, RawWallet] = field(default_factory=dict)
+
+
+# A user to index, with the soonest points expiry the write adds (None: none).
+Touch = tuple[str, int | None]
+# grant.lua's answer: (granted | duplicate | limit | conflict, the stored records when a duplicate).
+GrantReply = tuple[str, list[RewardRecord] | None]
+
+
 def dedupe_key(*parts: object) -> str:
     """Unambiguous whatever characters the parts hold."""
     return orjson.dumps(parts).decode()
@@ -218,26 +282,6 @@ class Ledger:
 
     # --- campaign side -------------------------------------------------------
 
-    def reserve(self, campaign_id: str, key: str, cost_cents: int, budget_cents: int | None,
-                stock: Sequence[tuple[str, int, int]], pools: Sequence[PoolNeed]) -> Reservation:
-        ck = CampaignKeys.of(campaign_id)
-        needs = {"stock": [list(s) for s in stock], "pools": [[p.prize_id, p.count, p.code, p.size] for p in pools]}
-        reply = self._reserve(
-            keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p.prize_id) for p in pools)],
-            args=[key, cost_cents, -1 if budget_cents is None else budget_cents, orjson.dumps(needs)],
-        )
-        status = _text(reply[0])
-        if status in ("ok", "held"):
-            held = orjson.loads(reply[1])
-            codes = held["codes"] or {}
-            return Reservation(status, int(held["cost"]), {k: [_text(c) for c in v] for k, v in codes.items()})
-        return Reservation(status, prize_id=_text(reply[1]) if len(reply) > 1 else None)
-
-    def release(self, campaign_id: str, key: str, pool_prizes: Sequence[str]) -> bool:
-        ck = CampaignKeys.of(campaign_id)
-        keys = [ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)]
-        return bool(self._release(keys=keys, args=[key, orjson.dumps(list(pool_prizes))]))
-
     def campaign(self, campaign_id: str, pools: Sequence[str]) -> RawCampaign:
         ck = CampaignKeys.of(campaign_id)
         pipe = self.client.pipeline(transaction=False)
@@ -249,55 +293,122 @@ class Ledger:
         head, reservations, stock, *left = pipe.execute()
         return RawCampaign(_strs(head), int(reservations), _strs(stock), dict(zip(pools, map(int, left), strict=True)))
 
+    # --- batches: each call is one pipelined round trip, whatever its size -------
+
+    def first_purchases(self, users: Collection[str]) -> dict[str, int]:
+        """Each user's earliest purchase time, from the state store's profile (events are
+        applied there before rewards see them); users with none left out."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.hget(UserKeys.of(user).profile, "fp")
+        return {user: int(v) for user, v in zip(users, pipe.execute(), strict=True) if v is not None}
+
+    def read_wave(self, wants: Wants) -> Reads:
+        pipe = self.client.pipeline(transaction=False)
+        for user, key in wants.grants:
+            pipe.hget(RewardKeys.of(user).grants, key)
+        for user, rule in wants.counts:
+            pipe.hget(RewardKeys.of(user).counts, rule)
+        for user in wants.addresses:
+            pipe.hget(RewardKeys.of(user).account, "address")
+        for user, dedupe in wants.applied:
+            pipe.hexists(RewardKeys.of(user).dedupe, dedupe)
+        for user, rule, invitee in wants.invites:
+            key = RewardKeys.of(user).invites(rule)
+            pipe.sadd(key, invitee)  # each accepted invite counts once, however often it is replayed
+            pipe.scard(key)
+        for user, rule in wants.referrals:
+            pipe.hget(RewardKeys.of(user).referral, rule)
+        for user in wants.wallets:
+            self._queue_wallet(pipe, user)
+        replies = iter(pipe.execute())
+        reads = Reads(
+            grants={key: None if (v := next(replies)) is None else _stored.decode(v) for _, key in wants.grants},
+            counts={want: int(next(replies) or 0) for want in wants.counts},
+            addresses={user: None if (v := next(replies)) is None else _text(v) for user in wants.addresses},
+            applied={dedupe for _, dedupe in wants.applied if next(replies)},
+        )
+        for user, rule, _ in wants.invites:
+            next(replies)
+            reads.invites[(user, rule)] = int(next(replies))
+        for want in wants.referrals:
+            reads.referrals[want] = "" if (v := next(replies)) is None else _text(v)
+        for user in wants.wallets:
+            reads.wallets[user] = _wallet(replies)
+        return reads
+
+    def reserve_all(self, calls: Sequence[ReserveCall], touches: Sequence[Touch]) -> list[Reservation]:
+        """Index the users about to be written, then reserve.lua per call, in order."""
+        pipe = self.client.pipeline(transaction=False)
+        _index(pipe, touches)
+        for call in calls:
+            ck = CampaignKeys.of(call.campaign_id)
+            needs = {"stock": [list(s) for s in call.stock],
+                     "pools": [[p.prize_id, p.count, p.code, p.size] for p in call.pools]}
+            self._reserve(keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p.prize_id) for p in call.pools)],
+                          args=[call.key, call.cost_cents, -1 if call.budget_cents is None else call.budget_cents,
+                                orjson.dumps(needs)], client=pipe)
+        replies = pipe.execute()
+        return [_reservation(reply) for reply in replies[len(replies) - len(calls):]]
+
+    def write_all(self, calls: Sequence[GrantCall | RedeemCall]) -> list[GrantReply | list[RewardRecord]]:
+        """grant.lua or redeem.lua per call, in order: a grant's (status, the stored records
+        when a duplicate); a redemption's records newly written."""
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            keys = RewardKeys.of(call.user_id).as_list()
+            if isinstance(call, GrantCall):
+                payload = grant_payload(call.records, call.items, call.referral)
+                self._grant(keys=keys, args=[call.key, call.rule_id, call.limit, orjson.dumps(payload)], client=pipe)
+            else:
+                self._redeem(keys=keys, args=[orjson.dumps([_redeem_payload(op) for op in call.ops])], client=pipe)
+        return [_grant_reply(reply) if isinstance(call, GrantCall) else [decode(r) for r in reply]
+                for call, reply in zip(calls, pipe.execute(), strict=True)]
+
+    def settle(self, releases: Sequence[tuple[str, str, Sequence[str]]], touches: Sequence[Touch]) -> None:
+        """Give back the reservations (campaign, key, pool prizes) whose user side refused,
+        and index the written users again."""
+        pipe = self.client.pipeline(transaction=False)
+        for campaign_id, key, pool_prizes in releases:
+            ck = CampaignKeys.of(campaign_id)
+            self._release(keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)],
+                          args=[key, orjson.dumps(list(pool_prizes))], client=pipe)
+        _index(pipe, touches)
+        pipe.execute()
+
     # --- user side -----------------------------------------------------------
 
     def touch(self, user_id: str, expiry_ms: int | None = None) -> None:
         """Index the user before and after a user-side write (see the module docstring)."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(USERS, user_id)
-        pipe.sadd(OUTBOX_INDEX, user_id)
-        if expiry_ms is not None:
-            pipe.zadd(EXPIRY_INDEX, {user_id: expiry_ms}, lt=True)
+        _index(pipe, [(user_id, expiry_ms)])
         pipe.execute()
-
-    def stored_grant(self, user_id: str, key: str) -> list[RewardRecord] | None:
-        """The records written by the grant under this idempotency key, if it was made."""
-        value = self.client.hget(RewardKeys.of(user_id).grants, key)
-        return None if value is None else _stored.decode(value)
-
-    def commit_grant(self, user_id: str, key: str, rule_id: str, limit: int, records: Sequence[RewardRecord],
-                     items: Sequence[RewardItem], referral: Mapping[str, str] | None = None,
-                     expiry_ms: int | None = None) -> tuple[str, list[RewardRecord] | None]:
-        """grant.lua: (status, the stored records when a duplicate)."""
-        payload = grant_payload(records, items, referral)
-        self.touch(user_id, expiry_ms)
-        reply = self._grant(keys=RewardKeys.of(user_id).as_list(),
-                            args=[key, rule_id, limit, orjson.dumps(payload)])
-        self.touch(user_id, expiry_ms)
-        return _text(reply[0]), (_stored.decode(reply[1]) if len(reply) > 1 else None)
-
-    def redeem(self, user_id: str, ops: Sequence[RedeemOp]) -> list[RewardRecord]:
-        """redeem.lua: the records newly written."""
-        payload = [{"dedupe": op.dedupe, "item": op.coupon,
-                    "detail": orjson.dumps(op.detail).decode() if op.detail is not None else "",
-                    "ok": encode(op.record).decode(),
-                    "fail": encode(op.rejected).decode() if op.rejected is not None else ""} for op in ops]
-        self.touch(user_id)
-        written = self._redeem(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)])
-        self.touch(user_id)
-        return [decode(r) for r in written]
 
     def applied(self, user_id: str, dedupe: str) -> bool:
         return bool(self.client.hexists(RewardKeys.of(user_id).dedupe, dedupe))
 
     def update(self, user_id: str, dedupe: str, update: Update, expiry_ms: int | None = None) -> int:
         """update.lua: 1 applied, 0 conflict, -1 applied before."""
-        payload = {"dedupe": dedupe, "checks": update.checks, "hset": update.hset,
-                   "zadd": update.zadd, "zrem": update.zrem, "push": update.push}
         self.touch(user_id, expiry_ms)
-        result = int(self._update(keys=RewardKeys.of(user_id).as_list(), args=[orjson.dumps(payload)]))
+        result = int(self._update(keys=RewardKeys.of(user_id).as_list(), args=[_update_payload(dedupe, update)]))
         self.touch(user_id, expiry_ms)
         return result
+
+    def update_all(self, updates: Sequence[tuple[str, str, Update]]) -> list[int]:
+        """update.lua per (user, dedupe, update), in order, between two indexings of the users."""
+        users = [(user, None) for user in dict.fromkeys(user for user, _, _ in updates)]
+        self.touch_all(users)
+        pipe = self.client.pipeline(transaction=False)
+        for user, dedupe, update in updates:
+            self._update(keys=RewardKeys.of(user).as_list(), args=[_update_payload(dedupe, update)], client=pipe)
+        results = [int(r) for r in pipe.execute()]
+        self.touch_all(users)
+        return results
+
+    def touch_all(self, touches: Sequence[Touch]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        _index(pipe, touches)
+        pipe.execute()
 
     def commit(self, user_id: str, dedupe: str, decide: Callable[[RawWallet], Update],
                expiry_ms: int | None = None) -> bool:
@@ -311,39 +422,25 @@ class Ledger:
                 return result == 1
         raise RewardError(f"user {user_id!r}: wallet kept changing, try again")
 
-    def add_invite(self, user_id: str, rule_id: str, member: str) -> int:
-        """Record an accepted invite (each invitee counts once); the number so far."""
-        key = RewardKeys.of(user_id).invites(rule_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(key, member)
-        pipe.scard(key)
-        return int(pipe.execute()[1])
-
-    def referral(self, user_id: str, rule_id: str) -> tuple[str, dict[str, str]]:
-        """The user's referral state for a rule, and the status of every wallet item."""
-        keys = RewardKeys.of(user_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(keys.referral, rule_id)
-        pipe.hgetall(keys.status)
-        state, status = pipe.execute()
-        return ("" if state is None else _text(state)), _strs(status)
-
     def read(self, user_id: str) -> RawWallet:
-        keys = RewardKeys.of(user_id)
+        return self.read_all([user_id])[user_id]
+
+    def read_all(self, users: Collection[str]) -> dict[str, RawWallet]:
         pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            self._queue_wallet(pipe, user)
+        replies = iter(pipe.execute())
+        return {user: _wallet(replies) for user in users}
+
+    @staticmethod
+    def _queue_wallet(pipe: Pipeline, user_id: str) -> None:
+        keys = RewardKeys.of(user_id)
         for name in (keys.items, keys.status, keys.remaining, keys.redemptions, keys.account):
             pipe.hgetall(name)
-        items, status, remaining, redemptions, account = map(_strs, pipe.execute())
-        return RawWallet(items, status, remaining, redemptions, account)
 
     def grants(self, user_id: str) -> list[RewardRecord]:
         """The records of every grant a user received (step-ups include their cancellations)."""
         return [r for v in self.client.hvals(RewardKeys.of(user_id).grants) for r in _stored.decode(v)]
-
-    def first_purchase_ms(self, user_id: str) -> int | None:
-        """From the state store's profile (the event was applied there before rewards see it)."""
-        value = self.client.hget(UserKeys.of(user_id).profile, "fp")
-        return None if value is None else int(value)
 
     def users(self) -> Iterator[str]:
         for user in self.client.sscan_iter(USERS, count=1000):
@@ -408,13 +505,61 @@ class Ledger:
     def due_expiries(self, now_ms: int, limit: int) -> list[str]:
         return [_text(u) for u in self.client.zrangebyscore(EXPIRY_INDEX, "-inf", now_ms, start=0, num=limit)]
 
-    def reindex_expiry(self, user_id: str) -> None:
-        """After a sweep: drop the user's entry, then re-add its next expiry, if any."""
-        self.client.zrem(EXPIRY_INDEX, user_id)
-        nxt = self.client.zrangebyscore(RewardKeys.of(user_id).expiry, "-inf", "(+inf", start=0, num=1,
-                                        withscores=True)
+    def reindex_expiries(self, users: Sequence[str]) -> None:
+        """After a sweep: drop the users' entries, then re-add each one's next expiry, if any."""
+        if not users:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(EXPIRY_INDEX, *users)
+        for user in users:
+            pipe.zrangebyscore(RewardKeys.of(user).expiry, "-inf", "(+inf", start=0, num=1, withscores=True)
+        nxt = {user: found[0][1] for user, found in zip(users, pipe.execute()[1:], strict=True) if found}
+        for user, score in nxt.items():
+            pipe.zadd(EXPIRY_INDEX, {user: score}, lt=True)
         if nxt:
-            self.client.zadd(EXPIRY_INDEX, {user_id: nxt[0][1]}, lt=True)
+            pipe.execute()
+
+
+def _index(pipe: Pipeline, touches: Sequence[Touch]) -> None:
+    """Queue the index writes that go before and after user-side writes (module docstring)."""
+    users = list(dict.fromkeys(user for user, _ in touches))
+    if not users:
+        return
+    pipe.sadd(USERS, *users)
+    pipe.sadd(OUTBOX_INDEX, *users)
+    for user, expiry_ms in touches:
+        if expiry_ms is not None:
+            pipe.zadd(EXPIRY_INDEX, {user: expiry_ms}, lt=True)
+
+
+def _wallet(replies: Iterator[Any]) -> RawWallet:
+    """The next five replies of a pipeline that queued a wallet read."""
+    return RawWallet(*(_strs(next(replies)) for _ in range(5)))
+
+
+def _reservation(reply: Sequence[Any]) -> Reservation:
+    status = _text(reply[0])
+    if status in ("ok", "held"):
+        held = orjson.loads(reply[1])
+        codes = held["codes"] or {}
+        return Reservation(status, int(held["cost"]), {k: [_text(c) for c in v] for k, v in codes.items()})
+    return Reservation(status, prize_id=_text(reply[1]) if len(reply) > 1 else None)
+
+
+def _grant_reply(reply: Sequence[Any]) -> GrantReply:
+    return _text(reply[0]), (_stored.decode(reply[1]) if len(reply) > 1 else None)
+
+
+def _redeem_payload(op: RedeemOp) -> dict[str, str]:
+    return {"dedupe": op.dedupe, "item": op.coupon,
+            "detail": orjson.dumps(op.detail).decode() if op.detail is not None else "",
+            "ok": encode(op.record).decode(),
+            "fail": encode(op.rejected).decode() if op.rejected is not None else ""}
+
+
+def _update_payload(dedupe: str, update: Update) -> bytes:
+    return orjson.dumps({"dedupe": dedupe, "checks": update.checks, "hset": update.hset,
+                         "zadd": update.zadd, "zrem": update.zrem, "push": update.push})
 
 
 def _strs(mapping: Mapping[Any, Any]) -> dict[str, str]:

@@ -1,7 +1,8 @@
-"""Points after they are granted: the expiry sweep, spending (soonest-expiring
-lots first) and manual adjustments. Each change is decided on the wallet as read
-and committed with compare-and-set, once per reference, with its points-ledger
-lines and its reward.grants record in the same write."""
+"""Points after they are granted: the expiry sweep (a bounded slice of users per
+call), spending (soonest-expiring lots first) and manual adjustments. Each change
+is decided on the wallet as read and committed with compare-and-set, once per
+reference, with its points-ledger lines and its reward.grants record in the same
+write."""
 
 from __future__ import annotations
 
@@ -19,25 +20,35 @@ from tierflow.schemas.reward_grants import RewardItem, RewardRecord, encode
 
 def expire_points(ledger: Ledger, now_ms: int, max_users: int) -> list[RewardRecord]:
     """Expire every points lot due by now_ms, for up to max_users users; the expiry records.
-    A lot changed meanwhile (spent) is left for the next sweep."""
-    written: list[RewardRecord] = []
-    for user in ledger.due_expiries(now_ms, max_users):
-        for item, left in lots(ledger.read(user)):
-            if not left or item.expires_ms is None or item.expires_ms > now_ms:
-                continue
-            record = RewardRecord(
-                record_id=f"expiry:{item.item_id}", kind="expiry", user_id=user, at_ms=item.expires_ms,
-                recorded_ms=now_ms, items=[item], campaign=item.campaign, rule=item.rule, prize=item.prize,
-                prize_type="points", points_delta=-left, reason="points_expired")
-            update = Update(
-                checks=[[K.REMAINING, item.item_id, str(left)]],
-                hset=[[K.REMAINING, item.item_id, "0"]], zrem=[[K.EXPIRY, item.item_id]],
-                push=[[K.LEDGER, points_entry("expire", item.item_id, -left, item.expires_ms, record.record_id)],
-                      [K.OUTBOX, encode(record).decode()]])
-            if ledger.update(user, dedupe_key("expire", item.item_id), update) == 1:
-                written.append(record)
-        ledger.reindex_expiry(user)
-    return written
+    A bounded slice in a fixed number of round trips. A lot changed meanwhile (spent) is
+    left for the next sweep."""
+    users = ledger.due_expiries(now_ms, max_users)
+    if not users:
+        return []
+    wallets = ledger.read_all(users)
+    planned = [(user, *expiry) for user in users for expiry in expiries(user, wallets[user], now_ms)]
+    results = ledger.update_all([(user, dedupe, update) for user, dedupe, update, _ in planned]) if planned else []
+    ledger.reindex_expiries(users)
+    return [record for (*_, record), result in zip(planned, results, strict=True) if result == 1]
+
+
+def expiries(user_id: str, raw: RawWallet, now_ms: int) -> list[tuple[str, Update, RewardRecord]]:
+    """(dedupe key, write, record) for each of the user's lots due by now_ms with points left. Pure."""
+    due = []
+    for item, left in lots(raw):
+        if not left or item.expires_ms is None or item.expires_ms > now_ms:
+            continue
+        record = RewardRecord(
+            record_id=f"expiry:{item.item_id}", kind="expiry", user_id=user_id, at_ms=item.expires_ms,
+            recorded_ms=now_ms, items=[item], campaign=item.campaign, rule=item.rule, prize=item.prize,
+            prize_type="points", points_delta=-left, reason="points_expired")
+        update = Update(
+            checks=[[K.REMAINING, item.item_id, str(left)]],
+            hset=[[K.REMAINING, item.item_id, "0"]], zrem=[[K.EXPIRY, item.item_id]],
+            push=[[K.LEDGER, points_entry("expire", item.item_id, -left, item.expires_ms, record.record_id)],
+                  [K.OUTBOX, encode(record).decode()]])
+        due.append((dedupe_key("expire", item.item_id), update, record))
+    return due
 
 
 def spend_points(ledger: Ledger, user_id: str, amount: int, ref: str, now_ms: int) -> RewardRecord | None:

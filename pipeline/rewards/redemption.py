@@ -1,7 +1,8 @@
 """Redeeming coupons named on a purchase: each coupon is redeemed if it applies
 to the order and is still active, or rejected with the reason; either way once
 per (purchase, coupon), so a replayed purchase changes nothing. Whether a
-coupon applies is redeem.py's pure decision; the write is redeem.lua's.
+coupon applies is redeem.py's pure decision, what to write is `plan`'s, the
+write is redeem.lua's (granting.py runs them for a batch of purchases).
 """
 
 from __future__ import annotations
@@ -9,20 +10,15 @@ from __future__ import annotations
 import msgspec
 
 from tierflow.pipeline.rewards import redeem
-from tierflow.pipeline.rewards.config import RewardsConfig
-from tierflow.pipeline.rewards.ledger import Ledger, RedeemOp, dedupe_key
+from tierflow.pipeline.rewards.ledger import RedeemOp, dedupe_key
 from tierflow.pipeline.rewards.wallet import RawWallet
 from tierflow.schemas.events import Purchase
 from tierflow.schemas.reward_grants import RewardRecord
 
 
-def redeem_coupons(ledger: Ledger, config: RewardsConfig, purchase: Purchase, ts_ms: int,
-                   now_ms: int) -> list[RewardRecord]:
-    """The redemption and rejection records newly written."""
-    order = redeem.Order.from_purchase(purchase, ts_ms, config.shop)
-    raw = ledger.read(purchase.user_id)
-    ops = [plan(purchase, coupon_id, raw, order, now_ms) for coupon_id in dict.fromkeys(purchase.coupons)]
-    return ledger.redeem(purchase.user_id, ops)
+def dedupe(purchase: Purchase, coupon_id: str) -> str:
+    """A coupon named on a purchase is redeemed or rejected once, however often the purchase comes."""
+    return dedupe_key("redeem", purchase.event_id, coupon_id)
 
 
 def plan(purchase: Purchase, coupon_id: str, raw: RawWallet, order: redeem.Order, now_ms: int) -> RedeemOp:
@@ -40,11 +36,11 @@ def plan(purchase: Purchase, coupon_id: str, raw: RawWallet, order: redeem.Order
     # An accepted coupon may be redeemed elsewhere before the write: then it is not active any more.
     rejected = msgspec.structs.replace(base, kind="redemption_rejected",
                                        reason=verdict.reason or "coupon_not_active")
-    dedupe = dedupe_key("redeem", purchase.event_id, coupon_id)
+    key = dedupe(purchase, coupon_id)
     if not verdict.ok or item is None:
-        return RedeemOp(dedupe, rejected)
+        return RedeemOp(key, rejected)
     detail = {"order_id": purchase.order_id, "event_id": purchase.event_id, "at_ms": order.at_ms,
               "discount_cents": verdict.discount_cents, "order_cents": order_cents,
               "campaign": item.campaign, "rule": item.rule}
-    return RedeemOp(dedupe, msgspec.structs.replace(base, discount_cents=verdict.discount_cents),
+    return RedeemOp(key, msgspec.structs.replace(base, discount_cents=verdict.discount_cents),
                     coupon_id, detail, rejected)

@@ -74,12 +74,24 @@ def match_tier_change(config: RewardsConfig, change: TierChange) -> list[GrantIn
     return _intents(config, fired, change.user_id, trigger_id, parse_ts(change.event_time))
 
 
-def wants_first_purchase(config: RewardsConfig, event: Event) -> bool:
-    """Does any rule need to know whether this purchase is the user's first?"""
-    return isinstance(event, Purchase) and any(
-        isinstance(r.trigger, EventTrigger) and r.trigger.event == "purchase" and r.trigger.first_purchase
-        for r in config.active_rules().values()
-    )
+@dataclass(frozen=True, slots=True)
+class EventRules:
+    """The active event-triggered rules by the event type they fire on, built once per
+    config: an event no rule listens to (most browses and carts) costs one lookup."""
+
+    by_type: Mapping[str, Mapping[str, Rule]]
+    # Does any rule need to know whether a purchase is the user's first?
+    wants_first_purchase: bool
+
+    @classmethod
+    def of(cls, config: RewardsConfig) -> EventRules:
+        by_type: dict[str, dict[str, Rule]] = {}
+        for rid, rule in config.active_rules().items():
+            if isinstance(rule.trigger, EventTrigger):
+                by_type.setdefault(rule.trigger.event, {})[rid] = rule
+        wants = any(isinstance(r.trigger, EventTrigger) and r.trigger.first_purchase
+                    for r in by_type.get("purchase", {}).values())
+        return cls(by_type, wants)
 
 
 def event_matches(trigger: EventTrigger, event: Event, ts_ms: int, first_purchase_ms: int | None) -> bool:
@@ -102,13 +114,13 @@ def event_matches(trigger: EventTrigger, event: Event, ts_ms: int, first_purchas
     return True
 
 
-def match_event(config: RewardsConfig, event: Event, ts_ms: int,
-                first_purchase_ms: int | None = None) -> list[GrantIntent]:
-    fired = {
-        rid: rule for rid, rule in config.active_rules().items()
-        if isinstance(rule.trigger, EventTrigger)
-        and event_matches(rule.trigger, event, ts_ms, first_purchase_ms)
-    }
+def match_event(config: RewardsConfig, event: Event, ts_ms: int, first_purchase_ms: int | None = None,
+                event_rules: EventRules | None = None) -> list[GrantIntent]:
+    listening = (event_rules or EventRules.of(config)).by_type.get(type(event).__struct_config__.tag, {})
+    if not listening:
+        return []
+    fired = {rid: rule for rid, rule in listening.items()
+             if event_matches(rule.trigger, event, ts_ms, first_purchase_ms)}  # type: ignore[arg-type]
     return _intents(config, fired, event.user_id, f"event:{event.event_id}", ts_ms)
 
 

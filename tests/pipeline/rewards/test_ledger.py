@@ -22,7 +22,7 @@ from tierflow.pipeline.rewards import catalogue, redeem, redemption
 from tierflow.pipeline.rewards.catalogue import DAY_MS
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.engine import RewardEngine
-from tierflow.pipeline.rewards.ledger import CampaignKeys, RewardKeys
+from tierflow.pipeline.rewards.ledger import CampaignKeys, RedeemCall, ReserveCall, RewardKeys
 from tierflow.pipeline.rewards.rules import GrantIntent
 from tierflow.pipeline.rewards.wallet import RewardError
 from tierflow.pipeline.state.store import StateStore, connect
@@ -224,7 +224,8 @@ def test_crash_after_reservation_is_completed_by_the_replay(redis_url: str) -> N
     engine = engine_for(redis_url)
     intent = GrantIntent("super_upgrade", "vip_upgrade", "super_pack", "u2", "tier:membership:v1", NOW)
     cost = catalogue.needs("super_pack", engine.config.prizes, 1).cost_cents
-    assert engine.ledger.reserve("vip_upgrade", intent.idempotency_key, cost, 2_000_000, [], []).status == "ok"
+    [reservation] = engine.ledger.reserve_all([ReserveCall("vip_upgrade", intent.idempotency_key, cost, 2_000_000)], [])
+    assert reservation.status == "ok"
     [record] = engine.on_tier_change(upgrade("u2"), NOW)  # the replay
     assert record.cost_cents == cost
     assert int(campaign_hash(redis_url, "vip_upgrade")["spent"]) == cost  # charged once
@@ -318,10 +319,10 @@ def test_points_expire_on_the_injected_clock_after_spending_the_soonest(redis_ur
     spent = engine.spend_points("pts", 500, "order-9", NOW + DAY_MS)
     assert spent is not None and spent.points_delta == -500
     assert engine.spend_points("pts", 500, "order-9", NOW + DAY_MS) is None  # once per ref
-    assert engine.expire_points(NOW + 364 * DAY_MS) == []
-    [expired] = engine.expire_points(NOW + 366 * DAY_MS)
+    assert engine.expire_points(NOW + 364 * DAY_MS, 10) == []
+    [expired] = engine.expire_points(NOW + 366 * DAY_MS, 10)
     assert (expired.kind, expired.points_delta) == ("expiry", -1500)
-    assert engine.expire_points(NOW + 400 * DAY_MS) == []
+    assert engine.expire_points(NOW + 400 * DAY_MS, 10) == []
     points = engine.wallet("pts", NOW + 400 * DAY_MS)["points"]  # type: ignore[index]
     assert points["balance"] == 100 and [lot["remaining"] for lot in points["lots"]] == [100]
     assert engine.report(NOW + 400 * DAY_MS)["points"] == {"outstanding": 100, "liability_cents": 100,
@@ -359,7 +360,7 @@ def test_a_coupon_redeemed_between_read_and_write_is_rejected(redis_url: str) ->
     planned = redemption.plan(second, coupon.item_id, engine.ledger.read("race"), order, NOW)
     [first] = engine.on_event(buy("race", 1, coupons=(coupon.item_id,)), NOW, NOW)
     assert first.kind == "redemption"
-    [lost] = engine.ledger.redeem("race", [planned])
+    [lost] = engine.ledger.write_all([RedeemCall("race", [planned])])[0]  # type: ignore[misc]
     assert (lost.kind, lost.reason, lost.discount_cents) == ("redemption_rejected", "coupon_not_active", None)
 
 

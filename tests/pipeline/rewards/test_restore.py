@@ -67,7 +67,7 @@ def exercise(redis_url: str) -> list[RewardRecord]:
     engine.adjust_points("pts", 100, "goodwill", NOW, "complaint", expires_days=None)
     engine.adjust_points("pts", -50, "correction", NOW, "double count")
     engine.spend_points("pts", 500, "order-9", NOW + DAY_MS)
-    engine.expire_points(NOW + 366 * DAY_MS)
+    engine.expire_points(NOW + 366 * DAY_MS, 10)
     for user in (f"new{i}" for i in range(7)):  # pool coupons
         engine.claim_code("NEW666", user, NOW)
     engine.claim_code("NEW666", "new0", NOW)  # already claimed
