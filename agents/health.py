@@ -71,8 +71,11 @@ def service_check(is_up: Callable[[Settings, float], bool], settings: Settings, 
 
 
 def archive_check(archive: Archive) -> Check:
+    """The archive answers a query: this process's, or the process's that owns the
+    embedded archive while this one stands by."""
+
     def check() -> str | None:
-        archive.backend().query("SELECT 1")
+        archive.reader().query("SELECT 1")
         return None
 
     return check
