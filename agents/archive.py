@@ -51,6 +51,7 @@ from tierflow.pipeline.archive.owner import read_owner
 from tierflow.pipeline.archive.remote import add_sql_route
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.dashboard.server import add_routes
+from tierflow.pipeline.erasure import topic as erasures
 from tierflow.pipeline.ingest.validate import Limits
 from tierflow.pipeline.kafka import clients
 
@@ -107,7 +108,8 @@ class ArchiveWriter:
         topics = ctx.settings.topics
         self.topics = [*topics.inputs, topics.tier_changes, topics.reward_grants]
         self.sorter = RecordSorter(
-            topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config.ingest)
+            topics.inputs, topics.tier_changes, topics.reward_grants, Limits.of(ctx.config.ingest),
+            erasures.load(ctx.settings),  # `tierflow forget` runs with the workers stopped
         )
         self.status = WriterStatus(group=archive_group(ctx))
         self.consumer: Consumer = self._new_consumer()

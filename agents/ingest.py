@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from tierflow.agents.checkpoint import Checkpoint
 from tierflow.agents.clock import wall_ms
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.erasure import topic as erasures
 from tierflow.pipeline.ingest.deadletter import DeadLetters, Source, internal_error, refused
 from tierflow.pipeline.ingest.validate import Limits, Rejection, ValidEvent, parse_record
 from tierflow.pipeline.kafka import clients
@@ -163,6 +164,9 @@ class IngestLoop:
         self.stats = IngestStats()
         self.limits = Limits.of(ctx.config.ingest)
         self.letters = DeadLetters(ctx.config.ingest)
+        # Customers erased by `tierflow forget` (which runs with the workers stopped): their
+        # events below the erasure's marks are dropped, neither applied nor dead-lettered.
+        self.erased = erasures.load(ctx.settings)
         self.consumer = clients.consumer(
             ctx.settings.kafka,
             ctx.settings.group_id,
@@ -228,6 +232,8 @@ class IngestLoop:
         record = _Record(source, [], [], [])
         try:
             record.valid, record.rejected = parse_record(source.value, source.key, self.limits, now_ms)
+            record.valid = [item for item in record.valid if not erasures.skipped(
+                self.erased, item.event.user_id, source.topic, source.partition, source.offset)]
             # The dedupe window counts from the record's arrival on the topic (a replay brings
             # the same time back, so it decides the same way); the wall clock if the broker gave none.
             arrival_ms = source.timestamp_ms if source.timestamp_ms is not None and source.timestamp_ms >= 0 else now_ms

@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_args
 import msgspec
 
 from tierflow.schemas.dead_letters import DeadLetter
+from tierflow.schemas.erasures import Erasure
 from tierflow.schemas.events import BROWSE_NAMES_WHAT, Batch, Browse, Cart, Interaction, Purchase
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
@@ -36,6 +37,7 @@ CONTRACTS: dict[str, Any] = {
     "touch.dlq.json": Annotated[DeadLetter, msgspec.Meta(title="Dead-letter record")],
     "tier.changes.json": Annotated[TierChange, msgspec.Meta(title="Tier change")],
     "reward.grants.json": Annotated[RewardRecord, msgspec.Meta(title="Reward record")],
+    "tierflow.erasures.json": Annotated[Erasure, msgspec.Meta(title="Erasure record")],
 }
 # The names reward.grants.json first published its definitions under: a reference
 # such as reward.grants.json#/$defs/item keeps working.

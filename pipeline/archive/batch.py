@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tierflow.pipeline.archive.backend import Backend
@@ -20,7 +21,9 @@ from tierflow.pipeline.archive.rows import (
     tier_row,
     touch_row,
 )
+from tierflow.pipeline.erasure.topic import skipped
 from tierflow.pipeline.ingest.validate import Limits, parse_record
+from tierflow.schemas.erasures import Erasure
 
 log = logging.getLogger("tierflow.archive")
 
@@ -71,11 +74,15 @@ def insert_batch(backend: Backend, batch: Batch) -> None:
 class RecordSorter:
     """Pure routing of Kafka records into a batch (no I/O)."""
 
-    def __init__(self, inputs: tuple[str, ...], tier_topic: str, grant_topic: str, limits: Limits):
+    def __init__(self, inputs: tuple[str, ...], tier_topic: str, grant_topic: str, limits: Limits,
+                 erased: Mapping[str, Erasure] | None = None):
+        """`erased`: the erasure list (pipeline/erasure/topic.py); an erased customer's records
+        below its marks are not archived."""
         self.inputs = frozenset(inputs)
         self.tier_topic = tier_topic
         self.grant_topic = grant_topic
         self.limits = limits
+        self.erased = erased or {}
 
     def add(
         self, batch: Batch, topic: str, partition: int, offset: int,
@@ -86,16 +93,24 @@ class RecordSorter:
         source = (topic, partition, offset)
         if topic in self.inputs:
             valid, rejected = parse_record(value, key, self.limits, timestamp_ms)
-            batch.touches.extend(touch_row(item, source) for item in valid)
+            batch.touches.extend(touch_row(item, source) for item in valid
+                                 if not skipped(self.erased, item.event.user_id, *source))
             batch.skipped.update(f"touch:{r.reason}" for r in rejected)
             return
         try:
             if topic == self.tier_topic:
-                batch.tiers.append(tier_row(value, source))
+                self._keep(batch, batch.tiers, tier_row(value, source), TIER_COLUMNS, source)
             elif topic == self.grant_topic:
-                batch.grants.append(grant_row(value, source))
+                self._keep(batch, batch.grants, grant_row(value, source), GRANT_COLUMNS, source)
             else:
                 batch.skipped["unknown_topic"] += 1
         except RecordError as exc:
             batch.skipped[f"{topic}:invalid"] += 1
             log.warning("archive: skipping %s[%d]@%d: %s", topic, partition, offset, exc)
+
+    def _keep(self, batch: Batch, rows: list[Row], row: Row, columns: tuple[str, ...],
+              source: tuple[str, int, int]) -> None:
+        if skipped(self.erased, str(row[columns.index("user_id")]), *source):
+            batch.skipped["erased"] += 1
+        else:
+            rows.append(row)

@@ -126,6 +126,11 @@ class Topics:
         return self.name("reward.grants")
 
     @property
+    def erasures(self) -> str:
+        """Compacted, created by `tierflow forget` (pipeline/erasure/topic.py)."""
+        return self.name("tierflow.erasures")
+
+    @property
     def all(self) -> tuple[str, ...]:
         return (*self.inputs, self.dlq, self.tier_changes, self.reward_grants)
 

@@ -15,6 +15,10 @@ Otherwise, after a confirmation:
    the last one published is published (by the next worker);
 5. resets the worker group's input offsets to the earliest retained.
 
+Erased customers (`tierflow forget`, the compacted `tierflow.erasures` topic) are left out
+of every step: what they left on the topics below their erasure's marks is skipped, except
+what campaigns spent on them, which stays counted (pipeline/erasure/replay.py).
+
 The next `tierflow worker` replays the input once more: the state skips every
 event (already applied), the tiers find nothing new, and the rewards stage grants
 only what never reached `reward.grants` (every idempotency key is restored); it
@@ -33,13 +37,16 @@ from dataclasses import dataclass, field
 
 import msgspec
 import redis
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 
+from tierflow.pipeline.cli.confirm import confirm as ask
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.cli.progress import progress
 from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.erasure import topic as erasure_topic
+from tierflow.pipeline.erasure.replay import ErasedSpend
 from tierflow.pipeline.ingest.validate import Limits, ValidEvent, parse_record
-from tierflow.pipeline.kafka import clients, groups
+from tierflow.pipeline.kafka import groups
 from tierflow.pipeline.kafka.reader import read_topic
 from tierflow.pipeline.lanes import Lanes
 from tierflow.pipeline.rewards import restore as ledger_restore
@@ -50,11 +57,11 @@ from tierflow.pipeline.tiering import restore as tier_restore
 from tierflow.pipeline.tiering.restore import Published, TierRebase
 from tierflow.pipeline.tiering.store import TierStore, membership_orders
 from tierflow.schemas import reward_grants
+from tierflow.schemas.erasures import Erasure
 from tierflow.schemas.tier_changes import TierChange
 
-# Exit statuses besides 0 (rebuilt) and 1 (an error).
+# Exit status besides 0 (rebuilt), 1 (an error) and 4 (not confirmed, cli/confirm.py).
 EXIT_WORKER_RUNNING = 3
-EXIT_NOT_CONFIRMED = 4
 # Every key tierflow writes starts with one of these: a customer's keys ({u:<id>}...),
 # the reward indexes and campaigns ({rw}..., {rw:c:<id>}...), the population shards and
 # output lanes ({tf:...}), and the global keys (tf:users, tf:tier:pop, tf:clock).
@@ -81,13 +88,7 @@ def refuse_if_running(ctx: Context) -> None:
 
 def watermarks(ctx: Context, topics: Sequence[str]) -> dict[tuple[str, int], tuple[int, int]]:
     """(first retained, end) offsets of every partition of these topics."""
-    probe = clients.consumer(ctx.settings.kafka, f"{ctx.settings.group_id}-rebuild-probe")
-    try:
-        metadata = probe.list_topics(timeout=groups.REQUEST_TIMEOUT_S).topics
-        return {(topic, p): probe.get_watermark_offsets(TopicPartition(topic, p), timeout=groups.REQUEST_TIMEOUT_S)
-                for topic in topics if topic in metadata for p in metadata[topic].partitions}
-    finally:
-        probe.close()
+    return erasure_topic.watermarks(ctx.settings, topics)
 
 
 def retained(ctx: Context, topics: Sequence[str]) -> int:
@@ -120,19 +121,27 @@ class OutputTopics:
     ledger: LedgerFold
     published: dict[str, Published] = field(default_factory=dict)
     lanes: dict[str, int] = field(default_factory=dict)
+    # Records of erased customers skipped (their grants count in the campaigns' totals only).
+    erased: int = 0
 
 
-def read_outputs(ctx: Context) -> OutputTopics:
+def read_outputs(ctx: Context, erased: dict[str, Erasure]) -> OutputTopics:
     topics = ctx.settings.topics
     out = OutputTopics(LedgerFold(ctx.config.rewards))
+    spend = ErasedSpend(out.ledger)
 
-    def grant(value: bytes) -> str:
-        record = reward_grants.decode(value)
+    def grant(msg: Message) -> str | None:
+        record = reward_grants.decode(msg.value())
+        if erasure_topic.skipped(erased, record.user_id, msg.topic(), msg.partition(), msg.offset()):
+            spend.add(record)
+            return None
         out.ledger.add(record)
         return record.user_id
 
-    def change(value: bytes) -> str:
-        record = msgspec.json.decode(value, type=TierChange)
+    def change(msg: Message) -> str | None:
+        record = msgspec.json.decode(msg.value(), type=TierChange)
+        if erasure_topic.skipped(erased, record.user_id, msg.topic(), msg.partition(), msg.offset()):
+            return None
         tier_restore.fold(out.published, record)
         return record.user_id
 
@@ -140,9 +149,15 @@ def read_outputs(ctx: Context) -> OutputTopics:
         with progress(f"reading {topic}", retained(ctx, [topic])) as show:
             for msg in counted(read_topic(ctx.settings, topic), show):
                 try:
-                    out.lanes[add(msg.value())] = msg.partition()
+                    user = add(msg)
                 except msgspec.DecodeError as exc:  # not written by tierflow: no part of the state
                     say(f"  skipping {topic}[{msg.partition()}]@{msg.offset()}: {exc}")
+                    continue
+                if user is None:
+                    out.erased += 1
+                else:
+                    out.lanes[user] = msg.partition()
+    spend.finish()
     return out
 
 
@@ -197,6 +212,8 @@ class Replay:
     events: int = 0
     applied: int = 0
     set_aside: int = 0
+    # Events of erased customers skipped.
+    erased: int = 0
     newest_ms: int = -1
     # Per user, the paid-membership orders (tiering needs them; the state does not keep them).
     paid: dict[str, list[list[object]]] = field(default_factory=lambda: defaultdict(list))
@@ -211,9 +228,10 @@ class _Pending:
     encoded: list[list[object]]
 
 
-def replay_inputs(ctx: Context, store: StateStore, now_ms: int) -> Replay:
+def replay_inputs(ctx: Context, store: StateStore, now_ms: int, erased: dict[str, Erasure]) -> Replay:
     """Every retained input record, validated as the worker validates it (now_ms: the
-    future-timestamp rule) and applied in batches, each partition in offset order."""
+    future-timestamp rule) and applied in batches, each partition in offset order; the
+    events of erased customers below their marks left out."""
     replay = Replay()
     limits = Limits.of(ctx.config.ingest)
     sku = ctx.config.tiering.membership.paid.sku
@@ -225,6 +243,10 @@ def replay_inputs(ctx: Context, store: StateStore, now_ms: int) -> Replay:
                 replay.records += 1
                 try:
                     valid, _rejected = parse_record(msg.value(), msg.key(), limits, now_ms)
+                    kept = [item for item in valid if not erasure_topic.skipped(
+                        erased, item.event.user_id, topic, msg.partition(), msg.offset())]
+                    replay.erased += len(valid) - len(kept)
+                    valid = kept
                     encoded = [encode(item.event, item.ts_ms, msg.offset(), msg.timestamp()[1]) for item in valid]
                 except Exception:  # the worker dead-letters such a record (internal_error)
                     replay.set_aside += 1
@@ -312,14 +334,7 @@ def confirm(ctx: Context, assume_yes: bool) -> None:
         " records Kafka retains; the next `tierflow worker` replays the input.")
     for warning in truncated(ctx):
         say(f"warning: {warning} (docs/operations.md)")
-    if assume_yes:
-        return
-    if not sys.stdin.isatty():
-        raise CliError("not confirmed: run `tierflow rebuild --yes` to rebuild without a question",
-                       EXIT_NOT_CONFIRMED)
-    answer = input("Rebuild now? [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise CliError("not confirmed; nothing changed", EXIT_NOT_CONFIRMED)
+    ask("Rebuild now?", "tierflow rebuild --yes", assume_yes)
 
 
 def _rebuild(args: argparse.Namespace) -> int:
@@ -338,10 +353,12 @@ def rebuild(ctx: Context, client: redis.Redis, assume_yes: bool) -> int:
     refuse_if_running(ctx)
     confirm(ctx, assume_yes)
     started = time.monotonic()
-    outputs = read_outputs(ctx)
+    erased = erasure_topic.load(ctx.settings)
+    outputs = read_outputs(ctx, erased)
     published = outputs.published
     say(f"read {outputs.ledger.records:,} reward records of {len(outputs.ledger.users):,} customers and the"
-        f" tier versions of {len(published):,}")
+        f" tier versions of {len(published):,}"
+        + (f"; {len(erased):,} erased customers left out ({outputs.erased:,} records)" if erased else ""))
 
     refuse_if_running(ctx)  # the last moment before anything changes
     say(f"wiped {wipe(client):,} keys")
@@ -350,8 +367,9 @@ def rebuild(ctx: Context, client: redis.Redis, assume_yes: bool) -> int:
 
     now_ms = int(time.time() * 1000)
     store = StateStore.of(client, ctx.config.state)
-    replay = replay_inputs(ctx, store, now_ms)
+    replay = replay_inputs(ctx, store, now_ms, erased)
     say(f"replayed {replay.records:,} input records: {replay.events:,} valid events, {replay.applied:,} applied"
+        + (f", {replay.erased:,} events of erased customers skipped" if replay.erased else "")
         + (f", {replay.set_aside:,} records set aside (the worker dead-letters them)" if replay.set_aside else ""))
     if ctx.settings.clock == "event" and replay.newest_ms >= 0:
         from tierflow.agents.clock import Clock  # the runtime's clock: event time lives in Redis

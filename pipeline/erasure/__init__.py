@@ -1,0 +1,1 @@
+"""Erasing a customer everywhere tierflow keeps them (`tierflow forget`)."""
