@@ -25,7 +25,6 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -107,8 +106,9 @@ def records_by_campaign(raws: Iterable[str | bytes]) -> Tally[tuple[str, str]]:
 
 
 def add_stats(total: IngestStats, more: IngestStats) -> IngestStats:
-    reasons = Tally(total.reasons)
-    reasons.update(more.reasons)
+    # dict() copies in one step: the ingest thread may add a reason meanwhile.
+    reasons = Tally(dict(total.reasons))
+    reasons.update(dict(more.reasons))
     return IngestStats(
         records=total.records + more.records, events=total.events + more.events,
         applied=total.applied + more.applied, rejected=total.rejected + more.rejected,
@@ -237,13 +237,11 @@ class _EventCount:
             self.counter.labels(topic).inc(count)
 
 
-@dataclass
 class Metrics:
     """The worker's registry and the instruments the app wires into its stages."""
 
-    settings: Settings
-
-    def __post_init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.registry = CollectorRegistry()
         registry = self.registry
         self.events = Counter("tierflow_events_processed", "Events through every stage, by input topic.",
@@ -258,7 +256,7 @@ class Metrics:
         self.stage_time = Histogram("tierflow_stage_batch_seconds", "Time one stage takes over one consumer"
                                     " batch.", ["stage"], buckets=STAGE_BUCKETS_S, registry=registry)
         self.ingest = IngestCounters()
-        self.lag = ConsumerLag(self.settings)
+        self.lag = ConsumerLag(settings)
         registry.register(self.ingest)
         registry.register(self.lag)
         ProcessCollector(namespace="tierflow", registry=registry)
@@ -287,7 +285,9 @@ class Metrics:
 
 
 class MeteredOutputs(Outputs):
-    """The publisher of the output lanes, counting what each committed transaction carried."""
+    """The publisher of the output lanes, counting what each committed transaction carried:
+    `Outputs._publish` returns once every lane's transaction has committed, and raises
+    (counting nothing) otherwise."""
 
     def __init__(self, metrics: Metrics, ctx: Context, client: redis.Redis, written: Written,
                  on_published: OnPublished) -> None:
