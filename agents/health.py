@@ -55,7 +55,7 @@ class Consuming:
             self._running.clear()
 
     def check(self) -> str | None:
-        return None if self._running.is_set() else "not consuming (restarting after a failure)"
+        return None if self._running.is_set() else "not consuming (starting, or restarting after a failure)"
 
 
 def service_check(is_up: Callable[[Settings, float], bool], settings: Settings, timeout_s: float) -> Check:
