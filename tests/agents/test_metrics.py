@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.paths import ROOT
@@ -24,6 +25,7 @@ from tierflow.agents.metrics import (
     records_by_campaign,
 )
 from tierflow.pipeline.config.settings import Settings, Topics
+from tierflow.pipeline.errors import ConfigError
 from tierflow.pipeline.ingest.validate import ValidEvent
 from tierflow.schemas.events import Browse, Cart
 from tierflow.schemas.tier_changes import ChangeScores, TierChange
@@ -151,3 +153,11 @@ def test_every_grafana_expression_names_a_metric_the_worker_exports() -> None:
                 "tierflow_tier_changes_total", "tierflow_reward_records_total",
                 "tierflow_event_to_tier_change_seconds_bucket", "tierflow_stage_batch_seconds_bucket"}
     assert families <= shown, families - shown
+
+
+def test_log_format_comes_from_the_environment_and_a_bad_one_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERFLOW_LOG_FORMAT", "JSON")
+    assert Settings.from_env().log_format == "json"
+    monkeypatch.setenv("TIERFLOW_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError, match="TIERFLOW_LOG_FORMAT='xml' is not one of text, json"):
+        Settings.from_env()
