@@ -1,6 +1,9 @@
 -- Apply a batch of one user's events atomically, each event once.
 -- KEYS (all share the user's hash tag, so this runs unchanged on Redis Cluster):
 --   1 profile  2 day buckets  3 categories  4 skus  5 channels  6 dedupe  7 legacy offsets
+--   2, 3 and 4 keep one field per day / category / sku, its counters packed in one value
+--   (summary.py reads them): 'c' .. day -> purchases:cents, category -> orders:qty:cents,
+--   sku -> orders:qty.
 --   6 is a hash of bounded size: '@' .. source -> offset watermark of that source partition,
 --   '.' -> the arrival minute of the next pruning, and one field per id remembered:
 --   id key -> arrival minute .. ':' .. digest (refused: .. ':!' .. code .. digest).
@@ -27,18 +30,62 @@ local window = tonumber(ARGV[4])
 local events = cjson.decode(ARGV[5])
 local REFUSED = {a = 'amount_out_of_range', q = 'quantity_out_of_range'}
 local WATERMARK, PRUNE_AT = '@' .. source, '.'
+local PRUNE_SLICES = 4
 
 -- Lua numbers print as 1.7e+12 through tostring; Redis needs plain integers.
 local function int(n) return string.format('%d', n) end
 
+-- Rewrites a hash of one counter per field (earlier versions) as packed fields: slot(field)
+-- gives the packed field's name and the counter's position in its value.
+local function repack(key, slot)
+  local fields = redis.call('HGETALL', key)
+  if #fields == 0 then return end
+  local packed, names = {}, {}
+  for i = 1, #fields, 2 do
+    local name, position = slot(fields[i])
+    if not packed[name] then
+      packed[name] = {}
+      names[#names + 1] = name
+    end
+    packed[name][position] = tonumber(fields[i + 1])
+  end
+  redis.call('DEL', key)
+  for _, name in ipairs(names) do
+    local values = packed[name]
+    local parts = {}
+    for position = 1, table.maxn(values) do parts[position] = int(values[position] or 0) end
+    redis.call('HSET', key, name, table.concat(parts, ':'))
+  end
+end
+
+local PREFIXED = {o = 1, q = 2, a = 3}
+local function prefixed(field) return string.sub(field, 3), PREFIXED[string.sub(field, 1, 1)] end
+local function day_field(field) return 'c' .. string.sub(field, 2), string.sub(field, 1, 1) == 'c' and 1 or 2 end
+
 -- Earlier versions: a set of ids (no content), then an unbounded hash of id -> digest, with
--- the watermarks in a key of their own. Their ids are pruned below (they carry no arrival);
--- the watermarks still make replays of what they applied a no-op.
+-- the watermarks in a key of their own (which every customer they applied an event for has)
+-- and one counter per field. Their ids are pruned below (they carry no arrival); the
+-- watermarks still make replays of what they applied a no-op.
 if redis.call('TYPE', seen).ok == 'set' then redis.call('DEL', seen) end
 if redis.call('EXISTS', legacy_offsets) == 1 then
   local moved = redis.call('HGETALL', legacy_offsets)
   for i = 1, #moved, 2 do redis.call('HSET', seen, '@' .. moved[i], moved[i + 1]) end
   redis.call('DEL', legacy_offsets)
+  repack(days, day_field)
+  repack(cats, prefixed)
+  repack(skus, prefixed)
+end
+
+-- Adds deltas to the counters packed in one field.
+local function add(key, name, deltas)
+  local stored = redis.call('HGET', key, name)
+  local values = {}
+  if stored then
+    for value in string.gmatch(stored, '[^:]+') do values[#values + 1] = tonumber(value) end
+  end
+  local parts = {}
+  for i, delta in ipairs(deltas) do parts[i] = int((values[i] or 0) + delta) end
+  redis.call('HSET', key, name, table.concat(parts, ':'))
 end
 
 -- Whether a purchase would take a lifetime total past max_total: 'a' (money: the order
@@ -124,30 +171,30 @@ for position, e in ipairs(events) do
       local lp = redis.call('HGET', profile, 'lp')
       if not lp or ts > tonumber(lp) then redis.call('HSET', profile, 'lp', int(ts)) end
       -- Buckets older than the retention horizon would be pruned at once; lifetime still counts them.
-      if day > maxday - retention then
-        redis.call('HINCRBY', days, 'c' .. int(day), 1)
-        redis.call('HINCRBY', days, 'a' .. int(day), int(cents))
-      end
+      if day > maxday - retention then add(days, 'c' .. int(day), {1, cents}) end
       local items = e[12]
-      local counted_cat, counted_sku = {}, {}
+      -- Per category and sku of the order: its lines summed, the order counted once
+      -- (tags like TP2 = bought twice).
+      local by_cat, by_sku, cat_names, sku_names = {}, {}, {}, {}
       local line_cents, line_qty = 0, 0
       for i = 1, #items, 4 do
         local cat, sku, qty, item_cents = items[i], items[i + 1], items[i + 2], items[i + 3]
         line_cents = line_cents + item_cents
         line_qty = line_qty + qty
-        redis.call('HINCRBY', cats, 'q:' .. cat, int(qty))
-        redis.call('HINCRBY', cats, 'a:' .. cat, int(item_cents))
-        redis.call('HINCRBY', skus, 'q:' .. sku, int(qty))
-        -- Order counters count each order once per category/sku (tags like TP2 = bought twice).
-        if not counted_cat[cat] then
-          counted_cat[cat] = true
-          redis.call('HINCRBY', cats, 'o:' .. cat, 1)
+        if not by_cat[cat] then
+          by_cat[cat] = {1, 0, 0}
+          cat_names[#cat_names + 1] = cat
         end
-        if not counted_sku[sku] then
-          counted_sku[sku] = true
-          redis.call('HINCRBY', skus, 'o:' .. sku, 1)
+        by_cat[cat][2] = by_cat[cat][2] + qty
+        by_cat[cat][3] = by_cat[cat][3] + item_cents
+        if not by_sku[sku] then
+          by_sku[sku] = {1, 0}
+          sku_names[#sku_names + 1] = sku
         end
+        by_sku[sku][2] = by_sku[sku][2] + qty
       end
+      for _, cat in ipairs(cat_names) do add(cats, cat, by_cat[cat]) end
+      for _, sku in ipairs(sku_names) do add(skus, sku, by_sku[sku]) end
       redis.call('HINCRBY', profile, 'la', int(line_cents))
       redis.call('HINCRBY', profile, 'lq', int(line_qty))
     elseif kind == 'c' then
@@ -168,8 +215,9 @@ if applied > 0 then
 end
 if newest_offset > watermark then redis.call('HSET', seen, WATERMARK, int(newest_offset)) end
 
--- Forget the ids that arrived a window or more before the newest arrival, at most once a
--- window per user, so an id stays in the hash for less than two windows.
+-- Forget the ids that arrived a window or more before the newest arrival. A pass reads the
+-- whole hash, so it runs at most PRUNE_SLICES times a window per user: an id stays in the
+-- hash for less than 1 + 1 / PRUNE_SLICES windows.
 local prune_at = tonumber(redis.call('HGET', seen, PRUNE_AT) or '-1')
 if newest_arrival >= prune_at then
   local entries = redis.call('HGETALL', seen)
@@ -179,7 +227,7 @@ if newest_arrival >= prune_at then
       redis.call('HDEL', seen, name)
     end
   end
-  redis.call('HSET', seen, PRUNE_AT, int(newest_arrival + window))
+  redis.call('HSET', seen, PRUNE_AT, int(newest_arrival + math.ceil(window / PRUNE_SLICES)))
 end
 
 if maxday > old_maxday then

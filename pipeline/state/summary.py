@@ -154,13 +154,35 @@ class Summary:
         }
 
 
+_PACKED = ("o", "q", "a")  # orders, quantity, cents: the order of a category's or sku's packed counters
+
+
 def _split(fields: dict[str, str]) -> dict[str, dict[str, int]]:
-    """{"q:snacks": "3", "o:snacks": "1"} -> {"snacks": {"q": 3, "o": 1}}."""
+    """{"snacks": "1:3:990"} -> {"snacks": {"o": 1, "q": 3, "a": 990}}. State written by
+    earlier versions, not yet touched since, has a field per counter: {"q:snacks": "3", ...}."""
     out: dict[str, dict[str, int]] = {}
     for name, value in fields.items():
-        prefix, _, key = name.partition(":")
-        out.setdefault(key, {})[prefix] = int(value)
+        if ":" in value:
+            out[name] = {prefix: int(n) for prefix, n in zip(_PACKED, value.split(":"), strict=False)}
+        else:
+            prefix, _, key = name.partition(":")
+            out.setdefault(key, {})[prefix] = int(value)
     return out
+
+
+def _day_buckets(fields: dict[str, str]) -> tuple[dict[int, int], dict[int, int]]:
+    """Purchases and cents per day from {"c20400": "2:1990"}; earlier versions kept
+    {"c20400": "2", "a20400": "1990"}."""
+    counts: dict[int, int] = {}
+    amounts: dict[int, int] = {}
+    for name, value in fields.items():
+        day = int(name[1:])
+        if ":" in value:
+            count, amount = value.split(":")
+            counts[day], amounts[day] = int(count), int(amount)
+        else:
+            (counts if name[0] == "c" else amounts)[day] = int(value)
+    return counts, amounts
 
 
 def summarize(
@@ -175,11 +197,7 @@ def summarize(
         raise AsOfOutOfRange(
             f"as-of {iso(as_of_ms)} needs day buckets older than the {retention_days}-day retention"
         )
-    counts: dict[int, int] = {}
-    amounts: dict[int, int] = {}
-    for name, value in raw.days.items():
-        target = counts if name[0] == "c" else amounts
-        target[int(name[1:])] = int(value)
+    counts, amounts = _day_buckets(raw.days)
 
     frequency: dict[str, int] = {}
     monetary: dict[str, int] = {}

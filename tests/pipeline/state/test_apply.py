@@ -129,15 +129,48 @@ def test_the_dedupe_state_is_bounded_by_the_window(redis_url: str) -> None:
     assert (client.memory_usage(KEYS.seen) or 0) < 400
 
 
-def test_state_of_earlier_versions_is_moved_and_pruned(redis_url: str) -> None:
-    """Earlier versions kept every id (id -> digest) and the watermarks in a key of their
-    own: the watermarks move into the dedupe hash, the ids go, replays stay no-ops."""
+def test_state_of_earlier_versions_is_read_then_compacted_on_the_next_event(redis_url: str) -> None:
+    """Earlier versions kept every id (id -> digest), the watermarks in a key of their own
+    and one counter per field. Such state reads the same; the customer's next event moves
+    the watermarks into the dedupe hash, drops the ids and packs the counters, and replays
+    of what the earlier version applied stay no-ops."""
     client = connect(redis_url)
     store = StateStore(client, 400, dedupe_window_hours=24)
+    day = NOW // DAY_MS
+    client.hset(KEYS.profile, mapping={"pc": 1, "pa": 500, "la": 500, "lq": 2, "pwd": 1, "n": 1, "maxday": day,
+                                       "fs": NOW, "ls": NOW, "fp": NOW, "lp": NOW})
+    client.hset(KEYS.days, mapping={f"c{day}": 1, f"a{day}": 500})
+    client.hset(KEYS.categories, mapping={"q:snacks": 2, "a:snacks": 500, "o:snacks": 1})
+    client.hset(KEYS.skus, mapping={"q:s1": 2, "o:s1": 1})
     client.hset(KEYS.seen, mapping={f"old-{i}": "0123456789abcdef" for i in range(100)})
     client.hset(KEYS.offsets, SOURCE, 41)
-    replayed = apply(store, (purchase("old-7", 5.0), 41), (purchase("new-1", 5.0), 42))
+    before = summarize("u1", store.read("u1"), NOW, [30], 400)
+    assert (before.frequency, before.monetary_cents) == ({"30d": 1, "lifetime": 1}, {"30d": 500, "lifetime": 500})
+    assert (before.categories, before.skus) == ({"snacks": {"orders": 1, "qty": 2, "amount": 5.0}},
+                                                {"s1": {"orders": 1, "qty": 2}})
+
+    replayed = apply(store, (purchase("old-7", 5.0, qty=2), 41), (purchase("new-1", 5.0), 42))
     assert (replayed.count, replayed.refused) == (1, {})
     assert not client.exists(KEYS.offsets)
     assert client.hlen(KEYS.seen) == 3  # new-1, the watermark and the next pruning time
+    assert client.hgetall(KEYS.days) == {f"c{day}": "2:1000"}
+    assert client.hgetall(KEYS.categories) == {"snacks": "2:3:1000"}
+    assert client.hgetall(KEYS.skus) == {"s1": "2:3"}
+    after = summarize("u1", store.read("u1"), NOW, [30], 400)
+    assert after.monetary_cents == {"30d": 1000, "lifetime": 1000}
+    assert (after.categories, after.skus) == ({"snacks": {"orders": 2, "qty": 3, "amount": 10.0}},
+                                              {"s1": {"orders": 2, "qty": 3}})
     assert apply(store, (purchase("old-7", 5.0), 41)).count == 0
+
+
+def test_an_order_counts_once_per_category_and_sku_with_its_lines_summed(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = StateStore(client, 400)
+    lines = [Item(sku="s1", category="snacks", qty=2, price=1.5), Item(sku="s2", category="snacks", qty=1, price=4.0),
+             Item(sku="s1", category="snacks", qty=1, price=1.5)]
+    order = Purchase(event_id="o1", user_id="u1", ts=NOW, channel="app", order_id="o1", amount=8.5,
+                     currency="CNY", items=lines)
+    assert apply(store, (order, 1)).count == 1
+    summary = summarize("u1", store.read("u1"), NOW, [30], 400)
+    assert summary.categories == {"snacks": {"orders": 1, "qty": 4, "amount": 8.5}}
+    assert summary.skus == {"s1": {"orders": 1, "qty": 3}, "s2": {"orders": 1, "qty": 1}}

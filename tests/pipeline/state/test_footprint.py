@@ -1,0 +1,47 @@
+"""A customer's state does not grow with their event count: a customer active every
+day (two touchpoints a day, a purchase a week) holds as many bytes of Redis after 180
+days as after 90, once day buckets fold at the longest window."""
+
+from __future__ import annotations
+
+import redis
+
+from tierflow.pipeline.state.store import StateStore, connect
+from tierflow.pipeline.state.summary import DAY_MS, encode, user_tag
+from tierflow.schemas.events import Browse, Interaction, Item, Purchase
+
+START = 1_750_000_000_000
+HOUR_MS = 3_600_000
+LONGEST_WINDOW_DAYS = 90
+REGULAR_SKUS = ("SN001", "SN002", "DF001", "HO001")
+
+
+def live(store: StateStore, days: range, user: str) -> None:
+    """The customer's days, each event applied as it arrives."""
+    for day in days:
+        at = START + day * DAY_MS
+        events: list[tuple[Browse | Interaction | Purchase, int]] = [
+            (Browse(event_id=f"b{day}", user_id=user, ts=at, channel="app", category="snacks"), at),
+            (Interaction(event_id=f"i{day}", user_id=user, ts=at + 9 * HOUR_MS, channel="web", kind="sign_in"),
+             at + 9 * HOUR_MS)]
+        if day % 7 == 3:
+            sku = REGULAR_SKUS[day // 7 % len(REGULAR_SKUS)]
+            events.append((Purchase(event_id=f"p{day}", user_id=user, ts=at + 20 * HOUR_MS, channel="app",
+                                    order_id=f"o{day}", amount=39.8, currency="CNY",
+                                    items=[Item(sku=sku, category="snacks", qty=2, price=19.9)]), at + 20 * HOUR_MS))
+        for n, (event, ts) in enumerate(events):
+            store.apply({(user, "touch.all:0"): [encode(event, ts, day * 10 + n, arrival_ms=ts)]})
+
+
+def footprint(client: redis.Redis, user: str) -> int:
+    return sum(client.memory_usage(key, samples=0) or 0 for key in client.scan_iter(f"{user_tag(user)}*"))
+
+
+def test_a_daily_customer_holds_the_same_state_after_180_days_as_after_90(redis_url: str) -> None:
+    client = connect(redis_url)
+    store = StateStore(client, retention_days=LONGEST_WINDOW_DAYS, dedupe_window_hours=24)
+    live(store, range(90), "u90")
+    live(store, range(180), "u180")
+    at_90, at_180 = footprint(client, "u90"), footprint(client, "u180")
+    assert at_180 <= at_90 * 1.1, (at_90, at_180)
+    assert at_180 <= 1024, at_180  # the goal: 1 KB a customer (issue 11)
