@@ -11,7 +11,11 @@ of its users' events.
 
 Each lane has a transactional producer with a transactional.id of its own. One
 round sends the records of a page of the lane's users in one transaction, then
-trims their outboxes and moves the lane's mark past them. Why nothing is sent
+trims their outboxes and moves the lane's mark past them. A commit costs tens of
+milliseconds whatever it carries, so the lanes commit side by side, and the owner
+publishes at most every `worker.publish_interval_ms`: records written meanwhile
+(by several ingest batches, the timer) wait in their outboxes and share one
+transaction per lane. Why nothing is sent
 twice or lost:
 
 - A record leaves its outbox only after the transaction that carried it has
@@ -44,6 +48,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import redis
@@ -169,6 +174,9 @@ class Outputs:
         self._tier_cursors = [0] * len(self.changes.shards.all)
         self._grant_cursor = 0
         self._next_sweep = 0.0
+        self._next_publish = 0.0
+        # Commits wait on the broker with the GIL released: one thread per lane overlaps them.
+        self._committers = ThreadPoolExecutor(thread_name_prefix="lane-commit")
 
     def close(self) -> None:
         for producer in [*self.producers.values(), *self.parked.values()]:
@@ -196,10 +204,18 @@ class Outputs:
     def run(self, batch: AppliedBatch) -> None:
         assert self.lanes is not None
         self.lanes.assign(batch.partitions)
-        self.cycle()
+        self._cycle_when_due()
 
     def idle(self) -> None:
-        self.cycle()
+        self._cycle_when_due()
+
+    def _cycle_when_due(self) -> None:
+        """A cycle at most every publish_interval_ms: what the batches between wrote waits
+        in the outboxes (nothing is lost) and goes out in the same transactions."""
+        now = time.monotonic()
+        if now >= self._next_publish:
+            self._next_publish = now + self.worker.publish_interval_ms / 1000
+            self.cycle()
 
     def cycle(self) -> None:
         """Point lane owners at what was written since the last cycle (and, now and then,
@@ -336,7 +352,9 @@ class Outputs:
 
     def _publish(self, by_lane: Mapping[int, list[str]], changes: Mapping[str, list[TierChange]],
                  grants: Mapping[str, list[str]]) -> dict[int, dict[str, int]]:
-        """One transaction per lane; the sends of all lanes overlap, then each commits."""
+        """One transaction per lane; the sends of all lanes overlap, and so do the commits.
+        If one fails, the lanes not committed are aborted and the round raises; what the
+        others committed is acknowledged by the read-back of the next owner."""
         begun: list[LaneProducer] = []
         try:
             for lane, users in by_lane.items():
@@ -346,10 +364,17 @@ class Outputs:
                 if records:
                     self.producers[lane].begin(records)
                     begun.append(self.producers[lane])
+            commits = [(producer, self._committers.submit(producer.commit)) for producer in begun]
             ends: dict[int, dict[str, int]] = {}
-            for producer in list(begun):
-                ends[producer.lane] = producer.commit()
-                begun.remove(producer)
+            failure: Exception | None = None
+            for producer, commit in commits:
+                try:
+                    ends[producer.lane] = commit.result()
+                    begun.remove(producer)
+                except Exception as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise failure
             return ends
         except Exception:
             for producer in begun:

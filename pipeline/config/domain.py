@@ -37,6 +37,9 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How often each worker walks one page of the outbox indexes, pointing lane owners
     # at records written outside their process (the CLI, a crashed worker).
     outbox_sweep_ms: Annotated[int, msgspec.Meta(ge=1)]
+    # Each lane owner publishes at most this often: one transaction per lane carries what
+    # the ingest batches wrote meanwhile. Adds up to this much latency to the output topics.
+    publish_interval_ms: Annotated[int, msgspec.Meta(ge=0)]
     # Users whose points lots are expired per timer tick.
     points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
     # A worker that stops answering the group (killed, hung) loses its input partitions
