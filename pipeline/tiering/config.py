@@ -163,7 +163,8 @@ class TagsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class DecayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # The timer looks for users whose next boundary passed this often ...
     timer_interval_ms: Annotated[int, msgspec.Meta(ge=10)]
-    # ... and re-evaluates at most this many per round.
+    # ... and re-evaluates at most this many per tick: the slice of time-based work
+    # (also the members a tick's means-shift sweep slice examines).
     due_batch: Annotated[int, msgspec.Meta(ge=1)]
 
 

@@ -12,14 +12,20 @@ so every user is judged against the same means. A new snapshot (from the exact
 counts; quantile cut points from the raw-value sorted sets) is stored with the
 sweep it calls for: the scores whose high/low flips and the raw-value ranges whose
 quantile score changes, merged with any sweep left unfinished. The store
-re-evaluates exactly those users, then marks the sweep done (sweep_done.lua beside
-this module); a crash mid-sweep leaves it pending, and the next tick redoes it
-(idempotently). Lag: up to one snapshot interval plus the sweep's duration.
+re-evaluates exactly those users, one bounded slice per timer tick: `sweep_slice`
+names the next users from where the sweep stands (`sweep_at`: which set, shard and
+SCAN cursor), and `advance` records the slice as done (sweep_step.lua beside this
+module) only if the sweep still stands where the slice started, so workers sweeping
+at once never skip a slice. A crash mid-slice leaves the position where it was, and
+the slice is redone (idempotently). SCAN returns every member present for the whole
+walk: a user left to re-evaluate stays in its set until re-evaluated, so none is
+missed; one in several sets, or met twice, is evaluated again and changes nothing.
+Lag: up to one snapshot interval plus the sweep's slices (`decay.due_batch` users or
+raw values examined per tick).
 """
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -82,6 +88,8 @@ class Snapshot:
     id: str | None
     # The sweep it still calls for, None once done.
     sweep: Sweep | None
+    # Where the sweep stands ("set:shard:cursor"), "" at its beginning.
+    sweep_at: str = ""
 
     @classmethod
     def of(cls, stored: Mapping[str, str]) -> Snapshot:
@@ -91,7 +99,32 @@ class Snapshot:
             taken_ms=int(stored.get("taken_ms", "-1")),
             id=stored.get("id"),
             sweep=None if sweep is None else msgspec.json.decode(sweep, type=Sweep),
+            sweep_at=stored.get("sweep_at", ""),
         )
+
+
+@dataclass(frozen=True)
+class SweepSet:
+    """One set of users a sweep walks, per shard: a per-score set, or a raw-value sorted
+    set of which only the members in `spans` ([lo, hi), None: unbounded) count."""
+
+    keys: tuple[str, ...]
+    spans: tuple[tuple[int | None, int | None], ...] | None = None
+
+    def wants(self, raw: float) -> bool:
+        return self.spans is None or any(
+            (lo is None or raw >= lo) and (hi is None or raw < hi) for lo, hi in self.spans
+        )
+
+
+@dataclass(frozen=True)
+class SweepSlice:
+    """Users of the pending sweep to re-evaluate, and where the sweep stands after them."""
+
+    snapshot_id: str
+    started_at: str
+    ends_at: str  # "" once the sweep is finished
+    users: list[str]
 
 
 @dataclass(frozen=True)
@@ -134,7 +167,7 @@ class PopulationStats:
         self.client = client
         self.shards = shards
         self.tiering = tiering
-        self._sweep_done = lua.register(client, __file__, "sweep_done")
+        self._sweep_step = lua.register(client, __file__, "sweep_step")
 
     def counts(self) -> dict[str, int]:
         """Exact population counts summed over shards."""
@@ -157,7 +190,8 @@ class PopulationStats:
 
     def snapshot_means(self, now_ms: int, cadence_ms: int | None = None) -> PopulationShift:
         """Take a snapshot of the means (and quantile cut points) and record which
-        users it moves as the snapshot's pending sweep (merged with any unfinished one)."""
+        users it moves as the snapshot's pending sweep (merged with any unfinished one,
+        which starts again from the beginning)."""
         counts = self.counts()
         score_counts = {dim: [counts.get(f"{dim}:{s}", 0) for s in SCORES] for dim in DIMENSIONS}
         modes = {"r": self.tiering.recency.mode, "f": self.tiering.frequency.mode,
@@ -168,7 +202,8 @@ class PopulationStats:
         old = self.snapshot()
         sweep = (old.sweep or Sweep()).merge(Sweep.between(old.population, new))
         snapshot_id = uuid.uuid4().hex
-        self.client.hset(SNAPSHOT_KEY, mapping={
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(SNAPSHOT_KEY, mapping={
             "id": snapshot_id,
             # Commits refuse evaluations made against an older snapshot than the user's last.
             "taken_ms": max(now_ms, old.taken_ms + 1),
@@ -176,35 +211,55 @@ class PopulationStats:
             "population": msgspec.json.encode(new),
             "sweep": msgspec.json.encode(sweep),
         })
+        pipe.hdel(SNAPSHOT_KEY, "sweep_at")
+        pipe.execute()
         return PopulationShift(snapshot_id, new, sweep.flips, sweep.ranges)
 
-    def pending_sweep(self) -> tuple[str, Iterator[str]] | None:
-        """The snapshot's unfinished sweep: its snapshot id and the users it names,
-        streamed (a user in several sets comes more than once)."""
+    def sweep_sets(self, sweep: Sweep) -> list[SweepSet]:
+        """The sets a sweep walks, in a fixed order (positions index into it)."""
+        sets = [SweepSet(tuple(shard.score_set(dim, s) for shard in self.shards.all))
+                for dim in sorted(sweep.flips) for s in sweep.flips[dim]]
+        sets += [SweepSet(tuple(shard.raw_values(dim) for shard in self.shards.all),
+                          tuple((lo, hi) for lo, hi in sweep.ranges[dim]))
+                 for dim in sorted(sweep.ranges)]
+        return sets
+
+    def sweep_slice(self, limit: int) -> SweepSlice | None:
+        """The next slice of the pending sweep, from where it stands: about `limit` members
+        examined (one SCAN page may pass it). None when no sweep is pending."""
         snapshot = self.snapshot()
         if snapshot.sweep is None or snapshot.id is None:
             return None
-        groups: list[Iterable[str]] = [
-            self.users_with_score(dim, s) for dim, scores in snapshot.sweep.flips.items() for s in scores
-        ]
-        groups += [self.users_with_raw_between(dim, lo, hi)
-                   for dim, spans in snapshot.sweep.ranges.items() for lo, hi in spans]
-        return snapshot.id, itertools.chain.from_iterable(groups)
+        sets = self.sweep_sets(snapshot.sweep)
+        at, shard, cursor = (int(n) for n in snapshot.sweep_at.split(":")) if snapshot.sweep_at else (0, 0, 0)
+        users: list[str] = []
+        examined = 0
+        while at < len(sets) and examined < limit:
+            chosen = sets[at]
+            key = chosen.keys[shard]
+            if chosen.spans is None:
+                cursor, members = self.client.sscan(key, cursor, count=limit - examined)
+                users += members
+            else:
+                cursor, members = self.client.zscan(key, cursor, count=limit - examined)
+                users += [user for user, raw in members if chosen.wants(raw)]
+            examined += len(members)
+            if cursor == 0:
+                shard += 1
+                if shard == len(chosen.keys):
+                    at, shard = at + 1, 0
+        ends_at = f"{at}:{shard}:{cursor}" if at < len(sets) else ""
+        return SweepSlice(snapshot.id, snapshot.sweep_at, ends_at, users)
 
-    def sweep_done(self, snapshot_id: str) -> None:
-        self._sweep_done(keys=[SNAPSHOT_KEY], args=[snapshot_id])
+    def advance(self, step: SweepSlice) -> bool:
+        """Record the slice as done; False if the sweep had moved on (a newer snapshot, or
+        another worker's slice): its users were evaluated anyway, which is harmless."""
+        return bool(self._sweep_step(keys=[SNAPSHOT_KEY], args=[step.snapshot_id, step.started_at, step.ends_at]))
 
     def users_with_score(self, dim: str, score: int) -> Iterator[str]:
         """Users whose stored score on dim is `score` (exact per-score sets)."""
         for shard in self.shards.all:
             yield from self.client.sscan_iter(shard.score_set(dim, score), count=1000)
-
-    def users_with_raw_between(self, dim: str, lo: int | None, hi: int | None) -> Iterator[str]:
-        """Scored users whose raw value on dim lies in [lo, hi) (None: unbounded)."""
-        low = "-inf" if lo is None else lo
-        high = "+inf" if hi is None else f"({hi}"
-        for shard in self.shards.all:
-            yield from self.client.zrangebyscore(shard.raw_values(dim), low, high)
 
     def _quantile_cuts(self, dim: str) -> list[int] | None:
         """Quantile cut points over all shards, by order statistics: the k-th smallest

@@ -31,8 +31,13 @@ class DecaySchedule:
     def drop_erased(self, user_ids: Iterable[str]) -> None:
         """Unschedule those of these users whose state is gone (erased): they must not
         stay due forever."""
+        users = list(user_ids)
+        if not users:
+            return
         pipe = self.client.pipeline(transaction=False)
-        for user in user_ids:
-            if not self.client.exists(UserKeys.of(user).profile):
-                pipe.zrem(self.shards.holding(user).due, user)
+        for user in users:
+            pipe.exists(UserKeys.of(user).profile)
+        gone = [user for user, exists in zip(users, pipe.execute(), strict=True) if not exists]
+        for user in gone:
+            pipe.zrem(self.shards.holding(user).due, user)
         pipe.execute()

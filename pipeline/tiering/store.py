@@ -39,6 +39,7 @@ Clocks: every entry point takes `now_ms` from the caller.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +47,14 @@ from dataclasses import dataclass, field
 import msgspec
 import orjson
 import redis
+from redis.client import Pipeline
 
 from tierflow.pipeline import lua
 from tierflow.pipeline.config.domain import Config
 from tierflow.pipeline.errors import TierflowError
 from tierflow.pipeline.ingest.validate import ValidEvent
 from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, iso, summarize
+from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.config import check_against
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, ShardKeys, Shards, TierKeys
@@ -62,6 +65,9 @@ from tierflow.pipeline.tiering.rfm import DIMENSIONS, Population
 from tierflow.pipeline.tiering.schedule import DecaySchedule
 from tierflow.schemas.events import Purchase
 from tierflow.schemas.tier_changes import REASONS, Reason, TierChange
+
+# A committed user's pending population delta: user, delta seq, the delta (JSON).
+Delta = tuple[str, int, str]
 
 # Re-evaluation rounds before giving up on a user whose state keeps moving under us.
 MAX_ATTEMPTS = 8
@@ -125,7 +131,8 @@ class TickResult:
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -152,6 +159,11 @@ class TierStore:
         self.schedule = DecaySchedule(client, self.shards)
         self.outbox = ChangeOutbox(client, self.shards)
         self._script = lua.register(client, __file__, "tiers")
+        self._scripts = [self._script]
+        # Users whose deltas the population applied, with the highest seq: cleared from
+        # their pending hashes on the next read (ingest and timer threads share this store).
+        self._clears: dict[str, int] = {}
+        self._clears_lock = threading.Lock()
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -177,16 +189,19 @@ class TierStore:
         paid: Mapping[str, list[list[object]]] | None = None,
     ) -> Result:
         """Evaluate users as of now_ms (or their stored instant, if later), commit
-        the changes and apply the population deltas. Users without state are skipped."""
+        the changes and apply the population deltas. Users without state are skipped.
+        Three round trips when nothing is stale: read, commit, apply."""
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         result = Result()
-        deltas: list[str] = []
+        deltas: list[Delta] = []
         todo = list(dict.fromkeys(user_ids))
+        clears = self._take_clears()
         for _ in range(MAX_ATTEMPTS):
             if not todo:
                 break
-            todo = self._round(todo, now_ms, reason, event_times or {}, paid or {}, result, deltas)
+            todo = self._round(todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, clears)
+            clears = {}
         if todo:
             raise ConcurrentEvaluation(f"state kept moving for {len(todo)} users, e.g. {todo[0]!r}")
         self._flush(deltas)
@@ -200,11 +215,11 @@ class TierStore:
         event_times: Mapping[str, int],
         paid: Mapping[str, list[list[object]]],
         result: Result,
-        deltas: list[str],
+        deltas: list[Delta],
+        clears: Mapping[str, int] | None = None,
     ) -> list[str]:
-        loaded, snapshot = self._load(users, paid)
-        pipe = self.client.pipeline(transaction=False)
-        evaluated: list[tuple[str, Evaluation]] = []
+        loaded, snapshot = self._load(users, paid, clears or {})
+        evaluated: list[tuple[str, Loaded, Evaluation, int]] = []
         for user in users:
             state = loaded.get(user)
             if state is None:
@@ -219,45 +234,56 @@ class TierStore:
                 as_of = max(as_of, int(state.raw.profile["ls"]))
                 evaluation = self._evaluate(user, state, snapshot.population, as_of)
             event_time = self._event_time(reason, state, evaluation, event_times.get(user))
-            self._commit(pipe, user, state, evaluation, snapshot.taken_ms, reason, event_time)
-            evaluated.append((user, evaluation))
+            evaluated.append((user, state, evaluation, event_time))
+
+        def commit_all(pipe: Pipeline) -> None:
+            for user, state, evaluation, event_time in evaluated:
+                self._commit(pipe, user, state, evaluation, snapshot.taken_ms, reason, event_time)
+
         retry: list[str] = []
-        for (user, evaluation), (status, appended, pending, outbox) in zip(
-            evaluated, pipe.execute(), strict=True
+        replies = calls.run(self.client, self._scripts, commit_all)
+        for (user, _state, evaluation, _time), (status, appended, pending, outbox) in zip(
+            evaluated, replies, strict=True
         ):
             if status == "stale":
                 retry.append(user)
                 continue
             result.evaluated += 1
             result.evaluations[user] = evaluation
-            deltas += pending
-            records = decode_changes(outbox)
-            if appended:
-                result.appended += records[-appended:]
-            if records:
+            deltas += ((user, int(seq), text) for seq, text in zip(pending[::2], pending[1::2], strict=True))
+            if outbox:
+                records = decode_changes(outbox)
+                if appended:
+                    result.appended += records[-appended:]
                 result.outbox[user] = records
         return retry
 
     def _load(
-        self, users: list[str], paid: Mapping[str, list[list[object]]]
+        self, users: list[str], paid: Mapping[str, list[list[object]]], clears: Mapping[str, int] | None = None
     ) -> tuple[dict[str, Loaded], Snapshot]:
-        pipe = self.client.pipeline(transaction=False)
-        for user in users:
-            keys = UserKeys.of(user)
-            tier = TierKeys.of(user)
-            self._script(
-                keys=[keys.profile, keys.days, keys.categories, keys.skus, keys.channels,
-                      tier.tier, tier.paid],
-                args=["load", orjson.dumps(paid.get(user, []))],
-                client=pipe,
-            )
-        pipe.hgetall(SNAPSHOT_KEY)
-        *rows, snapshot = pipe.execute()
+        """The users' state, stored tiers and paid orders, and the population snapshot, in
+        one round trip that also clears deltas an earlier call applied (`clears`)."""
+        clears = clears or {}
+
+        def build(pipe: Pipeline) -> None:
+            for user, seq in clears.items():
+                calls.call(pipe, self._script, [TierKeys.of(user).pending], ["clear", seq])
+            for user in users:
+                keys = UserKeys.of(user)
+                tier = TierKeys.of(user)
+                calls.call(
+                    pipe, self._script,
+                    [keys.profile, keys.days, keys.categories, keys.skus, keys.channels, tier.tier, tier.paid],
+                    ["load", orjson.dumps(paid.get(user, []))],
+                )
+            pipe.hgetall(SNAPSHOT_KEY)
+
+        *rows, snapshot = calls.run(self.client, self._scripts, build)[len(clears):]
         out: dict[str, Loaded] = {}
         for user, row in zip(users, rows, strict=True):
-            profile, days, cats, skus, chans, tier, paid_orders = (_pairs(r) for r in row)
-            if not profile:
+            if not row[0]:
                 continue
+            profile, days, cats, skus, chans, tier, paid_orders = (_pairs(r) for r in row)
             purchases = []
             for value in paid_orders.values():
                 ts, qty = value.split(":")
@@ -285,17 +311,15 @@ class TierStore:
         return evaluation.as_of_ms
 
     def _commit(
-        self, pipe: redis.client.Pipeline, user: str, state: Loaded, e: Evaluation,
+        self, pipe: Pipeline, user: str, state: Loaded, e: Evaluation,
         snapshot_ms: int, reason: Reason, event_time_ms: int,
     ) -> None:
         keys = TierKeys.of(user)
         scores = {"r": e.scores.r, "f": e.scores.f, "m": e.scores.m} if e.scores else None
-        raw = (
-            {dim: str(e.raw.of(dim)) for dim in DIMENSIONS} if e.raw is not None else None
-        )
-        self._script(
-            keys=[keys.tier, keys.outbox, keys.pending, UserKeys.of(user).profile],
-            args=[
+        raw = {dim: str(e.raw.of(dim)) for dim in DIMENSIONS} if e.raw is not None else None
+        calls.call(
+            pipe, self._script, [keys.tier, keys.outbox, keys.pending, UserKeys.of(user).profile],
+            [
                 "commit", user, basis_of(state.raw.profile), e.as_of_ms, reason, iso(event_time_ms),
                 orjson.dumps(e.values()), orjson.dumps(scores), orjson.dumps(raw),
                 "" if e.next_boundary_ms is None else str(e.next_boundary_ms),
@@ -303,29 +327,34 @@ class TierStore:
                 orjson.dumps({"points": e.membership.points, "repurchases": e.lifecycle.repurchases}),
                 snapshot_ms,
             ],
-            client=pipe,
         )
 
-    def _flush(self, deltas: list[str]) -> None:
-        """Apply pending deltas to the population (once each), then clear them."""
-        by_shard: dict[ShardKeys, dict[tuple[str, int], dict]] = defaultdict(dict)
-        for text in deltas:
-            delta = orjson.loads(text)
-            by_shard[self.shards.holding(delta["user"])][(delta["user"], delta["seq"])] = delta
+    def _flush(self, deltas: Iterable[Delta]) -> None:
+        """Apply pending deltas to the population (once each) in one round trip. Clearing
+        them from the users' pending hashes rides on this store's next read (`_load`): a
+        delta left there is at or below the shard's applied mark, which every reader of it
+        (the apply, erasure) skips."""
+        by_shard: dict[ShardKeys, dict[tuple[str, int], str]] = defaultdict(dict)
+        for user, seq, text in deltas:
+            by_shard[self.shards.holding(user)][(user, seq)] = text
         if not by_shard:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for shard, items in by_shard.items():
-            ordered = [items[k] for k in sorted(items)]
-            self._script(keys=shard.as_list(), args=["apply", orjson.dumps(ordered)], client=pipe)
-        applied: dict[str, int] = {}
-        for flat in pipe.execute():
-            for user, seq in _pairs(flat).items():
-                applied[user] = int(seq)
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in applied.items():
-            self._script(keys=[TierKeys.of(user).pending], args=["clear", seq], client=pipe)
-        pipe.execute()
+
+        def build(pipe: Pipeline) -> None:
+            for shard, items in by_shard.items():
+                ordered = ",".join(items[k] for k in sorted(items))
+                calls.call(pipe, self._script, shard.as_list(), ["apply", f"[{ordered}]"])
+
+        applied = {user: int(seq) for flat in calls.run(self.client, self._scripts, build)
+                   for user, seq in _pairs(flat).items()}
+        with self._clears_lock:
+            for user, seq in applied.items():
+                self._clears[user] = max(seq, self._clears.get(user, 0))
+
+    def _take_clears(self) -> dict[str, int]:
+        with self._clears_lock:
+            clears, self._clears = self._clears, {}
+        return clears
 
     def preview(self, user_id: str, as_of_ms: int) -> Evaluation | None:
         """Evaluate as of any instant without committing (e.g. `tierflow user --as-of`).
@@ -346,8 +375,11 @@ class TierStore:
     # --- the timer ----------------------------------------------------------------------------
 
     def tick(self, now_ms: int, cadence_ms: int | None = None) -> TickResult:
-        """The timer: re-evaluate due users (time_decay); snapshot the population when
-        the interval passed and sweep the users it moves (means_shift)."""
+        """The timer, one bounded slice of each kind of time-based work: re-evaluate up to
+        `decay.due_batch` due users (time_decay); snapshot the population when the interval
+        passed; sweep the next slice of the users a snapshot moves (means_shift). Nothing
+        is held between slices: ingest commits run alongside, and the stale refusal
+        orders the two."""
         result = TickResult()
         due = self.schedule.due(now_ms, self.tiering.decay.due_batch)
         if due:
@@ -360,21 +392,27 @@ class TierStore:
         cadence = now_ms if cadence_ms is None else cadence_ms
         if self.stats.snapshot_due(cadence):
             result.shift = self.stats.snapshot_means(now_ms, cadence)
-        result.swept = self.sweep(now_ms)
+        result.swept = self.sweep_slice(now_ms)
+        return result
+
+    def sweep_slice(self, now_ms: int, reason: Reason = "means_shift") -> Result:
+        """Re-evaluate the next slice of the snapshot's pending sweep (`decay.due_batch`
+        users examined at most) and record it as done."""
+        step = self.stats.sweep_slice(self.tiering.decay.due_batch)
+        if step is None:
+            return Result()
+        result = self.evaluate_users(step.users, now_ms, reason)
+        self.stats.advance(step)
         return result
 
     def sweep(self, now_ms: int, reason: Reason = "means_shift") -> Result:
-        """Re-evaluate the users the snapshot's pending sweep names, then mark it done.
-        Users are streamed in chunks of `decay.due_batch`; one in several sets is
-        simply evaluated twice (the second finds nothing to change)."""
-        pending = self.stats.pending_sweep()
-        if pending is None:
-            return Result()
-        snapshot_id, users = pending
+        """The whole pending sweep, slice after slice (for tools; the timer takes one slice
+        a tick). A user in several sets is simply evaluated twice (the second finds nothing
+        to change)."""
         result = Result()
-        for chunk in _chunks(users, self.tiering.decay.due_batch):
-            result.merge(self.evaluate_users(chunk, now_ms, reason))
-        self.stats.sweep_done(snapshot_id)
+        while (step := self.stats.sweep_slice(self.tiering.decay.due_batch)) is not None:
+            result.merge(self.evaluate_users(step.users, now_ms, reason))
+            self.stats.advance(step)
         return result
 
     def reevaluate_all(self, user_ids: Iterable[str], now_ms: int) -> Result:

@@ -1,5 +1,13 @@
--- Mark a means-shift sweep finished (see pipeline/tiering/population.py).
--- KEYS[1]: the population snapshot hash; ARGV[1]: id of the snapshot whose sweep finished.
--- A newer snapshot taken meanwhile keeps its own pending sweep.
-if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then return redis.call('HDEL', KEYS[1], 'sweep') end
-return 0
+-- Record a slice of a means-shift sweep as done (see pipeline/tiering/population.py).
+-- KEYS[1]: the population snapshot hash; ARGV: 1 id of the snapshot swept, 2 where the slice
+-- started ('' = the beginning), 3 where it ended ('' = the sweep is finished).
+-- Only from where the sweep stood: a newer snapshot (which restarts the sweep) or another
+-- worker's slice recorded meanwhile wins, and this slice changes nothing.
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+if (redis.call('HGET', KEYS[1], 'sweep_at') or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], 'sweep', 'sweep_at')
+else
+  redis.call('HSET', KEYS[1], 'sweep_at', ARGV[3])
+end
+return 1

@@ -44,8 +44,8 @@ elseif op == 'commit' then
   --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
   --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases},
   --   13 when the population snapshot evaluated against was taken
-  -- Returns {status, how many records it appended, pending deltas (JSON), the user's
-  -- unacknowledged records (JSON, oldest first)}.
+  -- Returns {status, how many records it appended, pending deltas {seq, JSON, ...}, the
+  -- user's unacknowledged records (JSON, oldest first)}.
   local tier, outbox, pending, profile = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local user, basis, as_of = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   -- Evaluated from a state that has moved on, or from an instant before the stored one:
@@ -115,7 +115,7 @@ elseif op == 'commit' then
     redis.call('HSET', pending, int(dseq), cjson.encode(delta))
   end
   redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11], 'pop', int(snapshot))
-  return {'ok', appended, redis.call('HVALS', pending), redis.call('LRANGE', outbox, 0, -1)}
+  return {'ok', appended, redis.call('HGETALL', pending), redis.call('LRANGE', outbox, 0, -1)}
 
 elseif op == 'clear' then
   -- KEYS: pending; ARGV[2]: highest delta seq the population has applied for this user.

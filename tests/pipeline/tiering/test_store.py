@@ -24,7 +24,7 @@ from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import DAY_MS, UserKeys, encode
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, TierKeys
 from tierflow.pipeline.tiering.rfm import DIMENSIONS, quantile_cuts
-from tierflow.pipeline.tiering.store import Result, TierStore
+from tierflow.pipeline.tiering.store import Delta, Result, TierStore
 from tierflow.schemas.events import Browse, Interaction, Item, Purchase
 from tierflow.schemas.tier_changes import TierChange
 
@@ -113,7 +113,9 @@ def assert_population_consistent(w: World) -> None:
             held = {s for s in range(1, 6) if user in holders[(dim, s)]}
             assert held == ({int(tier[f"s:{dim}"])} if f"s:{dim}" in tier else set())
         assert due.get(user) == (int(tier["nb"]) if "nb" in tier else None)
-        assert w.client.hlen(TierKeys.of(user).pending) == 0
+        # Deltas still listed are ones the shard applied (cleared on the store's next read).
+        applied = int(w.client.hget(w.tiers.shards.holding(user).applied, user) or 0)
+        assert all(int(seq) <= applied for seq in w.client.hkeys(TierKeys.of(user).pending))
 
 
 def assert_versions_gapless(records: list[TierChange]) -> None:
@@ -241,10 +243,10 @@ def test_counts_equal_a_recount_after_random_updates_duplicates_and_crashes(redi
         assert_versions_gapless(w.records(user))
 
 
-def crash_before_flush(w: World, users: list[str], now: int, *, applied_half: bool) -> list[str]:
+def crash_before_flush(w: World, users: list[str], now: int, *, applied_half: bool) -> list[Delta]:
     """Run an evaluation round (commit) and die before the population deltas are
     applied, or after applying some of them twice (a crash before clearing)."""
-    deltas: list[str] = []
+    deltas: list[Delta] = []
     w.tiers._round(users, now, "event", {}, {}, Result(), deltas)
     if applied_half:
         half = deltas[: len(deltas) // 2]
@@ -458,6 +460,95 @@ def test_quantile_mode_scores_by_population_quintile(redis_url: str) -> None:
     assert shift.shift.population.cuts["f"] == quantile_cuts(list(counts.values()))
     scores = {u: w.tiers.stored(u).scores.f for u in counts}
     assert scores == {f"q{i}": i // 2 + 1 for i in range(10)}
+
+
+# --- time-based work in bounded slices ------------------------------------------------------------
+
+
+def sliced(redis_url: str, *, shards: int, slice_users: int, snapshot_ms: int | None = None) -> World:
+    """A world whose timer takes at most `slice_users` users a tick."""
+    base = load_config().tiering
+    population = msgspec.structs.replace(
+        base.population, shards=shards, snapshot_interval_ms=snapshot_ms or base.population.snapshot_interval_ms)
+    return World(redis_url, config_with(
+        decay=msgspec.structs.replace(base.decay, due_batch=slice_users), population=population))
+
+
+def test_a_due_set_larger_than_a_slice_is_worked_off_over_several_ticks_each_user_once(redis_url: str) -> None:
+    w = sliced(redis_url, shards=4, slice_users=5, snapshot_ms=10**12)
+    users = [f"u{i:02d}" for i in range(23)]
+    w.ingest([w.purchase(user, T0) for user in users], T0)
+    w.tiers.tick(T0)  # the first snapshot: everyone alike, nobody flips
+    first = (DAY0 + 6) * DAY_MS  # R=5 -> R=4 for everyone
+    assert len(w.tiers.schedule.due(first, 100)) == 23
+    decayed: list[str] = []
+    ticks = 0
+    while w.tiers.schedule.due(first, 1):
+        step = w.tiers.tick(first)
+        assert step.decayed.evaluated <= 5
+        decayed += step.decayed.evaluations
+        ticks += 1
+    assert ticks == 5
+    assert sorted(decayed) == users  # nothing lost, nobody twice
+    assert {w.tiers.stored(user).scores.r for user in users} == {4}
+    assert_population_consistent(w)
+
+
+def test_a_sweep_larger_than_a_slice_finishes_over_several_ticks_each_change_once(redis_url: str) -> None:
+    # Spread over 16 shards, so a 5-user slice ends after a few shards' sets.
+    w = sliced(redis_url, shards=16, slice_users=5)
+    other = TierStore(w.client, w.config)  # a second worker sweeping the same snapshot
+    big = [f"big{i:02d}" for i in range(30)]
+    small = [f"small{i:02d}" for i in range(30)]
+    w.ingest([w.purchase(user, T0, 2000.0) for user in big] + [w.purchase(user, T0, 10.0) for user in small], T0)
+    assert 5 in w.tiers.stats.snapshot_means(T0).flips["m"]  # M=5 is above the new mean
+    swept: list[str] = []
+    changed: list[str] = []
+    slices = 0
+    while w.client.hget(SNAPSHOT_KEY, "sweep") is not None:
+        # The workers take turns; now and then both take the same slice and one's record loses.
+        racing = slices % 3 == 2
+        rival = other.stats.sweep_slice(5) if racing else None
+        store = (w.tiers, other)[slices % 2]
+        result = store.sweep_slice(T0 + 1)
+        if rival is not None:
+            other.evaluate_users(rival.users, T0 + 1, "means_shift")
+            assert not other.stats.advance(rival)  # the sweep moved on meanwhile
+        assert result.evaluated <= 5 + 8  # one SCAN page past the bound at most
+        swept += result.evaluations
+        changed += [r.user_id for r in result.appended if r.dimension == "segment"]
+        slices += 1
+    assert slices > 3
+    assert set(swept) == set(big)
+    assert sorted(changed) == big  # each flipped user's change recorded once
+    for user in big:
+        [record] = [r for r in w.records(user) if r.reason == "means_shift"]
+        assert record.new is not None and record.new.startswith("important_")
+    assert_population_consistent(w)
+
+
+def test_a_new_snapshot_mid_sweep_starts_the_merged_sweep_from_the_beginning(redis_url: str) -> None:
+    w = sliced(redis_url, shards=16, slice_users=3)
+    big = [f"big{i:02d}" for i in range(20)]
+    w.ingest([w.purchase(user, T0, 2000.0) for user in big] + [w.purchase("low", T0, 10.0)], T0)
+    w.tiers.stats.snapshot_means(T0)
+    half = w.tiers.sweep_slice(T0)
+    assert 0 < half.evaluated < len(big)
+    assert w.client.hget(SNAPSHOT_KEY, "sweep_at")
+    w.tiers.stats.snapshot_means(T0 + 1)  # nothing moved, but the unfinished sweep is kept
+    assert w.client.hget(SNAPSHOT_KEY, "sweep_at") is None
+    assert w.tiers.sweep(T0 + 1).evaluated >= len(big)
+    assert w.client.hget(SNAPSHOT_KEY, "sweep") is None
+    # Everyone the sweep names was evaluated against the newest snapshot.
+    assert {w.client.hget(TierKeys.of(user).tier, "pop") for user in big} == {
+        w.client.hget(SNAPSHOT_KEY, "taken_ms")}
+
+
+def test_applied_deltas_are_cleared_by_the_next_read(world: World) -> None:
+    world.ingest([world.purchase("u1", T0)], T0)
+    assert world.client.hlen(TierKeys.of("u1").pending) == 1  # applied, not yet cleared
+    world.tiers.evaluate_users(["u2"], T0, "event")  # any later call clears it
+    assert world.client.hlen(TierKeys.of("u1").pending) == 0
 
 
 # --- outbox ---------------------------------------------------------------------------------------
