@@ -1,0 +1,1 @@
+"""What a configuration change would do, before it is applied (`tierflow preview`)."""
