@@ -107,11 +107,13 @@ def pending(migrations: list[Migration], done: dict[int, str]) -> list[Migration
     return [m for m in migrations if m.version not in done]
 
 
-def migrate(backend: Backend, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply what is pending, in order; returns what was applied now."""
+def migrate(backend: Backend, directory: Path = MIGRATIONS_DIR, *, run: bool = True) -> list[Migration]:
+    """Apply what is pending, in order; returns what was applied now. `run=False` only
+    records them as applied: for a schema created by hand in another form (a cluster's
+    replicated and distributed tables, docs/bi.md)."""
     todo = pending(load_migrations(directory), applied(backend))
     for migration in todo:
-        for statement in migration.statements():
+        for statement in migration.statements() if run else ():
             backend.execute(statement)
         backend.insert(
             "schema_migrations",

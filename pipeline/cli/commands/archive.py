@@ -49,14 +49,14 @@ def _migrate(args: argparse.Namespace) -> int:
     except ArchiveUnavailable as exc:
         raise unavailable(exc) from exc
     try:
-        done = migrate(backend)
+        done = migrate(backend, run=not args.record_only)
     except (ArchiveUnavailable, MigrationError) as exc:
         raise unavailable(exc) from exc
     finally:
         backend.close()
     if done:
         for m in done:
-            print(f"applied {m.version:03d}_{m.name}")
+            print(f"{'recorded' if args.record_only else 'applied'} {m.version:03d}_{m.name}")
     else:
         print(f"{backend.display}: schema up to date")
     return 0
@@ -148,6 +148,9 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("migrate", help="create or upgrade the ClickHouse archive schema")
+    parser.add_argument("--record-only", action="store_true",
+                        help="record the pending migrations as applied without running them, for a"
+                             " schema created by hand (a ClickHouse cluster: docs/bi.md)")
     parser.set_defaults(func=_migrate)
 
     parser = sub.add_parser(

@@ -43,6 +43,7 @@ from tests.fixtures.archive import (
 )
 from tests.fixtures.worker import ROOT, free_port
 from tierflow.pipeline.archive import aipl, reports
+from tierflow.pipeline.archive.backend import open_backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.migrate import (
     MIGRATIONS_DIR,
@@ -136,6 +137,21 @@ def test_migrations_are_versioned_and_idempotent(archive: Archive, tmp_path: Pat
     first.write_text(first.read_text() + "\n-- edited\n")
     with pytest.raises(MigrationError, match="changed after it was applied"):
         migrate(backend, changed)
+
+
+def test_migrations_can_be_recorded_for_a_schema_made_by_hand(ctx: Context, tmp_path: Path) -> None:
+    """A cluster's schema is created by its operator; `tierflow migrate --record-only`
+    marks the files applied so that workers leave it as it is."""
+    backend = open_backend(ctx.settings, ctx.config.archive)
+    try:
+        recorded = migrate(backend, run=False)
+        assert [m.version for m in recorded] == [m.version for m in load_migrations()]
+        assert {row[0] for row in backend.query("SHOW TABLES")} == {"schema_migrations"}
+        assert migrate(backend) == []  # nothing left to run
+    finally:
+        if ctx.settings.clickhouse_url:
+            backend.execute(f"DROP DATABASE IF EXISTS {ctx.config.archive.database}")
+        backend.close()
 
 
 # --- AIPL exactness -----------------------------------------------------------------------

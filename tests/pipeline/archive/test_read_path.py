@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.fixtures.worker import ROOT
 from tierflow.pipeline.archive.batch import Batch
+from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.owner import Endpoint, Ownership, loopback_url, read_owner
 from tierflow.pipeline.archive.rows import points_moved
 from tierflow.pipeline.archive.sql import (
@@ -23,6 +25,8 @@ from tierflow.pipeline.archive.sql import (
     from_json,
     read_only_statement,
 )
+from tierflow.pipeline.config.domain import load_config
+from tierflow.pipeline.config.settings import Settings
 from tierflow.schemas.reward_grants import RewardItem, RewardRecord
 
 
@@ -150,3 +154,14 @@ def test_one_process_owns_an_archive_until_it_dies(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+
+
+def test_with_a_server_every_process_writes(tmp_path: Path) -> None:
+    """No owner lock with CLICKHOUSE_URL: every worker's writer may take its partitions
+    (nothing is contacted to decide that)."""
+    settings = replace(Settings.from_env(), home=tmp_path, clickhouse_url="http://127.0.0.1:1/tierflow")
+    first, second = (Archive(settings, load_config().archive) for _ in range(2))
+    assert first.claim() and second.claim()
+    assert not list(tmp_path.iterdir())
+    first.release()
+    second.release()
