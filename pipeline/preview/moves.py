@@ -34,9 +34,14 @@ class Moves:
         return {
             dim: {"moved": self.moved(dim),
                   "matrix": [{"from": old, "to": new, "users": n}
-                             for (old, new), n in sorted(cells.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1])))]}
+                             for (old, new), n in sorted(cells.items(), key=lambda kv: _order(*kv[0]))]}
             for dim, cells in self.cells.items()
         }
+
+
+def _order(old: Value, new: Value) -> tuple[bool, str, bool, str]:
+    """No value first, then by name."""
+    return (old is not None, old or "", new is not None, new or "")
 
 
 @dataclass

@@ -15,7 +15,15 @@ import redis
 
 from tests.e2e.test_rebuild import wait_quiet
 from tests.fixtures.checks import assert_state_matches
-from tests.fixtures.worker import cli, population_events, read_to_end, running_worker, send_events, wait_processed
+from tests.fixtures.worker import (
+    cli,
+    population_events,
+    read_committed,
+    read_to_end,
+    running_worker,
+    send_events,
+    wait_processed,
+)
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.config.settings import Settings
@@ -138,7 +146,14 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
     assert state is not None
     fresh = summarize(victim, state, later, [30, 90], config.state.retention_days)
     assert fresh.counts["browse"] == 1 and fresh.frequency["lifetime"] == 0
+    # The new customer's tier changes start again at version 1, after the erasure's marks.
+    marks = erasures[0]["marks"]
+    theirs = [(partition, offset, change) for partition, offset, change in
+              read_committed(settings, settings.topics.tier_changes) if change["user_id"] == victim]
+    new_changes = [change for partition, offset, change in theirs
+                   if offset >= marks[f"{settings.topics.tier_changes}:{partition}"]]
+    assert new_changes and {c["version"] for c in new_changes} == {1}
     assert archived(settings, config, victim) == {"touch_events": 1, "aipl_user_daily": 1, "user_daily": 1,
-                                                  "aipl_first_reached": 1}
+                                                  "aipl_first_reached": 1, "tier_changes": len(new_changes)}
     assert_state_matches(settings, [*kept, comeback], [later])
     assert population_counts(client, config) == tally(client, users)
