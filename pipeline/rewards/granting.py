@@ -105,9 +105,12 @@ def event_steps(config: RewardsConfig, event_rules: EventRules, events: Sequence
     purchase's coupons are redeemed, then the rules the event fires grant.
     `first_purchase`: users' earliest purchase times from the state store."""
     steps: list[Step] = []
+    listened = event_rules.by_type
     for event, ts_ms in events:
-        if isinstance(event, Purchase) and event.coupons:
+        if type(event) is Purchase and event.coupons:
             steps.append(Redeem(event, ts_ms))
+        if type(event) not in listened:
+            continue  # most events: no rule listens to their type
         for intent in rules.match_event(config, event, ts_ms, first_purchase.get(event.user_id), event_rules):
             referral = isinstance(config.prizes[intent.prize_id], ReferralCoupon)  # interactions only (load check)
             steps.append(StepUp(intent, event.event_id) if referral else Grant(intent))

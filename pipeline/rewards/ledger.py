@@ -56,6 +56,8 @@ import msgspec
 import orjson
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from tierflow.pipeline import lua
 from tierflow.pipeline.rewards.catalogue import initial_status
@@ -279,6 +281,25 @@ class Ledger:
         self._redeem = lua.register(client, __file__, "redeem")
         self._update = lua.register(client, __file__, "update")
         self._ack = lua.register(client, __file__, "ack")
+        self._scripts = (self._reserve, self._release, self._grant, self._redeem, self._update, self._ack)
+
+    def _scripted(self, queue: Callable[[Pipeline], None]) -> list[Any]:
+        """Run the commands `queue` adds, scripts called by hash (no SCRIPT EXISTS round
+        trip). When Redis has lost the scripts (a restart) it ran none of them: load them
+        and run the whole pipeline again. Raises the first error a command met."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                for script in self._scripts:
+                    self.client.script_load(script.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     # --- campaign side -------------------------------------------------------
 
@@ -339,42 +360,49 @@ class Ledger:
 
     def reserve_all(self, calls: Sequence[ReserveCall], touches: Sequence[Touch]) -> list[Reservation]:
         """Index the users about to be written, then reserve.lua per call, in order."""
-        pipe = self.client.pipeline(transaction=False)
-        _index(pipe, touches)
-        for call in calls:
-            ck = CampaignKeys.of(call.campaign_id)
-            needs = {"stock": [list(s) for s in call.stock],
-                     "pools": [[p.prize_id, p.count, p.code, p.size] for p in call.pools]}
-            self._reserve(keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p.prize_id) for p in call.pools)],
-                          args=[call.key, call.cost_cents, -1 if call.budget_cents is None else call.budget_cents,
-                                orjson.dumps(needs)], client=pipe)
-        replies = pipe.execute()
+
+        def queue(pipe: Pipeline) -> None:
+            _index(pipe, touches)
+            for call in calls:
+                ck = CampaignKeys.of(call.campaign_id)
+                needs = {"stock": [list(s) for s in call.stock],
+                         "pools": [[p.prize_id, p.count, p.code, p.size] for p in call.pools]}
+                _eval(pipe, self._reserve, [ck.hash, ck.reservations, ck.stock,
+                                            *(ck.pool(p.prize_id) for p in call.pools)],
+                      [call.key, call.cost_cents, -1 if call.budget_cents is None else call.budget_cents,
+                       orjson.dumps(needs)])
+
+        replies = self._scripted(queue)
         return [_reservation(reply) for reply in replies[len(replies) - len(calls):]]
 
     def write_all(self, calls: Sequence[GrantCall | RedeemCall]) -> list[GrantReply | list[RewardRecord]]:
         """grant.lua or redeem.lua per call, in order: a grant's (status, the stored records
         when a duplicate); a redemption's records newly written."""
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            keys = RewardKeys.of(call.user_id).as_list()
-            if isinstance(call, GrantCall):
-                payload = grant_payload(call.records, call.items, call.referral)
-                self._grant(keys=keys, args=[call.key, call.rule_id, call.limit, orjson.dumps(payload)], client=pipe)
-            else:
-                self._redeem(keys=keys, args=[orjson.dumps([_redeem_payload(op) for op in call.ops])], client=pipe)
+        args = [[call.key, call.rule_id, call.limit, orjson.dumps(grant_payload(call.records, call.items,
+                                                                                 call.referral))]
+                if isinstance(call, GrantCall) else [orjson.dumps([_redeem_payload(op) for op in call.ops])]
+                for call in calls]
+
+        def queue(pipe: Pipeline) -> None:
+            for call, call_args in zip(calls, args, strict=True):
+                script = self._grant if isinstance(call, GrantCall) else self._redeem
+                _eval(pipe, script, RewardKeys.of(call.user_id).as_list(), call_args)
+
         return [_grant_reply(reply) if isinstance(call, GrantCall) else [decode(r) for r in reply]
-                for call, reply in zip(calls, pipe.execute(), strict=True)]
+                for call, reply in zip(calls, self._scripted(queue), strict=True)]
 
     def settle(self, releases: Sequence[tuple[str, str, Sequence[str]]], touches: Sequence[Touch]) -> None:
         """Give back the reservations (campaign, key, pool prizes) whose user side refused,
         and index the written users again."""
-        pipe = self.client.pipeline(transaction=False)
-        for campaign_id, key, pool_prizes in releases:
-            ck = CampaignKeys.of(campaign_id)
-            self._release(keys=[ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)],
-                          args=[key, orjson.dumps(list(pool_prizes))], client=pipe)
-        _index(pipe, touches)
-        pipe.execute()
+
+        def queue(pipe: Pipeline) -> None:
+            for campaign_id, key, pool_prizes in releases:
+                ck = CampaignKeys.of(campaign_id)
+                _eval(pipe, self._release, [ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)],
+                      [key, orjson.dumps(list(pool_prizes))])
+            _index(pipe, touches)
+
+        self._scripted(queue)
 
     # --- user side -----------------------------------------------------------
 
@@ -398,10 +426,12 @@ class Ledger:
         """update.lua per (user, dedupe, update), in order, between two indexings of the users."""
         users = [(user, None) for user in dict.fromkeys(user for user, _, _ in updates)]
         self.touch_all(users)
-        pipe = self.client.pipeline(transaction=False)
-        for user, dedupe, update in updates:
-            self._update(keys=RewardKeys.of(user).as_list(), args=[_update_payload(dedupe, update)], client=pipe)
-        results = [int(r) for r in pipe.execute()]
+
+        def queue(pipe: Pipeline) -> None:
+            for user, dedupe, update in updates:
+                _eval(pipe, self._update, RewardKeys.of(user).as_list(), [_update_payload(dedupe, update)])
+
+        results = [int(r) for r in self._scripted(queue)]
         self.touch_all(users)
         return results
 
@@ -518,6 +548,10 @@ class Ledger:
             pipe.zadd(EXPIRY_INDEX, {user: score}, lt=True)
         if nxt:
             pipe.execute()
+
+
+def _eval(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _index(pipe: Pipeline, touches: Sequence[Touch]) -> None:

@@ -24,7 +24,7 @@ from tierflow.pipeline.rewards.config import (
     TierTrigger,
 )
 from tierflow.pipeline.state.summary import cents
-from tierflow.schemas.events import Event, Interaction, Purchase
+from tierflow.schemas.events import EVENT_TYPES, Event, Interaction, Purchase
 from tierflow.schemas.tier_changes import TierChange
 
 
@@ -79,18 +79,18 @@ class EventRules:
     """The active event-triggered rules by the event type they fire on, built once per
     config: an event no rule listens to (most browses and carts) costs one lookup."""
 
-    by_type: Mapping[str, Mapping[str, Rule]]
+    by_type: Mapping[type, Mapping[str, Rule]]
     # Does any rule need to know whether a purchase is the user's first?
     wants_first_purchase: bool
 
     @classmethod
     def of(cls, config: RewardsConfig) -> EventRules:
-        by_type: dict[str, dict[str, Rule]] = {}
+        by_type: dict[type, dict[str, Rule]] = {}
         for rid, rule in config.active_rules().items():
             if isinstance(rule.trigger, EventTrigger):
-                by_type.setdefault(rule.trigger.event, {})[rid] = rule
+                by_type.setdefault(EVENT_TYPES[rule.trigger.event], {})[rid] = rule
         wants = any(isinstance(r.trigger, EventTrigger) and r.trigger.first_purchase
-                    for r in by_type.get("purchase", {}).values())
+                    for r in by_type.get(Purchase, {}).values())
         return cls(by_type, wants)
 
 
@@ -116,7 +116,7 @@ def event_matches(trigger: EventTrigger, event: Event, ts_ms: int, first_purchas
 
 def match_event(config: RewardsConfig, event: Event, ts_ms: int, first_purchase_ms: int | None = None,
                 event_rules: EventRules | None = None) -> list[GrantIntent]:
-    listening = (event_rules or EventRules.of(config)).by_type.get(type(event).__struct_config__.tag, {})
+    listening = (event_rules or EventRules.of(config)).by_type.get(type(event))
     if not listening:
         return []
     fired = {rid: rule for rid, rule in listening.items()
