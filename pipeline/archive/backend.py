@@ -170,11 +170,14 @@ class ClickHouseBackend:
     connection failure, so a backend outlives a ClickHouse outage."""
 
     def __init__(
-        self, kind: str, dsn: str, display: str, database: str, **client_args: Any
+        self, kind: str, dsn: str, display: str, database: str, *, create: bool = True,
+        **client_args: Any,
     ) -> None:
+        """`create`: create the database on connect (not for a read-only user)."""
         self.kind = kind
         self.display = display
         self.database = database
+        self.create = create
         self._dsn = dsn
         self._client_args = client_args
         self._client: Client | None = None
@@ -187,7 +190,8 @@ class ClickHouseBackend:
             if self._client is None:
                 client = self._open()
                 try:
-                    client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+                    if self.create:
+                        client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
                     client.database = self.database
                 except Exception:
                     client.close()
@@ -385,16 +389,17 @@ def _brief(exc: BaseException) -> str:
     return re.sub(r"//[^/@\s]+@", "//", text)
 
 
-def open_backend(settings: Settings, cfg: ArchiveConfig) -> ClickHouseBackend:
+def open_backend(settings: Settings, cfg: ArchiveConfig, *, read_only: bool = False) -> ClickHouseBackend:
     """The server backend when CLICKHOUSE_URL is set, embedded chDB otherwise (its
-    directory is created here, on first open only).
+    directory is created here, on first open only). `read_only`: a server user that
+    may only read (the database is not created).
 
     Raises ArchiveBusy when another process holds the chDB directory.
     """
     if settings.clickhouse_url:
         url = settings.clickhouse_url
         return ClickHouseBackend(
-            "server", url, server_display(url), server_database(url, cfg),
+            "server", url, server_display(url), server_database(url, cfg), create=not read_only,
             autogenerate_session_id=False,  # the writer and the dashboard share one client
         )
     path = chdb_path(cfg, settings.home).resolve()

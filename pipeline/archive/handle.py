@@ -23,9 +23,13 @@ from tierflow.pipeline.config.settings import Settings
 
 
 class Archive:
-    def __init__(self, settings: Settings, cfg: ArchiveConfig) -> None:
+    def __init__(self, settings: Settings, cfg: ArchiveConfig, *, read_only: bool = False) -> None:
+        """`read_only`: for readers only (`tierflow sql`): on a server, create and migrate
+        nothing, so a user with readonly=1 in its profile can read. Embedded chDB is
+        migrated by whichever process opens it."""
         self.settings = settings
         self.cfg = cfg
+        self.read_only = read_only and not self.embedded
         self._backend: Backend | None = None
         self._migrated: int | None = None  # the backend session migrated
         self._lock = threading.Lock()
@@ -47,9 +51,9 @@ class Archive:
         it cannot be reached; call again later."""
         with self._lock:
             if self._backend is None:
-                self._backend = open_backend(self.settings, self.cfg)
+                self._backend = open_backend(self.settings, self.cfg, read_only=self.read_only)
             session = self._backend.session()
-            if session != self._migrated:
+            if session != self._migrated and not self.read_only:
                 migrate(self._backend)
                 self._migrated = session
             return self._backend

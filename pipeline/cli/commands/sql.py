@@ -63,7 +63,7 @@ def _sql(args: argparse.Namespace) -> int:
     except SqlRefused as exc:
         raise CliError(f"refused: {exc}", EXIT_REFUSED) from exc
     ctx = from_args(args)
-    archive = Archive(ctx.settings, ctx.config.archive)
+    archive = Archive(ctx.settings, ctx.config.archive, read_only=True)
     try:
         table = archive.reader().select(statement, dict(args.param or []))
     except ArchiveQueryError as exc:
