@@ -35,10 +35,26 @@ test: setup system-deps
 lint: setup
 	$(BIN)/ruff check pipeline agents schemas infra tests bench examples
 
-# Quix Streams pins an older confluent-kafka, so it lives in its own venv (bench/README.md).
-bench: setup
+# Quix Streams pins an older confluent-kafka, so it lives in its own venv (bench/README.md),
+# with tierflow installed there without its dependencies for the pure code it reuses.
+QUIX_VENV := $(VENV)/quix
+BENCH_ARGS ?=
+
+$(QUIX_VENV)/bin/quix-ready: pyproject.toml
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/pip install --quiet quixstreams msgspec orjson 'redis[hiredis]'
+	$(QUIX_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/bench-ready: pyproject.toml $(BIN)/tierflow
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+# The full run takes about 15 minutes; BENCH_ARGS=--quick about 3 (bench/README.md).
+bench: setup $(VENV)/bench-ready $(QUIX_VENV)/bin/quix-ready
 	$(BIN)/tierflow up
-	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench --readme --quix-python $(QUIX_VENV)/bin/python $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

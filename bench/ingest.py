@@ -409,11 +409,13 @@ def table(rows: list[Summary], datasets: Sequence[Dataset]) -> str:
     return "\n".join(lines)
 
 
-def delete_run_topics(settings: Settings, run_prefix: str) -> None:
+def delete_run_topics(settings: Settings, run_tag: str) -> None:
+    """Every topic whose name holds the run's tag: its own, and those Faust and Quix
+    Streams create (named after the consumer group, which holds the tag too)."""
     from tierflow.pipeline.kafka.topics import admin
 
     client = admin(settings)
-    names = [t for t in client.list_topics(timeout=10).topics if t.startswith(run_prefix)]
+    names = [t for t in client.list_topics(timeout=10).topics if run_tag in t]
     for future in client.delete_topics(names, operation_timeout=30).values() if names else []:
         future.result()
 

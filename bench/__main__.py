@@ -1,0 +1,597 @@
+"""tierflow end to end, side by side with the alternatives, in one run.
+
+    python -m bench [--quick] [--out DIR] [--readme] [...]      (make bench)
+
+On the same pre-produced topics (one event per record, the 60/20/10/10 mix of
+bench/traffic.py), one after the other, each in its own process:
+
+  raw     confluent-kafka consume + orjson.loads: the ceiling of any Python reader
+  quix    Quix Streams doing the same state work in its own state store (bench/quix_tiers.py)
+  naive   one Faust agent with per-event Redis reads and writes (bench/naive.py)
+  tierflow  the real worker (`tierflow worker`, every stage on), timed until its
+          group's lag is 0 and its outputs are flushed
+
+Then, with the same worker still running: the state size of customers active
+every day (MEMORY USAGE of their keys) and the latency event -> tier.changes at
+half the measured throughput. Then the tierflow worker alone against batch sizes
+and populations, and 1, 2, 4 workers over more partitions. Results go to DIR as
+JSON and charts; --readme also rewrites the figures section of bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from bench.ingest import Dataset, delete_run_topics, log, produce, quix_available
+from bench.stats import cdf, latency_summary, percentile, ratio
+from bench.traffic import Traffic, customer_id
+from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.domain import Config, load_config
+from tierflow.pipeline.config.settings import Settings, Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")
+README = ROOT / "bench" / "README.md"
+README_BEGIN, README_END = "<!-- bench:figures -->", "<!-- /bench:figures -->"
+POLL_S = 0.25  # how often the parent reads the worker group's lag
+SETTLE_TIMEOUT_S = 120.0  # outputs flushed after lag 0, at most
+STOP_TIMEOUT_S = 30.0
+LATENCY_TICK_S = 0.01  # the paced producer sends what is due every tick
+LATENCY_TAIL_S = 3.0  # after the last paced event, wait this long for its changes
+LATENCY_SHARE = 0.5  # of the measured end-to-end throughput
+DAILY_PREFIXES = {90: "d90-", 180: "d180-"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big one run is; --quick takes the small one."""
+
+    events: int
+    customers: int
+    days: int
+    cap_s: float  # a contender that has not finished by then reports its rate so far
+    batch_sizes: tuple[int, ...]
+    populations: tuple[int, ...]
+    workers: tuple[int, ...]
+    scaling_partitions: int
+    latency_s: float
+    daily_users: int  # customers active every day, per history length
+    sample: int  # backlog customers whose keys are measured
+
+
+FULL = Plan(events=300_000, customers=30_000, days=30, cap_s=90, batch_sizes=(1, 5, 20),
+            populations=(10_000, 30_000, 100_000), workers=(1, 2, 4), scaling_partitions=8,
+            latency_s=40, daily_users=50, sample=1000)
+QUICK = Plan(events=60_000, customers=30_000, days=30, cap_s=30, batch_sizes=(1, 20),
+             populations=(30_000,), workers=(), scaling_partitions=8, latency_s=10, daily_users=10, sample=300)
+
+
+@dataclass
+class Throughput:
+    name: str
+    events: int = 0
+    records: int = 0
+    seconds: float = 0.0
+    startup_s: float | None = None
+    capped: bool = False
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+# ------------------------------------------------------------- processes --
+
+
+def run_child(cmd: list[str], spec: dict[str, Any], workdir: Path, name: str, timeout: float) -> Throughput:
+    """A contender process that writes its Meter result to spec['result_path']."""
+    result_path = workdir / f"{name}.json"
+    log_path = workdir / f"{name}.log"
+    spec = {**spec, "result_path": str(result_path)}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([*cmd, json.dumps(spec)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    if not result_path.exists():
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-4:]
+        return Throughput(name, error=f"exit {proc.returncode}: " + " | ".join(tail))
+    result = orjson.loads(result_path.read_bytes())
+    return Throughput(name, events=result["events"], records=result["records"], seconds=result["seconds"],
+                      startup_s=result["startup_s"], capped=bool(result.get("capped")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Workers:
+    """`tierflow worker` processes of one group, each with its own home (chDB is single-process)."""
+
+    def __init__(self, settings: Settings, workdir: Path, name: str) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.name = name
+        self.procs: list[subprocess.Popen] = []
+        self.started = 0.0
+
+    def start(self, count: int) -> None:
+        self.started = time.monotonic()
+        for i in range(count):
+            home = self.workdir / f"{self.name}-{i}"
+            home.mkdir(parents=True, exist_ok=True)
+            env = {
+                **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": self.settings.redis_url,
+                "TIERFLOW_TOPIC_PREFIX": self.settings.topics.prefix, "TIERFLOW_GROUP": self.settings.group_id,
+                "TIERFLOW_PARTITIONS": str(self.settings.partitions), "TIERFLOW_HOME": str(home),
+                "TIERFLOW_WEB_PORT": str(free_port()),
+            }
+            with (home / "worker.log").open("ab") as out:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tierflow.pipeline.cli.main", "worker", "--loglevel", "warning"],
+                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def check(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None:
+                tail = (self.workdir / f"{self.name}-{i}" / "worker.log").read_text(errors="replace")[-800:]
+                raise RuntimeError(f"worker {i} exited {proc.returncode}: {tail}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.procs = []
+
+
+# ------------------------------------------------------- tierflow worker --
+
+
+def outputs_pending(client: redis.Redis, config: Config) -> bool:
+    """Tier changes or reward records still waiting in an outbox."""
+    from tierflow.pipeline.rewards.engine import RewardEngine
+    from tierflow.pipeline.tiering.store import TierStore
+
+    return bool(TierStore(client, config).outbox.users(1) or RewardEngine(client, config.rewards).outbox(1).records)
+
+
+def remaining(settings: Settings, ends: dict[tuple[str, int], int]) -> int:
+    from tierflow.pipeline.kafka import lag
+
+    return sum(r.lag for r in lag.measure(settings, ends))
+
+
+def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    from tierflow.pipeline.kafka import lag
+
+    return {(r.topic, r.partition): r.end for r in lag.measure(settings)}
+
+
+def wait_settled(settings: Settings, ctx: Context, client: redis.Redis, workers: Workers,
+                 ends: dict[tuple[str, int], int], deadline: float) -> None:
+    """Until the archive has caught up with `ends` and no output waits in an outbox."""
+    from tierflow.agents.archive import archive_group
+
+    archive = replace(settings, group_id=archive_group(ctx))
+    while remaining(archive, ends) or outputs_pending(client, ctx.config):
+        workers.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError("outputs not flushed in time")
+        time.sleep(POLL_S)
+
+
+def drain(settings: Settings, ctx: Context, client: redis.Redis, workers: Workers, dataset: Dataset,
+          cap_s: float, name: str) -> Throughput:
+    """Time the running workers through the dataset: from their first commit to
+    lag 0 with the outputs flushed (records committed before the first observed
+    commit are left out, so start-up and the group join are not counted)."""
+    ends = end_offsets(settings)
+    total = sum(ends.values())
+    per_record = dataset.events_per_record
+    t0 = done0 = None
+    while True:
+        workers.check()
+        left = remaining(settings, ends)
+        now = time.monotonic()
+        if t0 is None and left < total:
+            t0, done0 = now, total - left
+        if left == 0:
+            break
+        if t0 is not None and now - t0 >= cap_s:
+            records = total - left - done0
+            return Throughput(name, events=round(records * per_record), records=records, seconds=now - t0,
+                              startup_s=t0 - workers.started, capped=True)
+        time.sleep(POLL_S)
+    t_lag = time.monotonic()
+    wait_settled(settings, ctx, client, workers, ends, t_lag + SETTLE_TIMEOUT_S)
+    t_end = time.monotonic()
+    assert t0 is not None and done0 is not None
+    records = total - done0
+    return Throughput(name, events=round(records * per_record), records=records, seconds=t_end - t0,
+                      startup_s=t0 - workers.started,
+                      detail={"flush_s": round(t_end - t_lag, 2), "wall_s": round(t_end - workers.started, 2)})
+
+
+def worker_run(settings: Settings, ctx: Context, client: redis.Redis, workdir: Path, dataset: Dataset,
+               cap_s: float, name: str, count: int = 1) -> Throughput:
+    """A fresh group and db, `count` workers through the dataset, stopped after."""
+    client.flushdb()
+    group = replace(settings, topics=Topics(prefix=dataset.prefix), group_id=f"{dataset.prefix}{name}")
+    workers = Workers(group, workdir, name)
+    workers.start(count)
+    try:
+        return drain(group, ctx, client, workers, dataset, cap_s, name)
+    except (RuntimeError, TimeoutError) as exc:
+        return Throughput(name, error=str(exc)[-300:])
+    finally:
+        workers.stop()
+
+
+# ------------------------------------------------------- latency and size --
+
+
+def parse_rfc3339_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def tail_changes(settings: Settings, stop: threading.Event, on_change: Callable[[int, dict, int], None]) -> None:
+    """Read tier.changes from its current end (read_committed) until stopped."""
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from tierflow.pipeline.kafka import clients
+
+    consumer = clients.consumer(settings.kafka, f"{settings.group_id}-latency", **{"isolation.level": "read_committed"})
+    topic = settings.topics.tier_changes
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in partitions])
+    try:
+        while not stop.is_set():
+            for msg in consumer.consume(1000, 0.1):
+                if not msg.error():
+                    on_change(msg.timestamp()[1], orjson.loads(msg.value()), int(time.time() * 1000))
+    finally:
+        consumer.close()
+
+
+def latency(settings: Settings, traffic: Traffic, rate: float, seconds: float) -> dict[str, Any]:
+    """Paced events stamped with their produce time; each tier.changes record of
+    reason 'event' gives produce time -> its record timestamp (and -> when a reader saw it)."""
+    from tierflow.pipeline.kafka import clients
+
+    stamped: list[float] = []
+    seen: list[float] = []
+
+    def on_change(record_ms: int, change: dict, received_ms: int) -> None:
+        if change.get("reason") == "event":
+            event_ms = parse_rfc3339_ms(change["event_time"])
+            stamped.append(record_ms - event_ms)
+            seen.append(received_ms - event_ms)
+
+    stop = threading.Event()
+    reader = threading.Thread(target=tail_changes, args=(settings, stop, on_change), daemon=True)
+    reader.start()
+    time.sleep(1.0)  # the reader is assigned before the first paced event
+    producer = clients.producer(settings.kafka)  # an app's producer: no bulk linger
+    start = time.monotonic()
+    sent = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        for _ in range(int(elapsed * rate) - sent):
+            event = traffic.live(int(time.time() * 1000))
+            producer.produce(settings.topics.input(str(event["type"])), key=str(event["user_id"]).encode(),
+                             value=orjson.dumps(event))
+            sent += 1
+        producer.poll(0)
+        time.sleep(LATENCY_TICK_S)
+    producer.flush(30)
+    time.sleep(LATENCY_TAIL_S)
+    stop.set()
+    reader.join(10)
+    return {"rate": round(rate), "seconds": seconds, "events": sent, "record_ms": latency_summary(stamped),
+            "seen_ms": latency_summary(seen), "cdf_record_ms": cdf(stamped), "cdf_seen_ms": cdf(seen)}
+
+
+def user_of(key: str) -> str | None:
+    """The customer a key belongs to: every per-customer key carries the tag {u:ID}."""
+    if not key.startswith("{u:"):
+        return None
+    return key[3:key.index("}")]
+
+
+def state_size(client: redis.Redis, groups: dict[str, Callable[[str], bool]], sample: int,
+               customers: int, seed: int) -> dict[str, Any]:
+    """Redis bytes per customer (MEMORY USAGE of every key with the customer's tag),
+    for a sample of each group, and the keys shared by all customers per customer."""
+    keys_of: dict[str, list[str]] = {}
+    shared: list[str] = []
+    for key in client.scan_iter(count=10_000):
+        name = key.decode() if isinstance(key, bytes) else key
+        user = user_of(name)
+        if user is None:
+            shared.append(name)
+        else:
+            keys_of.setdefault(user, []).append(name)
+
+    def usage(keys: Sequence[str]) -> list[int]:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return [n or 0 for n in pipe.execute()]
+
+    out: dict[str, Any] = {"customers": len(keys_of), "shared_bytes_per_customer": (
+        round(sum(usage(shared)) / max(len(keys_of), 1), 1))}
+    rng = random.Random(seed)
+    for name, member in groups.items():
+        users = sorted(u for u in keys_of if member(u))
+        chosen = rng.sample(users, min(sample, len(users)))
+        sizes = sorted(sum(usage(keys_of[u])) for u in chosen)
+        if not sizes:
+            continue
+        out[name] = {"sampled": len(sizes), "mean": round(sum(sizes) / len(sizes), 1),
+                     "p50": percentile(sizes, 50), "p99": percentile(sizes, 99), "max": sizes[-1],
+                     "keys": round(sum(len(keys_of[u]) for u in chosen) / len(chosen), 2)}
+    return out
+
+
+# -------------------------------------------------------------- the run --
+
+
+def encoded(events: Iterable[dict[str, object]]) -> list[tuple[str, str, bytes]]:
+    return [(str(e["type"]), str(e["user_id"]), orjson.dumps(e)) for e in events]
+
+
+def produce_set(settings: Settings, prefix: str, name: str, events: list[tuple[str, str, bytes]],
+                batch: int, partitions: int | None = None) -> Dataset:
+    shaped = replace(settings, topics=Topics(prefix=prefix), partitions=partitions or settings.partitions)
+    dataset = produce(shaped, name, events, batch)
+    log(f"produced {name}: {dataset.records:,} records, {dataset.events:,} events")
+    return dataset
+
+
+def side_by_side(args: argparse.Namespace, plan: Plan, settings: Settings, ctx: Context, client: redis.Redis,
+                 workdir: Path, main: Dataset, traffic: Traffic) -> dict[str, Any]:
+    spec = {"prefix": main.prefix, "redis_url": settings.redis_url, "partitions": settings.partitions,
+            "records": main.records, "events": main.events, "cap_s": plan.cap_s, "profile": None}
+    timeout = plan.cap_s + 120  # start-up and shutdown on top of the cap
+    rows: dict[str, Throughput] = {}
+    client.flushdb()
+    rows["raw"] = run_child([sys.executable, "-m", "bench.ingest", "--child"],
+                            {**spec, "contender": "raw", "group": f"{main.prefix}raw"}, workdir, "raw", timeout)
+    log(f"raw: {rows['raw'].events_per_s:,.0f} events/s {rows['raw'].error or ''}")
+    why_not = quix_available(args.quix_python)
+    if why_not:
+        rows["quix"] = Throughput("quix", error=why_not)
+    else:
+        client.flushdb()
+        rows["quix"] = run_child([args.quix_python, "-W", "ignore", "-m", "bench.quix_tiers"],
+                                 {**spec, "group": f"{main.prefix}quix", "out_topic": f"{main.prefix}quix.changes"},
+                                 workdir, "quix", timeout)
+    log(f"quix: {rows['quix'].events_per_s:,.0f} events/s {rows['quix'].error or ''}")
+    client.flushdb()
+    rows["naive"] = run_child([sys.executable, "-m", "bench.naive"],
+                              {**spec, "group": f"{main.prefix}naive", "out_topic": f"{main.prefix}naive.changes"},
+                              workdir, "naive", timeout)
+    log(f"naive: {rows['naive'].events_per_s:,.0f} events/s {rows['naive'].error or ''}")
+
+    # tierflow last: the state-size and latency phases then add to its topics with the same worker.
+    client.flushdb()
+    group = replace(settings, topics=Topics(prefix=main.prefix), group_id=f"{main.prefix}tierflow")
+    workers = Workers(group, workdir, "tierflow")
+    workers.start(1)
+    extra: dict[str, Any] = {}
+    try:
+        rows["tierflow"] = drain(group, ctx, client, workers, main, plan.cap_s, "tierflow")
+        log(f"tierflow: {rows['tierflow'].events_per_s:,.0f} events/s "
+            f"{'(capped)' if rows['tierflow'].capped else ''}")
+        if not rows["tierflow"].capped:
+            extra = state_and_latency(plan, group, ctx, client, workers, traffic, rows["tierflow"].events_per_s)
+    except (RuntimeError, TimeoutError) as exc:
+        rows.setdefault("tierflow", Throughput("tierflow", error=str(exc)[-300:]))
+        extra = {"error": str(exc)[-300:]}
+        log(f"tierflow: {exc}")
+    finally:
+        workers.stop()
+    tier = rows["tierflow"].events_per_s or None
+    ratios = {f"tierflow/{name}": ratio(tier, rows[name].events_per_s) for name in ("quix", "naive", "raw")}
+    return {"contenders": {name: asdict(row) | {"events_per_s": row.events_per_s} for name, row in rows.items()},
+            "ratios": ratios, **extra}
+
+
+def state_and_latency(plan: Plan, group: Settings, ctx: Context, client: redis.Redis, workers: Workers,
+                      traffic: Traffic, measured: float) -> dict[str, Any]:
+    daily: list[tuple[str, str, bytes]] = []
+    for days, prefix in DAILY_PREFIXES.items():
+        users = [f"{prefix}{customer_id(i)}" for i in range(1, plan.daily_users + 1)]
+        daily += encoded(traffic.daily(users, days))
+    produce_set(group, group.topics.prefix, "daily", daily, 1)
+    ends = end_offsets(group)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S + plan.cap_s
+    while remaining(group, ends):
+        workers.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError("daily customers not processed in time")
+        time.sleep(POLL_S)
+    wait_settled(group, ctx, client, workers, ends, deadline)
+    groups: dict[str, Callable[[str], bool]] = {
+        f"daily_{days}d": (lambda user, p=prefix: user.startswith(p)) for days, prefix in DAILY_PREFIXES.items()}
+    groups["backlog"] = lambda user: user.startswith("c")
+    size = state_size(client, groups, plan.sample, plan.customers, seed=1)
+    log(f"state size: {json.dumps({k: v.get('mean') for k, v in size.items() if isinstance(v, dict)})}")
+    paced = latency(group, traffic, measured * LATENCY_SHARE, plan.latency_s)
+    log(f"latency at {paced['rate']:,}/s: {paced['record_ms']}")
+    return {"state_size": size, "latency": paced}
+
+
+def sweep(plan: Plan, args: argparse.Namespace, settings: Settings, ctx: Context, client: redis.Redis,
+          workdir: Path, run_prefix: str, main_events: list[tuple[str, str, bytes]],
+          main_tierflow: Throughput) -> dict[str, Any]:
+    """tierflow alone against batch size (same events) and population (same event count)."""
+    by_batch: dict[str, dict[str, Any]] = {}
+    for batch in plan.batch_sizes:
+        if batch == 1 and not main_tierflow.error:
+            row = main_tierflow
+        else:
+            dataset = produce_set(settings, f"{run_prefix}b{batch}.", f"batch {batch}", main_events, batch)
+            row = worker_run(settings, ctx, client, workdir, dataset, plan.cap_s, f"batch{batch}")
+        by_batch[str(batch)] = asdict(row) | {"events_per_s": row.events_per_s}
+        log(f"batch {batch}: {row.events_per_s:,.0f} events/s {row.error or ''}")
+    by_population: dict[str, dict[str, Any]] = {}
+    for customers in plan.populations:
+        if customers == plan.customers and not main_tierflow.error:
+            row = main_tierflow
+        else:
+            traffic = Traffic(customers, plan.days, int(time.time() * 1000), args.seed, run=f"{run_prefix}p{customers}")
+            events = encoded(traffic.backlog(plan.events))
+            dataset = produce_set(settings, f"{run_prefix}p{customers}.", f"{customers} customers", events, 1)
+            del events
+            row = worker_run(settings, ctx, client, workdir, dataset, plan.cap_s, f"pop{customers}")
+        by_population[str(customers)] = asdict(row) | {"events_per_s": row.events_per_s}
+        log(f"{customers:,} customers: {row.events_per_s:,.0f} events/s {row.error or ''}")
+    return {"batch": by_batch, "population": by_population}
+
+
+def scaling(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, workdir: Path,
+            run_prefix: str, main_events: list[tuple[str, str, bytes]]) -> dict[str, Any]:
+    if not plan.workers:
+        return {}
+    dataset = produce_set(settings, f"{run_prefix}s.", "scaling", main_events, 1, plan.scaling_partitions)
+    wide = replace(settings, partitions=plan.scaling_partitions)
+    rows: dict[str, dict[str, Any]] = {}
+    for count in plan.workers:
+        row = worker_run(wide, ctx, client, workdir, dataset, plan.cap_s, f"workers{count}", count)
+        rows[str(count)] = asdict(row) | {"events_per_s": row.events_per_s}
+        log(f"{count} worker(s) over {plan.scaling_partitions} partitions: {row.events_per_s:,.0f} events/s "
+            f"{row.error or ''}")
+    return {"partitions": plan.scaling_partitions, "workers": rows}
+
+
+def machine() -> dict[str, Any]:
+    import confluent_kafka
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "confluent_kafka": confluent_kafka.version()[0], "load_1m": round(os.getloadavg()[0], 2)}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
+    parser.add_argument("--events", type=int, help="events in the main data set")
+    parser.add_argument("--customers", type=int, help="customers in the main data set")
+    parser.add_argument("--cap", type=float, help="seconds a contender may run before its rate so far counts")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes for the throughput sweep (1 = single)")
+    parser.add_argument("--populations", type=int, nargs="+", help="populations for the throughput sweep")
+    parser.add_argument("--workers", type=int, nargs="*", help="worker counts for the scaling run (none: skip)")
+    parser.add_argument("--skip", default="", help="comma-separated phases to leave out: sweep, scaling")
+    parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", "7")),
+                        help="Redis db the run uses; it is FLUSHED (default 7, or BENCH_REDIS_DB)")
+    parser.add_argument("--quix-python", default=os.environ.get("BENCH_QUIX_PYTHON", DEFAULT_QUIX_PYTHON))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, help="results directory (default bench/results; --quick: results/quick)")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the figures section of bench/README.md (not with --quick)")
+    parser.add_argument("--keep-topics", action="store_true")
+    return parser.parse_args(argv)
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    overrides = {"events": args.events, "customers": args.customers, "cap_s": args.cap,
+                 "batch_sizes": tuple(args.batch) if args.batch else None,
+                 "populations": tuple(args.populations) if args.populations else None,
+                 "workers": tuple(args.workers) if args.workers is not None else None}
+    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if "sweep" in skip:
+        plan = replace(plan, batch_sizes=(1,), populations=(plan.customers,))
+    if "scaling" in skip:
+        plan = replace(plan, workers=())
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.report import charts, readme_section, table
+    from tierflow.infra.services import up
+
+    args = parse_args(argv)
+    plan = plan_of(args)
+    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "")
+    out.mkdir(parents=True, exist_ok=True)
+    base = Settings.from_env()
+    settings = replace(base, redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{args.redis_db}")
+    up(settings)
+    ctx = Context(settings, load_config(settings.config_path))
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    tag = uuid.uuid4().hex[:8]
+    run_prefix = f"bench-{tag}-"
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+        "plan": asdict(plan), "mix": "60% browse, 20% cart, 10% interaction, 10% purchase",
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="tierflow-bench-") as tmp:
+            workdir = Path(tmp)
+            traffic = Traffic(plan.customers, plan.days, int(time.time() * 1000), args.seed, run=tag)
+            log(f"generating {plan.events:,} events of {plan.customers:,} customers over {plan.days} days")
+            events = encoded(traffic.backlog(plan.events))
+            main_set = produce_set(settings, f"{run_prefix}m.", "main", events, 1)
+            results["side_by_side"] = side_by_side(args, plan, settings, ctx, client, workdir, main_set, traffic)
+            tier = Throughput(**{k: v for k, v in results["side_by_side"]["contenders"]["tierflow"].items()
+                                 if k != "events_per_s"})
+            results["sweep"] = sweep(plan, args, settings, ctx, client, workdir, run_prefix, events, tier)
+            results["scaling"] = scaling(plan, settings, ctx, client, workdir, run_prefix, events)
+    finally:
+        client.flushdb()
+        client.close()
+        if not args.keep_topics:
+            delete_run_topics(settings, tag)
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    (out / "bench.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    written = charts(results, out)
+    print(table(results))
+    log(f"wrote {out / 'bench.json'} and {', '.join(p.name for p in written)} in {results['wall_s']}s")
+    if args.readme and not args.quick:
+        text = README.read_text()
+        head, _, rest = text.partition(README_BEGIN)
+        _, _, tail = rest.partition(README_END)
+        README.write_text(f"{head}{README_BEGIN}\n{readme_section(results, out)}\n{README_END}{tail}")
+    failed = [name for name, row in results["side_by_side"]["contenders"].items() if row["error"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""What `python -m bench` prints and draws from its results: the table, the
+charts (matplotlib, the `bench` extra) and the figures section of bench/README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.ingest import log
+
+LABELS = {
+    "raw": "confluent consume + orjson (ceiling)",
+    "quix": "Quix Streams, same state work",
+    "naive": "naive Faust, per-event Redis",
+    "tierflow": "tierflow worker, every stage",
+}
+
+
+def _rate(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return f"failed: {row['error'][:90]}"
+    capped = " (capped)" if row.get("capped") else ""
+    return f"{row['events_per_s']:,.0f}{capped}"
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}x" if value else "-"
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: the side-by-side rows with ratios, then the other figures."""
+    side = results["side_by_side"]
+    lines = ["| contender | events/s | tierflow vs it | start s |", "| --- | ---: | ---: | ---: |"]
+    for name, row in side["contenders"].items():
+        vs = side["ratios"].get(f"tierflow/{name}")
+        start = f"{row['startup_s']:.1f}" if row.get("startup_s") is not None else "-"
+        lines.append(f"| {LABELS[name]} | {_rate(row)} | {_ratio(vs)} | {start} |")
+    size = side.get("state_size", {})
+    lines += ["", "| customers | sampled | Redis bytes per customer (mean / p50 / p99) | keys |",
+              "| --- | ---: | ---: | ---: |"]
+    for name, row in size.items():
+        if isinstance(row, dict):
+            lines.append(f"| {name} | {row['sampled']} | {row['mean']:,.0f} / {row['p50']:,} / {row['p99']:,} "
+                         f"| {row['keys']} |")
+    if size:
+        lines.append(f"| shared keys, per customer | - | {size['shared_bytes_per_customer']:,.0f} | - |")
+    paced = side.get("latency")
+    if paced:
+        lines += ["", "| latency event -> tier.changes (ms) | count | p50 | p90 | p99 | p99.9 | max |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, key in (("record timestamp", "record_ms"), ("seen by a reader", "seen_ms")):
+            s = paced[key]
+            if s.get("count"):
+                lines.append(f"| {name}, {paced['rate']:,} events/s | {s['count']:,} | {s['p50']:,.0f} | "
+                             f"{s['p90']:,.0f} | {s['p99']:,.0f} | {s['p99.9']:,.0f} | {s['max']:,.0f} |")
+    sweep = results.get("sweep", {})
+    for title, key in (("events per record", "batch"), ("customers", "population")):
+        if sweep.get(key):
+            lines += ["", f"| tierflow, {title} | events/s |", "| ---: | ---: |"]
+            lines += [f"| {int(k):,} | {_rate(row)} |" for k, row in sweep[key].items()]
+    scale = results.get("scaling", {})
+    if scale.get("workers"):
+        lines += ["", f"| workers ({scale['partitions']} partitions) | events/s |", "| ---: | ---: |"]
+        lines += [f"| {k} | {_rate(row)} |" for k, row in scale["workers"].items()]
+    return "\n".join(lines)
+
+
+def readme_section(results: dict[str, Any], out: Path) -> str:
+    m = results["machine"]
+    plan = results["plan"]
+    return (
+        f"Measured {results['date']} by `make bench` in {results['wall_s']:.0f} s: {m['cpus']} CPUs ({m['cpu']}), "
+        f"load {m['load_1m']} at the start, Python {m['python']}, confluent-kafka {m['confluent_kafka']}. "
+        f"{plan['events']:,} events of {plan['customers']:,} customers over {plan['days']} days, "
+        f"{results['mix']}, one event per record. Charts: `{out.name}/throughput.svg`, `{out.name}/latency_cdf.svg`; "
+        f"every figure in `{out.name}/bench.json`.\n\n{table(results)}"
+    )
+
+
+def charts(results: dict[str, Any], out: Path) -> list[Path]:
+    """throughput.svg (side by side, batch size, population) and latency_cdf.svg."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("no charts: matplotlib is missing (pip install -e '.[bench]')")
+        return []
+    written: list[Path] = []
+    side = results["side_by_side"]["contenders"]
+    sweep = results.get("sweep", {})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = [n for n, row in side.items() if not row.get("error")]
+    axes[0].bar([LABELS[n].split(",")[0] for n in names], [side[n]["events_per_s"] for n in names])
+    axes[0].set_yscale("log")
+    axes[0].set_title("side by side, one event per record")
+    axes[0].tick_params(axis="x", labelrotation=20)
+    for ax, key, label in ((axes[1], "batch", "events per record (--batch)"),
+                           (axes[2], "population", "customers")):
+        rows = {int(k): r for k, r in sweep.get(key, {}).items() if not r.get("error")}
+        ax.plot(list(rows), [r["events_per_s"] for r in rows.values()], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_title(f"tierflow worker vs {label.split(' (')[0]}")
+    for ax in axes:
+        ax.set_ylabel("events/s")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    written.append(out / "throughput.svg")
+    fig.savefig(written[-1])
+    plt.close(fig)
+
+    paced = results["side_by_side"].get("latency")
+    if paced and paced["cdf_record_ms"]:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for key, label in (("cdf_record_ms", "record timestamp on tier.changes"), ("cdf_seen_ms", "seen by a reader")):
+            points = paced[key]
+            ax.plot([max(v, 1) for v, _ in points], [f for _, f in points], label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms from produce to tier.changes")
+        ax.set_ylabel("fraction of changes")
+        ax.set_title(f"latency CDF at {paced['rate']:,} events/s")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        written.append(out / "latency_cdf.svg")
+        fig.savefig(written[-1])
+        plt.close(fig)
+    return written
