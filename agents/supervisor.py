@@ -41,8 +41,8 @@ class Supervisor:
                 delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
                 self.failures += 1
                 if is_outage(exc):  # expected while a service is down: one line, no traceback
-                    log.warning("%s stopped: a service is unavailable (%s: %s); restarting in %ss",
-                                self.name, type(exc).__name__, exc, delay)
+                    log.warning("%s failed; restarting in %ss: a service is unavailable (%s: %s)",
+                                self.name, delay, type(exc).__name__, exc)
                 else:
                     log.exception("%s failed; restarting in %ss", self.name, delay)
                 self.stop_event.wait(delay)

@@ -82,5 +82,6 @@ def test_a_service_outage_is_one_line_and_a_bug_keeps_its_traceback(caplog: pyte
         supervisor.stop(5)
     outage, bug = caplog.records
     assert outage.levelname == "WARNING" and outage.exc_info is None
-    assert "unavailable (ConnectionError: Error 111" in outage.getMessage()
+    assert outage.getMessage() == ("test failed; restarting in 0.01s: a service is unavailable"
+                                   " (ConnectionError: Error 111 connecting to 127.0.0.1:6399)")
     assert bug.levelname == "ERROR" and bug.exc_info is not None
