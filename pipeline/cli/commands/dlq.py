@@ -17,6 +17,7 @@ import orjson
 
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
+from tierflow.pipeline.erasure import topic as erasures
 from tierflow.pipeline.ingest.validate import Limits, parse_record, parse_ts
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.kafka.reader import read_record, read_topic
@@ -106,10 +107,12 @@ def _replay(args: argparse.Namespace) -> int:
     # Several events of one batch record are dead-lettered apart: send the record once.
     records: dict[tuple[str, int, int], tuple[str, bytes | None, bytes]] = {}
     missing = 0
+    # An erased customer's records (keyed by their id) are not sent again: that would bring them back.
+    erased = erasures.load(ctx.settings)
     for letter, original in dead_letters(ctx, since_ms(args.since), args.reason):
         source = letter.source
         where = (source.topic, source.partition, source.offset)
-        if source.topic not in inputs or where in records:
+        if source.topic not in inputs or where in records or erasures.skipped(erased, source.key or "", *where):
             continue
         key = source.key.encode() if source.key is not None else None
         if letter.original_omitted:  # too big to quote: read it back from where it came from

@@ -89,9 +89,12 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
     victim = buyers.most_common(1)[0][0]
     others = [u for u in users if u != victim]
     kept = [e for e in events if e["user_id"] != victim]
+    # Dead-lettered (dated 10 days ahead): the victim's must not come back through `dlq replay`.
+    poison = [{"event_id": f"future-{u}", "type": "browse", "user_id": u, "ts": now_ms + 10 * 86_400_000,
+               "channel": "app", "page": "home"} for u in (victim, others[0])]
 
     with running_worker(settings, tmp_path) as worker:
-        send_events(settings, events, batch=5)
+        send_events(settings, events + poison, batch=5)
         wait_processed(settings, worker)
         wait_quiet(settings, client, config, worker, users)
         running = cli(settings, "forget", victim, "--yes")
@@ -118,6 +121,9 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
     assert population_counts(client, config) == tally(client, others)
     erasures = read_to_end(settings, settings.topics.erasures)
     assert [(e["user_id"], e["erasure_id"]) for e in erasures] == [(victim, report["erasure_id"])]
+
+    replay = cli(settings, "dlq", "replay")
+    assert replay.returncode == 0 and replay.stdout.startswith(b"1 records would be sent again"), replay.stdout
 
     # Again: nothing left to erase, and the counts do not move.
     again = cli(settings, "forget", victim, "--yes", "--json")
