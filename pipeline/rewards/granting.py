@@ -19,8 +19,8 @@ round trips each, however many steps a wave holds:
 
 A step whose decision depends on the outcome of an earlier step of the same user
 starts the next wave, and every later step goes with it (campaigns are still
-taken from in trigger order): anything after a referral step-up, a redemption
-after a grant. Redemptions after redemptions are decided on the wallet as the
+taken from in trigger order): a step-up or a redemption after a step-up, a
+redemption after a grant. Redemptions after redemptions are decided on the wallet as the
 earlier ones leave it. So a batch writes exactly what one trigger at a time does,
 in one wave unless a customer's own triggers depend on each other.
 
@@ -129,7 +129,10 @@ def waves(steps: Sequence[Step]) -> Iterator[Sequence[Step]]:
     granted: set[str] = set()
     for i, step in enumerate(steps):
         user = user_of(step)
-        if user in stepped or (isinstance(step, Redeem) and user in granted):
+        # A plain grant reads nothing an earlier step writes; a step-up reads the coupon
+        # statuses and referral state a step-up writes; a redemption also reads the coupons
+        # a grant issues.
+        if not isinstance(step, Grant) and (user in stepped or (isinstance(step, Redeem) and user in granted)):
             yield steps[start:i]
             start = i
             stepped.clear()
