@@ -17,8 +17,8 @@ With embedded chDB (no CLICKHOUSE_URL) one process owns the archive: a writer
 consumes only while its process holds the owner lock (pipeline/archive/owner.py).
 With N workers one archives and the others stand by, polling the lock every
 `archive.standby_poll_ms`; when the owner dies the kernel frees its lock, a
-standby takes it, joins the archive group and resumes from the committed
-offsets once the group has dropped the dead member (`archive.session_timeout_ms`).
+standby takes it, joins the archive group under the same static member id
+(so it replaces the dead member at once) and resumes from the committed offsets.
 With a ClickHouse server every worker's writer joins the group and writes.
 
 Exactness: a crash between insert and commit, a rebalance, or a duplicate
@@ -117,9 +117,14 @@ class ArchiveWriter:
 
     def _new_consumer(self) -> Consumer:
         session_ms = self.cfg.session_timeout_ms
-        return clients.consumer(self.ctx.settings.kafka, archive_group(self.ctx), **{
-            "auto.offset.reset": "earliest", "session.timeout.ms": session_ms,
-            "heartbeat.interval.ms": max(session_ms // 3, 1)})
+        group = archive_group(self.ctx)
+        conf: dict[str, object] = {"auto.offset.reset": "earliest", "session.timeout.ms": session_ms,
+                                   "heartbeat.interval.ms": max(session_ms // 3, 1)}
+        if self.archive.embedded:
+            # One static member, whichever process owns the archive: a successor replaces a
+            # dead owner in the group at once instead of waiting out its session.
+            conf["group.instance.id"] = f"{group}-owner"
+        return clients.consumer(self.ctx.settings.kafka, group, **conf)
 
     def run(self, stop: threading.Event) -> None:
         """Consume, insert and commit until `stop` is set; with embedded chDB, only

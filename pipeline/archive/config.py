@@ -35,8 +35,8 @@ class ArchiveConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     worker_api_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
     # Embedded chDB: how often a standby worker tries to take over the archive.
     standby_poll_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)]
-    # The archive group's Kafka session timeout: how soon a dead writer's partitions
-    # go to its successor.
+    # The archive group's Kafka session timeout: how soon a dead writer's partitions go
+    # to the others (with a server; embedded chDB's next owner replaces it at once).
     session_timeout_ms: Annotated[int, msgspec.Meta(ge=3_000, le=300_000)]
 
 
