@@ -517,10 +517,12 @@ class Ledger:
     def ack(self, delivered: Mapping[str, Sequence[str]]) -> None:
         """Drop delivered records (exactly as read) from the head of each user's outbox."""
         users = list(delivered)
-        pipe = self.client.pipeline(transaction=False)
-        for user_id in users:
-            self._ack(keys=[RewardKeys.of(user_id).outbox], args=list(delivered[user_id]), client=pipe)
-        self._unindex_outbox([u for u, left in zip(users, pipe.execute(), strict=True) if int(left) == 0])
+
+        def queue(pipe: Pipeline) -> None:
+            for user_id in users:
+                _eval(pipe, self._ack, [RewardKeys.of(user_id).outbox], list(delivered[user_id]))
+
+        self._unindex_outbox([u for u, left in zip(users, self._scripted(queue), strict=True) if int(left) == 0])
 
     def _unindex_outbox(self, users: Sequence[str]) -> None:
         if not users:
