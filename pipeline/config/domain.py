@@ -53,6 +53,8 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     lag_interval_s: Annotated[float, msgspec.Meta(gt=0)]
     # How long /healthz waits for each service (Kafka, Redis, the archive) to answer.
     health_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+    # A log line repeated within this long (numbers aside) is held back and counted.
+    log_repeats_s: Annotated[float, msgspec.Meta(ge=0)]
 
     @property
     def heartbeat_ms(self) -> int:

@@ -1,6 +1,6 @@
 """The pure parts of the worker's observability: what the metrics count, the health
 verdict, the JSON log line, and the Grafana dashboard against the metrics the worker
-exports (no services)."""
+exports, repeated log lines held back (no services)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fixtures.paths import ROOT
 from tierflow.agents.health import Verdict
 from tierflow.agents.ingest import AppliedBatch, CustomerStage, IngestStats
-from tierflow.agents.logs import JsonFormatter, logging_config
+from tierflow.agents.logs import JsonFormatter, Repeats, logging_config
 from tierflow.agents.metrics import (
     Metrics,
     add_stats,
@@ -161,3 +161,26 @@ def test_log_format_comes_from_the_environment_and_a_bad_one_is_named(monkeypatc
     monkeypatch.setenv("TIERFLOW_LOG_FORMAT", "xml")
     with pytest.raises(ConfigError, match="TIERFLOW_LOG_FORMAT='xml' is not one of text, json"):
         Settings.from_env()
+
+
+def test_a_repeated_line_is_shown_once_per_window_then_says_how_many_were_held() -> None:
+    now = [0.0]
+    repeats = Repeats(60, clock=lambda: now[0])
+    logger = logging.getLogger("tierflow.test")
+
+    def line(msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+        return logger.makeRecord("tierflow.test", level, __file__, 1, msg, args, None)
+
+    refused = "Connect to 127.0.0.1:%d failed (after %dms)"
+    assert repeats.filter(line(refused, 9092, 0))
+    # The same line but for its numbers, within the window: held back.
+    assert not repeats.filter(line(refused, 9092, 3))
+    assert not repeats.filter(line(refused, 9093, 1))
+    # Another message, or the same at another level, is another line.
+    assert repeats.filter(line("archive holding"))
+    assert repeats.filter(line(refused, 9092, 0, level=logging.WARNING))
+    now[0] = 61.0
+    shown = line(refused, 9092, 7)
+    assert repeats.filter(shown)
+    assert shown.getMessage() == "Connect to 127.0.0.1:9092 failed (after 7ms) (2 more like it held back)"
+    assert Repeats(0).filter(line(refused, 1, 1)) and Repeats(0).filter(line(refused, 1, 1))
