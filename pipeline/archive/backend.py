@@ -363,6 +363,22 @@ class ChdbBackend(ClickHouseBackend):
         self._verify()  # after: what was written landed in the directory still at the path
         return result
 
+    def select(self, sql: str, params: Params = None) -> Table:
+        try:
+            return super().select(sql, params)
+        except ArchiveQueryError:
+            self._undo_sticky_readonly()
+            raise
+
+    def _undo_sticky_readonly(self) -> None:
+        """chDB keeps readonly=1 in its session after some queries it refused in readonly
+        mode (a write sent as a query), and the writer sharing the engine would then be
+        refused too. A new connection starts from a clean session; the owner lock stays."""
+        (value,), = self.query("SELECT value FROM system.settings WHERE name = 'readonly'")
+        if str(value) != "0":
+            log.warning("archive: chDB kept readonly=%s after a refused query; reconnecting", value)
+            ClickHouseBackend.close(self)
+
     def close(self) -> None:
         super().close()
         self._disown()

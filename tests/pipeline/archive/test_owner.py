@@ -36,6 +36,7 @@ from tests.fixtures.archive import (
 from tests.fixtures.checks import Published
 from tests.fixtures.worker import WorkerProcess, env_for, free_port, population_events, send_events
 from tierflow.pipeline.archive import aipl
+from tierflow.pipeline.archive.backend import ArchiveQueryError
 from tierflow.pipeline.archive.batch import Batch, insert_batch
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.archive.owner import read_owner
@@ -83,6 +84,20 @@ def test_the_same_batch_inserted_twice_is_stored_once(ctx: Context, archive: Arc
     backend.insert("touch_events", again.touches, TOUCH_COLUMNS, token=again.token("touch_events"))
     assert backend.query("SELECT count() FROM touch_events")[0][0] == stored + 10
     assert backend.query("SELECT count() FROM touch_events FINAL")[0][0] == stored
+
+
+@EMBEDDED_ONLY
+def test_a_refused_write_leaves_the_writer_able_to_write(ctx: Context, archive: Archive) -> None:
+    """chDB keeps readonly=1 in its session after an INSERT refused in readonly mode; the
+    read path must not leave the engine it shares with the writer read-only."""
+    batch = archive_directly(ctx, archive, ((touch_topic(ctx, e), e) for e in events(10, 4)))
+    backend = archive.backend()
+    with pytest.raises(ArchiveQueryError, match="readonly"):
+        backend.select("INSERT INTO touch_events (event_id, user_id) VALUES ('x', 'y')")
+    again = Batch(touches=batch.touches)
+    again.note("later", 0, 1)
+    insert_batch(archive.backend(), again)  # not refused
+    assert archive.backend().query("SELECT count() FROM touch_events")[0][0] == 2 * len(batch.touches)
 
 
 def post_sql(base: str, sql: str, token: str | None) -> tuple[int, dict]:
