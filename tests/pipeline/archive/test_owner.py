@@ -205,6 +205,8 @@ def test_two_workers_one_archive_owner_killed_mid_stream(settings: Settings, tmp
         owner, standby = workers
         owner_file = read_owner(home / "chdb")
         assert owner_file is not None and owner_file.pid == owner.proc.pid  # type: ignore[union-attr]
+        # The standby's dashboard reads the archive through the owner.
+        assert status_of(standby)["where"] == f"the archive owner (pid {owner_file.pid}) at {owner_file.url}"
 
         feeder.start()
         # Mid-stream: the owner has archived some records, more are arriving.
@@ -221,6 +223,7 @@ def test_two_workers_one_archive_owner_killed_mid_stream(settings: Settings, tmp
         feeder.join(180)
         assert standby.alive, standby.log_tail()
         workers = [standby]
+        assert status_of(standby)["backend"] == "chdb"
         lag.wait(settings, 300, all_alive)
         wait_until(lambda: archive_lag(ctx) == 0, "the archive caught up", timeout=300)
         # While it runs, the CLI reads through it.
