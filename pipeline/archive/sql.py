@@ -131,6 +131,6 @@ def json_default(value: object) -> object:
     """Values orjson does not know (Decimal, IP addresses, ...) as their text."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
     return str(value)
