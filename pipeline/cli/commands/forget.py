@@ -8,10 +8,12 @@ With every worker of the group stopped (else exit 3), after a confirmation:
    consumers learn of it, and later events of the id start a new customer;
 2. removes the customer from Redis (pipeline/erasure/store.py): their keys, and their part of
    the population counts, indexes, schedule, lanes and campaign reservations;
-3. deletes their rows from every archive table with a user_id (pipeline/erasure/archive.py).
+3. takes their rows out of every archive table with a user_id; the AIPL funnel's
+   aggregates keep their counts under an anonymous id (pipeline/erasure/archive.py).
 
-The record comes first: should a later step fail, running the command again completes the
-erasure (every step is idempotent).
+The record comes first. Should a later step fail, running the command again finishes that
+erasure: with nothing of the customer left in Redis, it takes up the customer's last
+erasure (same marks, same anonymous id) instead of recording a new one.
 """
 
 from __future__ import annotations
@@ -56,34 +58,37 @@ def _forget(args: argparse.Namespace) -> int:
 
 def forget(ctx: Context, client: redis.Redis, archive: Archive | None, user_id: str, *,
            assume_yes: bool, as_json: bool) -> int:
-    refuse_if_running(ctx)
+    again = f"tierflow forget {user_id}"
+    refuse_if_running(ctx, again)
     store = ErasureStore(client, ctx.config, ctx.settings.partitions)
     # Opened before anything changes: an archive that cannot be reached stops the command here.
     backend: Backend | None = None if archive is None else archive.backend()
     keys = len(store.user_keys(user_id))
     rows = 0 if backend is None else sum(archive_rows.rows_of(backend, user_id).values())
-    print(f"tierflow forget: erases customer {user_id!r}: {keys:,} Redis keys at {ctx.settings.redis_display()},"
-          f" {rows:,} archive rows, and records the erasure on {ctx.settings.topics.erasures} (later events of"
+    earlier = topic.load(ctx.settings).get(user_id)
+    unfinished = earlier if earlier is not None and not keys else None
+    what = f"finishes erasure {unfinished.erasure_id} of" if unfinished else "erases"
+    print(f"tierflow forget: {what} customer {user_id!r}: {keys:,} Redis keys at {ctx.settings.redis_display()},"
+          f" {rows:,} archive rows; the erasure is recorded on {ctx.settings.topics.erasures} (later events of"
           " this id start a new customer)", file=sys.stderr)
-    confirm(f"Erase {user_id!r} now?", f"tierflow forget {user_id} --yes", assume_yes)
+    confirm(f"Erase {user_id!r} now?", f"{again} --yes", assume_yes)
 
-    refuse_if_running(ctx)  # the last moment before anything changes
-    erasure = topic.new_erasure(ctx.settings, user_id, int(time.time() * 1000))
-    topic.publish(ctx.settings, erasure, ctx.config.worker.delivery_timeout_s)
+    refuse_if_running(ctx, again)  # the last moment before anything changes
+    erasure = unfinished or topic.new_erasure(ctx.settings, user_id, int(time.time() * 1000))
+    if unfinished is None:
+        topic.publish(ctx.settings, erasure, ctx.config.worker.delivery_timeout_s)
     erased = store.erase(user_id)
-    deleted = {} if backend is None else archive_rows.delete_user(backend, user_id)
+    taken = {} if backend is None else archive_rows.erase_user(backend, user_id, erasure.erasure_id)
     report = {
         "user_id": user_id, "erasure_id": erasure.erasure_id, "erased_at": erasure.erased_at,
-        "topic": ctx.settings.topics.erasures, "redis_keys": erased.keys,
-        "population_counted": erased.counted, "reservations": erased.reservations,
-        "archive_rows": {table: n for table, n in deleted.items() if n},
+        "resumed": unfinished is not None, "topic": ctx.settings.topics.erasures, "redis_keys": erased.keys,
+        "population_counted": erased.counted, "reservations": erased.reservations, "archive_rows": taken,
     }
     if as_json:
         print(orjson.dumps(report).decode())
     else:
         print(f"erased {user_id!r}: {erased.keys:,} Redis keys, {erased.reservations:,} campaign reservations,"
-              f" {sum(deleted.values()):,} archive rows; erasure {erasure.erasure_id} recorded on"
-              f" {report['topic']}")
+              f" {sum(taken.values()):,} archive rows; erasure {erasure.erasure_id} on {report['topic']}")
     return 0
 
 

@@ -78,12 +78,14 @@ def worker_groups(ctx: Context) -> list[str]:
     return [group, f"{group}-agents", group + ctx.config.archive.group_suffix]
 
 
-def refuse_if_running(ctx: Context) -> None:
+def refuse_if_running(ctx: Context, command: str = "tierflow rebuild") -> None:
+    """Exit 3 while a worker of the group runs (a member in any of its groups); `command` is
+    what to run again once they are stopped."""
     running = groups.members(ctx.settings.kafka, worker_groups(ctx))
     if running:
         who = "; ".join(f"{g}: {', '.join(m)}" for g, m in running.items())
         raise CliError(f"a worker of group {ctx.settings.group_id} is running ({who}); stop every"
-                       " `tierflow worker` of the group, then run `tierflow rebuild` again", EXIT_WORKER_RUNNING)
+                       f" `tierflow worker` of the group, then run `{command}` again", EXIT_WORKER_RUNNING)
 
 
 def watermarks(ctx: Context, topics: Sequence[str]) -> dict[tuple[str, int], tuple[int, int]]:

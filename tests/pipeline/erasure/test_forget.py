@@ -6,6 +6,7 @@ and new events of the id start a new customer."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -24,14 +25,27 @@ from tests.fixtures.worker import (
     send_events,
     wait_processed,
 )
+from tierflow.pipeline.archive import aipl
 from tierflow.pipeline.archive.handle import Archive
+from tierflow.pipeline.cli.commands.rebuild import worker_groups
+from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.erasure.archive import rows_of
+from tierflow.pipeline.kafka import groups
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import summarize
 from tierflow.pipeline.tiering.keys import TierKeys
 from tierflow.pipeline.tiering.store import TierStore
+
+
+def wait_gone(settings: Settings, config: Config, timeout_s: float = 60) -> None:
+    """Until no member of the worker's groups is left: the embedded archive's owner is a static
+    member, which stays in its group until its session times out."""
+    deadline = time.monotonic() + timeout_s
+    while groups.members(settings.kafka, worker_groups(Context(settings, config))):
+        assert time.monotonic() < deadline, "the stopped worker never left its groups"
+        time.sleep(1)
 
 
 def mentions(client: redis.Redis, user: str) -> list[str]:
@@ -78,6 +92,16 @@ def archived(settings: Settings, config: Config, user: str) -> dict[str, int]:
         archive.close()
 
 
+def funnel(settings: Settings, config: Config) -> dict[str, object]:
+    """The AIPL funnel over everything archived."""
+    archive = Archive(settings, config.archive)
+    try:
+        backend = archive.backend()
+        return aipl.funnel(backend, aipl.resolve(backend, None, None)).to_json()
+    finally:
+        archive.close()
+
+
 def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Settings, tmp_path: Path) -> None:
     # The worker's home (its chDB archive) is the commands' too; tiers as of the newest event.
     settings = replace(settings, home=tmp_path / "home", clock="event")
@@ -99,6 +123,8 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
         wait_quiet(settings, client, config, worker, users)
         running = cli(settings, "forget", victim, "--yes")
         assert running.returncode == 3, running.stderr.decode()
+        assert f"run `tierflow forget {victim}` again" in running.stderr.decode()
+    wait_gone(settings, config)
     assert mentions(client, victim) and archived(settings, config, victim)["touch_events"] > 0
 
     asked = cli(settings, "forget", victim)  # no terminal to answer: not confirmed, nothing changes
@@ -108,6 +134,7 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
     assert bad.returncode == 2 and bad.stderr.decode().count("\n") == 1
 
     others_archived = archived(settings, config, others[0])
+    funnel_before = funnel(settings, config)
     forgot = cli(settings, "forget", victim, "--yes", "--json")
     assert forgot.returncode == 0, forgot.stderr.decode()
     report = orjson.loads(forgot.stdout)
@@ -117,6 +144,10 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
     assert mentions(client, victim) == []
     assert archived(settings, config, victim) == {}
     assert archived(settings, config, others[0]) == others_archived
+    # The funnel keeps the customer's counts, under an anonymous id.
+    assert funnel(settings, config) == funnel_before
+    assert set(archived(settings, config, f"erased:{report['erasure_id']}")) == {"aipl_user_daily",
+                                                                                "aipl_category_daily"}
     assert_state_matches(settings, kept, [now_ms])
     assert population_counts(client, config) == tally(client, others)
     erasures = read_to_end(settings, settings.topics.erasures)
@@ -127,8 +158,12 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
 
     # Again: nothing left to erase, and the counts do not move.
     again = cli(settings, "forget", victim, "--yes", "--json")
-    assert again.returncode == 0 and orjson.loads(again.stdout)["redis_keys"] == 0
+    assert again.returncode == 0, again.stderr.decode()
+    assert orjson.loads(again.stdout) == report | {"resumed": True, "redis_keys": 0, "population_counted": False,
+                                                   "reservations": 0, "archive_rows": {}}
     assert population_counts(client, config) == tally(client, others)
+    assert funnel(settings, config) == funnel_before
+    assert len(read_to_end(settings, settings.topics.erasures)) == 1
 
     # Redis lost: the rebuild leaves the erased customer out.
     client.flushdb()
@@ -148,6 +183,7 @@ def test_forget_erases_a_customer_everywhere_and_replays_skip_them(settings: Set
         send_events(settings, [comeback])
         wait_processed(settings, worker)
         wait_quiet(settings, client, config, worker, users)
+    wait_gone(settings, config)
     state = StateStore(client, config.state.retention_days).read(victim)
     assert state is not None
     fresh = summarize(victim, state, later, [30, 90], config.state.retention_days)
