@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 
@@ -38,14 +39,22 @@ class Supervisor:
                 self.work(self.stop_event)
                 self.failures = 0
             except Exception as exc:
-                delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
-                self.failures += 1
-                if is_outage(exc):  # expected while a service is down: one line, no traceback
-                    log.warning("%s failed; restarting in %ss: a service is unavailable (%s: %s)",
-                                self.name, delay, type(exc).__name__, exc)
-                else:
-                    log.exception("%s failed; restarting in %ss", self.name, delay)
-                self.stop_event.wait(delay)
+                self._failed(exc)
+            except:  # noqa: E722
+                # confluent-kafka's close() can re-raise what a rebalance callback left as a
+                # bare KafkaError object, which no `except Exception` matches; ending the
+                # thread would leave a worker that looks alive but consumes nothing.
+                self._failed(sys.exc_info()[1])
+
+    def _failed(self, exc: object) -> None:
+        delay = self.backoff_s[min(self.failures, len(self.backoff_s) - 1)]
+        self.failures += 1
+        if isinstance(exc, Exception) and not is_outage(exc):
+            log.exception("%s failed; restarting in %ss", self.name, delay)
+        else:  # expected while a service is down: one line, no traceback
+            log.warning("%s failed; restarting in %ss: a service is unavailable (%s: %s)",
+                        self.name, delay, type(exc).__name__, exc)
+        self.stop_event.wait(delay)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name=f"tierflow-{self.name}", daemon=True)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
@@ -24,6 +25,8 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 HEAP = "-Xmx512m"
 NODE_ID = 1
+# Local clusters are for trying replication on one machine, not for capacity.
+MAX_LOCAL_BROKERS = 5
 # How often a probe looks for an authentication failure while it waits for metadata.
 AUTH_POLL_S = 0.5
 
@@ -105,64 +108,105 @@ def is_up(settings: Settings, timeout: float = 3.0) -> bool:
             return False
 
 
-def start(settings: Settings, timeout: float = 90.0) -> str:
-    """Make sure a broker answers at the bootstrap: "reused" if one already did, else
-    "started" after launching a local one and waiting until it serves metadata."""
+@dataclass(frozen=True)
+class Node:
+    """One local KRaft process (broker and controller): clients on `port`, the
+    controller quorum on `port + 1`, its files under `root`."""
+
+    node_id: int
+    port: int
+    root: Path
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+
+def nodes(settings: Settings, brokers: int = 1) -> list[Node]:
+    """The nodes of a local Kafka of `brokers` nodes at the bootstrap's port: one node
+    keeps the home's `kafka/` folder; a cluster's node i listens on port + 2i."""
+    port = _host_port(settings)[1]
+    if brokers == 1:
+        return [Node(NODE_ID, port, settings.home / "kafka")]
+    return [Node(i + 1, port + 2 * i, settings.home / "kafka-cluster" / f"node-{i + 1}") for i in range(brokers)]
+
+
+def start(settings: Settings, timeout: float = 90.0, brokers: int = 1) -> str:
+    """Make sure Kafka answers at the bootstrap: "reused" if it already did, else
+    "started" after launching `brokers` local nodes (3 for a cluster that survives a
+    broker's loss) and waiting until every one serves metadata and groups."""
+    if not 1 <= brokers <= MAX_LOCAL_BROKERS:
+        raise ServiceError(f"a local Kafka has 1 to {MAX_LOCAL_BROKERS} brokers, not {brokers}")
     if is_up(settings):
+        _check_size(settings, brokers)
         return "reused"
     if not settings.kafka.is_local:
         raise refuse_remote("Kafka", settings.kafka.bootstrap, "bootstrap")
-    root = settings.home / "kafka"
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / "start.lock"):
+    members = nodes(settings, brokers)
+    lock_dir = members[0].root.parent if brokers > 1 else members[0].root
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_dir / "start.lock"):
         # Another process may have started it while we waited for the lock.
-        if is_up(settings) or _our_pid(root) is not None:
-            _wait_ready(settings, root, timeout)
+        if is_up(settings) or any(_our_pid(node.root) is not None for node in members):
+            _wait_ready(settings, members, timeout)
             return "reused"
-        if _port_open(*_host_port(settings)):
-            raise ServiceError(
-                f"something listens at {settings.kafka.bootstrap} but does not answer as Kafka"
-                f" over {settings.kafka.security_protocol} (KAFKA_SECURITY_PROTOCOL)"
-            )
+        for node in members:
+            if _port_open("127.0.0.1", node.port):
+                raise ServiceError(
+                    f"something listens at 127.0.0.1:{node.port} but does not answer as Kafka"
+                    f" over {settings.kafka.security_protocol} (KAFKA_SECURITY_PROTOCOL)"
+                )
         libs = ensure_jars(settings.home)
-        props = _write_config(root, settings.kafka, _host_port(settings)[1])
-        _format_storage(root, libs, props)
-        log = root / "kafka.log"
-        _rotate(log)
-        # Launched through sh so the broker is not our child: it outlives this process
-        # (new session, reparented) without ever lingering as our zombie.
-        launcher = subprocess.run(
-            [
-                "/bin/sh",
-                "-c",
-                'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!',
-                "sh",
-                str(log),
-                *_java(libs, root),
-                MAIN_CLASS,
-                str(props),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            start_new_session=True,
-            cwd=root,
-        )
-        (root / "kafka.pid").write_text(launcher.stdout.strip() + "\n")
-        _wait_ready(settings, root, timeout)
+        cluster_id = _cluster_id()
+        for node in members:
+            node.root.mkdir(parents=True, exist_ok=True)
+            props = _write_config(node, members, settings.kafka)
+            _format_storage(node.root, libs, props, cluster_id)
+            _launch(node, libs, props)
+        _wait_ready(settings, members, timeout)
     return "started"
 
 
+def _launch(node: Node, libs: Path, props: Path) -> None:
+    log = node.root / "kafka.log"
+    _rotate(log)
+    # Launched through sh so the broker is not our child: it outlives this process
+    # (new session, reparented) without ever lingering as our zombie.
+    launcher = subprocess.run(
+        ["/bin/sh", "-c", 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!', "sh", str(log),
+         *_java(libs, node.root), MAIN_CLASS, str(props)],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+        cwd=node.root,
+    )
+    (node.root / "kafka.pid").write_text(launcher.stdout.strip() + "\n")
+
+
+def _check_size(settings: Settings, brokers: int) -> None:
+    """A running Kafka with fewer brokers than asked for cannot hold the replicas."""
+    if brokers == 1:
+        return
+    admin = AdminClient(settings.kafka.confluent(log_level=0))
+    found = len(admin.list_topics(timeout=10).brokers)
+    if found < brokers:
+        raise ServiceError(f"the Kafka at {settings.kafka.bootstrap} has {found} broker(s), not {brokers};"
+                           " stop it first (tierflow down)")
+
+
 def stop(settings: Settings, timeout: float = 30.0) -> str:
-    """Stop the broker this home started (pid file): SIGTERM, then SIGKILL after `timeout`."""
-    root = settings.home / "kafka"
-    pid = _our_pid(root)
-    if pid is None:
+    """Stop the brokers this home started (pid files), single or cluster: SIGTERM, then
+    SIGKILL after `timeout`."""
+    roots = [settings.home / "kafka", *sorted((settings.home / "kafka-cluster").glob("node-*"))]
+    stopped = False
+    for root in roots:
+        pid = _our_pid(root)
+        if pid is not None:
+            terminate(pid, timeout)  # the broker does a controlled shutdown on SIGTERM
+            stopped = True
         (root / "kafka.pid").unlink(missing_ok=True)
-        return "not running"
-    terminate(pid, timeout)  # the broker does a controlled shutdown on SIGTERM
-    (root / "kafka.pid").unlink(missing_ok=True)
-    return "stopped"
+    return "stopped" if stopped else "not running"
 
 
 def _host_port(settings: Settings) -> tuple[str, int]:
@@ -179,25 +223,27 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _write_config(root: Path, kafka: KafkaSettings, port: int) -> Path:
-    data = root / "data"
-    props = root / "server.properties"
+def _write_config(node: Node, members: list[Node], kafka: KafkaSettings) -> Path:
+    data = node.root / "data"
+    props = node.root / "server.properties"
+    voters = ",".join(f"{m.node_id}@127.0.0.1:{m.controller_port}" for m in members)
+    # Internal topics as replicated as the cluster allows; writes need a majority in sync.
+    replicas, in_sync = len(members), len(members) // 2 + 1
     # Rewritten on every start so a changed port or password in the settings takes effect.
     text = "\n".join(
         [
             "process.roles=broker,controller",
-            f"node.id={NODE_ID}",
-            f"controller.quorum.voters={NODE_ID}@127.0.0.1:{port + 1}",
-            *_listeners(kafka, port),
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
+            *_listeners(kafka, node.port),
             "controller.listener.names=CONTROLLER",
             f"log.dirs={data}",
-            # One node: every internal topic must make do with a single replica.
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "min.insync.replicas=1",
+            f"offsets.topic.replication.factor={replicas}",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={in_sync}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={in_sync}",
+            f"min.insync.replicas={in_sync}",
             # Consumers join at once instead of waiting 3 s for more members.
             "group.initial.rebalance.delay.ms=0",
             # Topics are created explicitly with the partition count the pipeline expects.
@@ -206,7 +252,7 @@ def _write_config(root: Path, kafka: KafkaSettings, port: int) -> Path:
         ]
     )
     write_private(props, text)  # it may hold the SASL password
-    (root / "log4j2.properties").write_text(_LOG4J2)
+    (node.root / "log4j2.properties").write_text(_LOG4J2)
     return props
 
 
@@ -265,11 +311,11 @@ def _plain_credentials(kafka: KafkaSettings) -> tuple[str, str]:
     return user, password
 
 
-def _format_storage(root: Path, libs: Path, props: Path) -> None:
+def _format_storage(root: Path, libs: Path, props: Path, cluster_id: str) -> None:
     """Format the KRaft log directory once; a formatted one has meta.properties."""
     if (root / "data" / "meta.properties").exists():
         return
-    cmd = [*_java(libs, root), STORAGE_TOOL, "format", "-t", _cluster_id(), "-c", str(props)]
+    cmd = [*_java(libs, root), STORAGE_TOOL, "format", "-t", cluster_id, "-c", str(props)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
     if result.returncode != 0:
         raise ServiceError(
@@ -302,18 +348,26 @@ def _java(libs: Path, root: Path) -> list[str]:
     ]
 
 
-def _wait_ready(settings: Settings, root: Path, timeout: float) -> None:
+def _wait_ready(settings: Settings, members: list[Node], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if is_up(settings, timeout=2.0) and _groups_ready(settings):
+        if is_up(settings, timeout=2.0) and _brokers(settings) >= len(members) and _groups_ready(settings):
             return
-        if _our_pid(root) is None:
-            raise ServiceError(f"Kafka exited during startup; log tail:\n{_log_tail(root)}")
+        for node in members:
+            if _our_pid(node.root) is None:
+                raise ServiceError(f"Kafka exited during startup; log tail:\n{_log_tail(node.root)}")
         time.sleep(0.5)
     raise ServiceError(
         f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {timeout:.0f} s; "
-        f"log tail ({root / 'kafka.log'}):\n{_log_tail(root)}"
+        f"log tail ({members[0].root / 'kafka.log'}):\n{_log_tail(members[0].root)}"
     )
+
+
+def _brokers(settings: Settings) -> int:
+    try:
+        return len(AdminClient(settings.kafka.confluent(log_level=0)).list_topics(timeout=2.0).brokers)
+    except KafkaException:
+        return 0
 
 
 def _groups_ready(settings: Settings) -> bool:

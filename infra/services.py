@@ -17,10 +17,11 @@ from tierflow.pipeline.config.settings import Settings
 Row = tuple[str, str, str]  # (service, address, state)
 
 
-def up(settings: Settings) -> list[Row]:
-    """Start or reuse Kafka, then Redis; safe to call again (everything is then "reused")."""
+def up(settings: Settings, kafka_brokers: int = 1) -> list[Row]:
+    """Start or reuse Kafka (`kafka_brokers` local nodes), then Redis; safe to call again
+    (everything is then "reused")."""
     return [
-        ("kafka", settings.kafka.bootstrap, kafka.start(settings)),
+        ("kafka", settings.kafka.bootstrap, kafka.start(settings, brokers=kafka_brokers)),
         ("redis", settings.redis_display(), redis.start(settings)),
     ]
 

@@ -92,7 +92,7 @@ class Run:
                 self.kill_moment.set()
             if n == WARM_AT:
                 self.warm_rss = rss_kib(self.worker_pid)
-            send_events(self.settings, self.events[n::CHUNKS])
+            send_events(self.settings, self.events[n::CHUNKS], create_topics=False)
             self.chunks_sent = n + 1
             time.sleep(CHUNK_PAUSE_S)
 
@@ -177,23 +177,29 @@ def test_redis_killed_mid_stream_and_restarted_on_its_append_only_file(
         redis.stop(private)
 
 
-def _broker_ports() -> int:
-    """A free port whose successor (the controller's) is free too."""
+def _broker_ports(brokers: int = 1) -> int:
+    """A free port followed by the 2 * brokers - 1 free ports of the other listeners."""
     while True:
         port = free_port()
         try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
+            for taken in range(port + 1, port + 2 * brokers):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", taken))
             return port
         except OSError:
             continue
 
 
-def test_broker_killed_mid_stream_and_restarted_on_its_log(settings: Settings, tmp_path: Path) -> None:
+def _private_home(tmp_path: Path) -> Path:
     home = tmp_path / "svc"
     home.mkdir()
     # Share the jar cache with the default home instead of copying 45 MB again.
     (home / "cache").symlink_to(kafka.ensure_jars(Settings.from_env().home).parents[1])
+    return home
+
+
+def test_broker_killed_mid_stream_and_restarted_on_its_log(settings: Settings, tmp_path: Path) -> None:
+    home = _private_home(tmp_path)
     private = replace(settings, kafka=KafkaSettings(bootstrap=f"127.0.0.1:{_broker_ports()}"), home=home)
     started = time.monotonic()
     assert kafka.start(private) == "started"
@@ -208,3 +214,20 @@ def test_broker_killed_mid_stream_and_restarted_on_its_log(settings: Settings, t
         run.check(figures)
     finally:
         kafka.stop(private)
+
+
+def test_one_broker_of_three_killed_for_good_with_replication_3(settings: Settings, tmp_path: Path) -> None:
+    """A local 3-broker KRaft cluster, every topic with 3 replicas (2 in sync): the first
+    broker (the one the bootstrap names first) dies mid-stream and never comes back."""
+    home = _private_home(tmp_path)
+    port = _broker_ports(brokers=3)
+    bootstrap = ",".join(f"127.0.0.1:{port + 2 * i}" for i in range(3))
+    cluster = replace(settings, kafka=KafkaSettings(bootstrap=bootstrap), home=home, replication=3)
+    assert kafka.start(cluster, brokers=3) == "started"
+    run = Run(replace(settings, kafka=cluster.kafka, replication=3), tmp_path)
+    try:
+        figures = run.through(kill=lambda: sigkill_pidfile(kafka.nodes(cluster, 3)[0].root / "kafka.pid"),
+                              restart=lambda: None)
+        run.check(figures)
+    finally:
+        kafka.stop(cluster)

@@ -12,7 +12,7 @@ def _up(args: argparse.Namespace) -> int:
     from tierflow.infra import services
 
     ctx = from_args(args)
-    for name, address, state in services.up(ctx.settings):
+    for name, address, state in services.up(ctx.settings, args.kafka_brokers):
         print(f"{name:<11} {address:<40} {state}")
     created = ensure_topics(ctx.settings)
     if created:
@@ -40,7 +40,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("up", help="start (or reuse) Kafka and Redis on loopback, create topics").set_defaults(func=_up)
+    up = sub.add_parser("up", help="start (or reuse) Kafka and Redis on loopback, create topics")
+    up.add_argument("--kafka-brokers", type=int, default=1, metavar="N",
+                    help="start a local KRaft cluster of N brokers (port, port+2, ...) instead of one;"
+                         " use with TIERFLOW_REPLICATION")
+    up.set_defaults(func=_up)
     sub.add_parser("down", help="stop the services `up` started").set_defaults(func=_down)
     sub.add_parser(
         "status", help="what runs where (exit 1 if a service is down or refuses the credentials)"
