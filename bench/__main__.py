@@ -50,7 +50,7 @@ from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.config.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")
+DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")  # made by `make bench`
 README = ROOT / "bench" / "README.md"
 README_BEGIN, README_END = "<!-- bench:figures -->", "<!-- /bench:figures -->"
 POLL_S = 0.25  # how often the parent reads the worker group's lag
@@ -60,6 +60,7 @@ LATENCY_TICK_S = 0.01  # the paced producer sends what is due every tick
 LATENCY_TAIL_S = 3.0  # after the last paced event, wait this long for its changes
 LATENCY_SHARE = 0.5  # of the measured end-to-end throughput
 DAILY_PREFIXES = {90: "d90-", 180: "d180-"}
+WORKER_LOGLEVEL = os.environ.get("BENCH_WORKER_LOGLEVEL", "warning")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Plan:
     customers: int
     days: int
     cap_s: float  # a contender that has not finished by then reports its rate so far
+    sweep_cap_s: float  # the same for each run of the tierflow sweep and scaling
     batch_sizes: tuple[int, ...]
     populations: tuple[int, ...]
     workers: tuple[int, ...]
@@ -79,10 +81,10 @@ class Plan:
     sample: int  # backlog customers whose keys are measured
 
 
-FULL = Plan(events=300_000, customers=30_000, days=30, cap_s=90, batch_sizes=(1, 5, 20),
+FULL = Plan(events=300_000, customers=30_000, days=30, cap_s=90, sweep_cap_s=45, batch_sizes=(1, 5, 20),
             populations=(10_000, 30_000, 100_000), workers=(1, 2, 4), scaling_partitions=8,
-            latency_s=40, daily_users=50, sample=1000)
-QUICK = Plan(events=60_000, customers=30_000, days=30, cap_s=30, batch_sizes=(1, 20),
+            latency_s=40, daily_users=30, sample=1000)
+QUICK = Plan(events=60_000, customers=30_000, days=30, cap_s=30, sweep_cap_s=30, batch_sizes=(1, 20),
              populations=(30_000,), workers=(), scaling_partitions=8, latency_s=10, daily_users=10, sample=300)
 
 
@@ -103,6 +105,17 @@ class Throughput:
 
 
 # ------------------------------------------------------------- processes --
+
+
+def create_topic(settings: Settings, name: str) -> None:
+    """An output topic for a contender whose framework does not create it."""
+    from confluent_kafka.admin import NewTopic
+
+    from tierflow.pipeline.kafka.topics import admin
+
+    client = admin(settings)  # kept referenced until the futures resolve
+    for future in client.create_topics([NewTopic(name, num_partitions=settings.partitions)]).values():
+        future.result()
 
 
 def run_child(cmd: list[str], spec: dict[str, Any], workdir: Path, name: str, timeout: float) -> Throughput:
@@ -155,7 +168,7 @@ class Workers:
             }
             with (home / "worker.log").open("ab") as out:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tierflow.pipeline.cli.main", "worker", "--loglevel", "warning"],
+                    [sys.executable, "-m", "tierflow.pipeline.cli.main", "worker", "--loglevel", WORKER_LOGLEVEL],
                     cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
 
     def check(self) -> None:
@@ -205,8 +218,12 @@ def wait_settled(settings: Settings, ctx: Context, client: redis.Redis, workers:
     """Until the archive has caught up with `ends` and no output waits in an outbox."""
     from tierflow.agents.archive import archive_group
 
-    archive = replace(settings, group_id=archive_group(ctx))
-    while remaining(archive, ends) or outputs_pending(client, ctx.config):
+    archive = replace(settings, group_id=archive_group(Context(settings, ctx.config)))
+    archived = not ctx.config.archive.enabled
+    while True:
+        archived = archived or remaining(archive, ends) == 0
+        if archived and not outputs_pending(client, ctx.config):
+            return
         workers.check()
         if time.monotonic() > deadline:
             raise TimeoutError("outputs not flushed in time")
@@ -235,6 +252,9 @@ def drain(settings: Settings, ctx: Context, client: redis.Redis, workers: Worker
             return Throughput(name, events=round(records * per_record), records=records, seconds=now - t0,
                               startup_s=t0 - workers.started, capped=True)
         time.sleep(POLL_S)
+    if done0 == total:
+        return Throughput(name, error=f"all {total:,} records done by the first commit seen: too few to time, "
+                                      "raise --events")
     t_lag = time.monotonic()
     wait_settled(settings, ctx, client, workers, ends, t_lag + SETTLE_TIMEOUT_S)
     t_end = time.monotonic()
@@ -400,6 +420,7 @@ def side_by_side(args: argparse.Namespace, plan: Plan, settings: Settings, ctx: 
                                  workdir, "quix", timeout)
     log(f"quix: {rows['quix'].events_per_s:,.0f} events/s {rows['quix'].error or ''}")
     client.flushdb()
+    create_topic(settings, f"{main.prefix}naive.changes")
     rows["naive"] = run_child([sys.executable, "-m", "bench.naive"],
                               {**spec, "group": f"{main.prefix}naive", "out_topic": f"{main.prefix}naive.changes"},
                               workdir, "naive", timeout)
@@ -464,7 +485,7 @@ def sweep(plan: Plan, args: argparse.Namespace, settings: Settings, ctx: Context
             row = main_tierflow
         else:
             dataset = produce_set(settings, f"{run_prefix}b{batch}.", f"batch {batch}", main_events, batch)
-            row = worker_run(settings, ctx, client, workdir, dataset, plan.cap_s, f"batch{batch}")
+            row = worker_run(settings, ctx, client, workdir, dataset, plan.sweep_cap_s, f"batch{batch}")
         by_batch[str(batch)] = asdict(row) | {"events_per_s": row.events_per_s}
         log(f"batch {batch}: {row.events_per_s:,.0f} events/s {row.error or ''}")
     by_population: dict[str, dict[str, Any]] = {}
@@ -476,7 +497,7 @@ def sweep(plan: Plan, args: argparse.Namespace, settings: Settings, ctx: Context
             events = encoded(traffic.backlog(plan.events))
             dataset = produce_set(settings, f"{run_prefix}p{customers}.", f"{customers} customers", events, 1)
             del events
-            row = worker_run(settings, ctx, client, workdir, dataset, plan.cap_s, f"pop{customers}")
+            row = worker_run(settings, ctx, client, workdir, dataset, plan.sweep_cap_s, f"pop{customers}")
         by_population[str(customers)] = asdict(row) | {"events_per_s": row.events_per_s}
         log(f"{customers:,} customers: {row.events_per_s:,.0f} events/s {row.error or ''}")
     return {"batch": by_batch, "population": by_population}
@@ -490,7 +511,7 @@ def scaling(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, w
     wide = replace(settings, partitions=plan.scaling_partitions)
     rows: dict[str, dict[str, Any]] = {}
     for count in plan.workers:
-        row = worker_run(wide, ctx, client, workdir, dataset, plan.cap_s, f"workers{count}", count)
+        row = worker_run(wide, ctx, client, workdir, dataset, plan.sweep_cap_s, f"workers{count}", count)
         rows[str(count)] = asdict(row) | {"events_per_s": row.events_per_s}
         log(f"{count} worker(s) over {plan.scaling_partitions} partitions: {row.events_per_s:,.0f} events/s "
             f"{row.error or ''}")
@@ -529,7 +550,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def plan_of(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else FULL
-    overrides = {"events": args.events, "customers": args.customers, "cap_s": args.cap,
+    overrides = {"events": args.events, "customers": args.customers, "cap_s": args.cap, "sweep_cap_s": args.cap,
                  "batch_sizes": tuple(args.batch) if args.batch else None,
                  "populations": tuple(args.populations) if args.populations else None,
                  "workers": tuple(args.workers) if args.workers is not None else None}

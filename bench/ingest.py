@@ -56,7 +56,7 @@ CONTENDERS = {
     "quix-msg": "Quix Streams per message -> Redis",
 }
 DEFAULT_CONTENDERS = ("raw", "faust", "ingest", "quix")
-DEFAULT_QUIX_PYTHON = "/tmp/quix-venv/bin/python"
+DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")  # made by `make bench`
 HISTORY_DAYS = 200  # synthetic event times spread over this many days before now
 EVENTS_PER_USER_GUESS = 25
 # librdkafka stops fetching a partition for fetch.queue.backoff.ms (default 1000) once

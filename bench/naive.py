@@ -46,9 +46,7 @@ def main(spec: dict[str, Any]) -> int:
         value_serializer="raw", store="memory://", web_enabled=False,
         topic_partitions=settings.partitions, topic_replication_factor=1,
     )
-    # internal: Faust creates it (with the input topics' partition count).
-    out = app.topic(spec["out_topic"], key_type=str, value_serializer="json", internal=True,
-                    partitions=settings.partitions)
+    out = app.topic(spec["out_topic"], key_type=str, value_serializer="json")  # created by the parent
 
     @app.agent(app.topic(*Topics(prefix=spec["prefix"]).inputs, key_type=bytes))
     async def per_event(stream: faust.StreamT) -> None:
