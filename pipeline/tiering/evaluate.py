@@ -46,15 +46,16 @@ class Evaluation(msgspec.Struct, frozen=True):
     next_boundary_ms: int | None
 
     def value(self, dimension: str) -> str | None:
+        return self.values()[dimension]
+
+    def values(self) -> dict[str, str | None]:
+        """Each of TRACKED's value."""
         return {
             "segment": self.segment,
             "lifecycle": self.lifecycle.stage,
             "membership": self.membership.tier,
             "aipl": self.aipl,
-        }[dimension]
-
-    def values(self) -> dict[str, str | None]:
-        return {dim: self.value(dim) for dim in TRACKED}
+        }
 
     def to_json(self) -> dict[str, object]:
         """The tier part of `tierflow user ID --json`."""

@@ -34,13 +34,17 @@ class Membership(msgspec.Struct, frozen=True):
 
 def points(lifetime_cents: int, counts: Mapping[str, int], config: PointsConfig) -> int:
     """Spend points (rounded down) plus activity points from lifetime event counts."""
-    spend = exact(config.per_yuan) * lifetime_cents / 100
+    rate = exact(config.per_yuan)
+    # Rounded toward zero in integers (Fraction arithmetic is slow on the hot path).
+    spend = abs(rate.numerator * lifetime_cents) // (rate.denominator * 100)
+    if rate.numerator * lifetime_cents < 0:
+        spend = -spend
     activity = config.per_browse * counts.get("browse", 0)
     activity += config.per_cart_add * counts.get("cart:add", 0)
     activity += sum(
         p * counts.get(f"interaction:{kind}", 0) for kind, p in config.per_interaction.items()
     )
-    return int(spend) + activity
+    return spend + activity
 
 
 def points_tier(score: int, config: MembershipConfig) -> str:

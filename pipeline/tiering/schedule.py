@@ -21,10 +21,12 @@ class DecaySchedule:
         self.shards = shards
 
     def due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Users whose next boundary is at or before now_ms, earliest first."""
+        """Up to `limit` users whose next boundary is at or before now_ms, earliest first
+        (the earliest of each shard: a large due set costs no more than a small one)."""
+        per_shard = -(-limit // len(self.shards.all))
         pipe = self.client.pipeline(transaction=False)
         for shard in self.shards.all:
-            pipe.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit, withscores=True)
+            pipe.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=per_shard, withscores=True)
         rows = [(u, int(s)) for shard_rows in pipe.execute() for u, s in shard_rows]
         return sorted(rows, key=lambda r: (r[1], r[0]))[:limit]
 

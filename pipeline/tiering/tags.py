@@ -24,11 +24,9 @@ def repurchase_tag(purchases: int) -> str | None:
 
 
 def sku_tags(skus: Mapping[str, Mapping[str, int]], limit: int) -> list[str]:
-    ordered = sorted(
-        ((sku, v.get("orders", 0)) for sku, v in skus.items() if v.get("orders", 0) > 0),
-        key=lambda kv: (-kv[1], kv[0]),
-    )
-    return [f"{sku}{orders}" for sku, orders in ordered[:limit]]
+    # The most ordered first, ties by name: (-orders, sku) sorts both ways at once.
+    ordered = sorted((-orders, sku) for sku, v in skus.items() if (orders := v.get("orders", 0)) > 0)
+    return [f"{sku}{-negative}" for negative, sku in ordered[:limit]]
 
 
 def favourite_category(

@@ -51,12 +51,15 @@ elseif op == 'commit' then
   -- Evaluated from a state that has moved on, or from an instant before the stored one:
   -- the caller re-reads and re-evaluates.
   if event_count(profile) ~= basis then return {'stale', 0, {}, {}} end
-  local stored_as_of = tonumber(redis.call('HGET', tier, 'asof') or '-1')
+  -- Everything compared below, read in one call (all reads precede this call's writes).
+  local stored = redis.call('HMGET', tier, 'asof', 'pop', 'raw', 'nb',
+    'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl', 's:r', 's:f', 's:m')
+  local stored_as_of = tonumber(stored[1] or '-1')
   if as_of < stored_as_of then return {'stale', 0, {}, {}} end
   -- Nor against an older population snapshot than the last commit (a sweep may have
   -- re-evaluated this user against the newer one meanwhile).
   local snapshot = tonumber(ARGV[13])
-  if snapshot < tonumber(redis.call('HGET', tier, 'pop') or '-1') then return {'stale', 0, {}, {}} end
+  if snapshot < tonumber(stored[2] or '-1') then return {'stale', 0, {}, {}} end
 
   local values, scores = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
   local raw, nb = cjson.decode(ARGV[9]), ARGV[10]
@@ -67,8 +70,8 @@ elseif op == 'commit' then
   local dirty = stored_as_of < 0
   local appended = 0
 
-  for _, dim in ipairs(DIMS) do
-    local old = present(redis.call('HGET', tier, 'v:' .. dim))
+  for i, dim in ipairs(DIMS) do
+    local old = present(stored[4 + i])
     local new = present(values[dim])
     if old ~= new then
       dirty = true
@@ -86,8 +89,8 @@ elseif op == 'commit' then
       delta.outbox = seq
     end
   end
-  for _, dim in ipairs(SCORE_DIMS) do
-    local old = tonumber(redis.call('HGET', tier, 's:' .. dim) or '')
+  for i, dim in ipairs(SCORE_DIMS) do
+    local old = tonumber(stored[8 + i] or '')
     local new = nil
     if scores ~= NULL then new = scores[dim] end
     if old ~= new then
@@ -97,11 +100,11 @@ elseif op == 'commit' then
     end
   end
   -- Compared as the caller's canonical JSON text (cjson's key order is not stable).
-  if (redis.call('HGET', tier, 'raw') or 'null') ~= ARGV[9] then
+  if (stored[3] or 'null') ~= ARGV[9] then
     dirty = true
     redis.call('HSET', tier, 'raw', ARGV[9])
   end
-  if (redis.call('HGET', tier, 'nb') or '') ~= nb then
+  if (stored[4] or '') ~= nb then
     dirty = true
     if nb == '' then redis.call('HDEL', tier, 'nb') else redis.call('HSET', tier, 'nb', nb) end
   end
