@@ -19,6 +19,7 @@ erasure (same marks, same anonymous id) instead of recording a new one.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -58,7 +59,7 @@ def _forget(args: argparse.Namespace) -> int:
 
 def forget(ctx: Context, client: redis.Redis, archive: Archive | None, user_id: str, *,
            assume_yes: bool, as_json: bool) -> int:
-    again = f"tierflow forget {user_id}"
+    again = f"tierflow forget {shlex.quote(user_id)}"
     refuse_if_running(ctx, again)
     store = ErasureStore(client, ctx.config, ctx.settings.partitions)
     # Opened before anything changes: an archive that cannot be reached stops the command here.

@@ -62,6 +62,8 @@ from tierflow.schemas.tier_changes import TierChange
 
 # Exit status besides 0 (rebuilt), 1 (an error) and 4 (not confirmed, cli/confirm.py).
 EXIT_WORKER_RUNNING = 3
+# How often to look again at the groups' members while a stopped worker may still be listed.
+MEMBERS_POLL_S = 1.0
 # Every key tierflow writes starts with one of these: a customer's keys ({u:<id>}...),
 # the reward indexes and campaigns ({rw}..., {rw:c:<id>}...), the population shards and
 # output lanes ({tf:...}), and the global keys (tf:users, tf:tier:pop, tf:clock).
@@ -80,12 +82,17 @@ def worker_groups(ctx: Context) -> list[str]:
 
 def refuse_if_running(ctx: Context, command: str = "tierflow rebuild") -> None:
     """Exit 3 while a worker of the group runs (a member in any of its groups); `command` is
-    what to run again once they are stopped."""
-    running = groups.members(ctx.settings.kafka, worker_groups(ctx))
-    if running:
-        who = "; ".join(f"{g}: {', '.join(m)}" for g, m in running.items())
-        raise CliError(f"a worker of group {ctx.settings.group_id} is running ({who}); stop every"
-                       f" `tierflow worker` of the group, then run `{command}` again", EXIT_WORKER_RUNNING)
+    what to run again once they are stopped. The embedded archive's owner is a static member,
+    which stays in the archive group for up to a session timeout after its worker stopped:
+    while it is the only member left, wait for it to go before refusing."""
+    archive_group = ctx.settings.group_id + ctx.config.archive.group_suffix
+    deadline = time.monotonic() + ctx.config.worker.session_timeout_ms / 1000
+    while running := groups.members(ctx.settings.kafka, worker_groups(ctx)):
+        if set(running) != {archive_group} or time.monotonic() >= deadline:
+            who = "; ".join(f"{g}: {', '.join(m)}" for g, m in running.items())
+            raise CliError(f"a worker of group {ctx.settings.group_id} is running ({who}); stop every"
+                           f" `tierflow worker` of the group, then run `{command}` again", EXIT_WORKER_RUNNING)
+        time.sleep(MEMBERS_POLL_S)
 
 
 def watermarks(ctx: Context, topics: Sequence[str]) -> dict[tuple[str, int], tuple[int, int]]:
