@@ -18,8 +18,10 @@ from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
 import redis
+from redis.client import Pipeline
 
 from tierflow.pipeline import lua
+from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.keys import Shards, TierKeys
 from tierflow.schemas.tier_changes import TierChange
 
@@ -52,30 +54,31 @@ class ChangeOutbox:
             pipe.hget(TierKeys.of(user).tier, "seq")
             pipe.llen(TierKeys.of(user).outbox)
         replies = pipe.execute()
-        holding: set[str] = set()
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq, waiting in zip(users, replies[::2], replies[1::2], strict=True):
-            if waiting:
-                holding.add(user)
-            else:
-                self._script(keys=[self.shards.holding(user).outbox], args=["unlist", user, seq or 0], client=pipe)
-        pipe.execute()
+        holding = {user for user, waiting in zip(users, replies[1::2], strict=True) if waiting}
+        idle = [(user, seq) for user, seq, waiting in zip(users, replies[::2], replies[1::2], strict=True)
+                if not waiting]
+        if idle:
+            calls.run(self.client, [self._script], lambda pipe: self._unlist(pipe, idle))
         return holding
 
     def ack(self, published: Mapping[str, int]) -> int:
-        """Drop each user's records up to the given seq (published and committed).
-        Idempotent. Returns how many records were dropped."""
+        """Drop each user's records up to the given seq (published and committed), then
+        unlist them (only once every drop went through). Idempotent. Returns how many
+        records were dropped."""
         if not published:
             return 0
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in published.items():
-            self._script(keys=[TierKeys.of(user).outbox], args=["ack", seq], client=pipe)
-        dropped = sum(pipe.execute())
-        pipe = self.client.pipeline(transaction=False)
-        for user, seq in published.items():
-            self._script(keys=[self.shards.holding(user).outbox], args=["unlist", user, seq], client=pipe)
-        pipe.execute()
+
+        def drop(pipe: Pipeline) -> None:
+            for user, seq in published.items():
+                calls.call(pipe, self._script, [TierKeys.of(user).outbox], ["ack", seq])
+
+        dropped = sum(calls.run(self.client, [self._script], drop))
+        calls.run(self.client, [self._script], lambda pipe: self._unlist(pipe, published.items()))
         return dropped
+
+    def _unlist(self, pipe: Pipeline, acknowledged: Iterable[tuple[str, object]]) -> None:
+        for user, seq in acknowledged:
+            calls.call(pipe, self._script, [self.shards.holding(user).outbox], ["unlist", user, seq or 0])
 
     def users(self, limit: int) -> list[str]:
         """Users who may hold unpublished changes, up to limit."""
