@@ -79,6 +79,8 @@ class _Record:
     def fail(self, failed: Mapping[str, Rejection]) -> None:
         """A stage raised for these customers: their events here are dead-lettered. Their
         state stays applied, so a replay of the letter only re-runs the stages."""
+        if not failed:
+            return
         for item in self.applied():
             rejection = failed.get(item.event.user_id)
             if rejection is not None:
@@ -212,11 +214,15 @@ class IngestLoop:
             self.stats.records += 1
             records.append(self._decode(msg, now_ms))
         applied = self._apply([record for record in records if record.valid])
-        valid_events = [item for record in records for item in record.applied()]
+        valid_events: list[ValidEvent] = []
+        partitions: dict[str, int] = {}
+        for record in records:
+            items = record.applied() if record.refused else record.valid
+            valid_events += items
+            partitions.update((item.event.user_id, record.source.partition) for item in items)
         self.stats.events += len(valid_events)
         self.stats.applied += applied
         self.stats.batches += 1
-        partitions = {item.event.user_id: record.source.partition for record in records for item in record.applied()}
         batch = AppliedBatch(valid_events, applied, now_ms, partitions)
         failed = self._run_stages(batch)
         dead_letters = self.publisher.delivery()

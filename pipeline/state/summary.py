@@ -7,7 +7,7 @@ integer cents so sums are exact whatever the arrival order.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,9 +68,9 @@ class UserKeys:
 
 
 def _short_hash(data: bytes) -> str:
-    """64 bits as 11 url-safe characters: compact in Redis, collisions out of reach
-    among one customer's events."""
-    return base64.urlsafe_b64encode(hashlib.blake2b(data, digest_size=8).digest()).rstrip(b"=").decode()
+    """64 bits as 11 base64 characters: compact in Redis, collisions out of reach among
+    one customer's events."""
+    return binascii.b2a_base64(hashlib.blake2b(data, digest_size=8).digest(), newline=False)[:11].decode()
 
 
 def id_key(event_id: str) -> str:
@@ -82,7 +82,8 @@ def digest(event: Purchase | Cart | Browse | Interaction, ts_ms: int) -> str:
     """A short fingerprint of an event's content, kept beside its id: the same id
     again with another fingerprint is a conflicting duplicate. The time counts as an
     instant, so a resend that writes it in another accepted form is the same event."""
-    return _short_hash(msgspec.json.encode(msgspec.structs.replace(event, ts=ts_ms)))
+    canonical = event if event.ts == ts_ms else msgspec.structs.replace(event, ts=ts_ms)
+    return _short_hash(msgspec.json.encode(canonical))
 
 
 def encode(
