@@ -57,9 +57,8 @@ class RewardEngine:
     def on_events(self, events: Sequence[tuple[Event, int]], now_ms: int) -> list[RewardRecord]:
         """Valid input events (event, event time), after the state store applied them: the
         coupons named on a purchase are redeemed, then the rules the event fires grant."""
-        wanted = [e.user_id for e, _ in events if isinstance(e, Purchase)] if self.event_rules.wants_first_purchase \
-            else []
-        first = self.ledger.first_purchases(list(dict.fromkeys(wanted))) if wanted else {}
+        buyers = list(dict.fromkeys(e.user_id for e, _ in events if type(e) is Purchase))
+        first = self.ledger.first_purchases(buyers) if buyers and self.event_rules.wants_first_purchase else {}
         steps = granting.event_steps(self.config, self.event_rules, events, first)
         return _new(granting.run(self.ledger, self.config, steps, now_ms)) if steps else []
 

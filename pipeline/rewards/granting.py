@@ -179,41 +179,20 @@ class _Pending:
 
 
 class _Wave:
+    """One wave of a batch: steps none of which depends on the outcome of another."""
+
     def __init__(self, ledger: Ledger, config: RewardsConfig, now_ms: int, first_of: dict[str, int],
                  asked_again: list[tuple[int, int]], offset: int) -> None:
         self.ledger, self.config, self.now_ms = ledger, config, now_ms
         self.first_of, self.asked_again, self.offset = first_of, asked_again, offset
 
     def run(self, steps: Sequence[Step]) -> list[Outcome]:
-        reads = self.ledger.read_wave(self._wants(steps))
+        """The four round trips of the module docstring, decisions in memory in between."""
         outcomes: list[Outcome | None] = [None] * len(steps)
         pending: list[_Pending] = []
         redeems: dict[int, RedeemCall] = {}
         touches: list[Touch] = []
-        planned: dict[tuple[str, str], int] = {}  # (user, rule) -> grants decided in this wave
-        applied = set(reads.applied)
-        for n, step in enumerate(steps):
-            user = user_of(step)
-            if isinstance(step, Redeem):
-                redeems[n] = self._redeem(step, reads.wallets[user], applied)
-                touches.append((user, None))
-            elif isinstance(step, StepUp):
-                outcome = self._step_up(n, step, reads, pending)
-                if outcome is None:
-                    touches.append((user, None))
-                else:
-                    outcomes[n] = outcome
-            else:
-                first = self.first_of.setdefault(step.intent.idempotency_key, self.offset + n)
-                if first != self.offset + n:
-                    self.asked_again.append((self.offset + n, first))
-                    outcomes[n] = Outcome("duplicate", [])  # settled by run() once the first is known
-                    continue
-                outcome = self._grant(n, step.intent, reads, planned, pending)
-                if outcome is None or outcome.status == "duplicate":
-                    touches.append((user, self._expiry(step.intent)))  # a replay: make sure its records get out
-                if outcome is not None:
-                    outcomes[n] = outcome
+        self._decide(steps, self.ledger.read_wave(self._wants(steps)), outcomes, pending, redeems, touches)
         reservations = self.ledger.reserve_all([p.reserve for p in pending], touches)
         calls: dict[int, GrantCall | RedeemCall] = dict(redeems)
         for p, reservation in zip(pending, reservations, strict=True):
@@ -242,6 +221,35 @@ class _Wave:
         self.ledger.settle(releases, touches)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def _decide(self, steps: Sequence[Step], reads: Reads, outcomes: list[Outcome | None],
+                pending: list[_Pending], redeems: dict[int, RedeemCall], touches: list[Touch]) -> None:
+        """In step order: the outcomes known from the reads alone, the grants that go on to
+        their reservation, the redemptions, and the users to index around the writes."""
+        planned: dict[tuple[str, str], int] = {}  # (user, rule) -> grants decided in this wave
+        applied = set(reads.applied)
+        for n, step in enumerate(steps):
+            user = user_of(step)
+            if isinstance(step, Redeem):
+                redeems[n] = self._redeem(step, reads.wallets[user], applied)
+                touches.append((user, None))
+            elif isinstance(step, StepUp):
+                outcome = self._step_up(n, step, reads, pending)
+                if outcome is None:
+                    touches.append((user, None))
+                else:
+                    outcomes[n] = outcome
+            else:
+                first = self.first_of.setdefault(step.intent.idempotency_key, self.offset + n)
+                if first != self.offset + n:
+                    self.asked_again.append((self.offset + n, first))
+                    outcomes[n] = Outcome("duplicate", [])  # settled by run() once the first is known
+                    continue
+                outcome = self._grant(n, step.intent, reads, planned, pending)
+                if outcome is None or outcome.status == "duplicate":
+                    touches.append((user, self._expiry(step.intent)))  # a replay: make sure its records get out
+                if outcome is not None:
+                    outcomes[n] = outcome
 
     # --- reads ------------------------------------------------------------------------
 
