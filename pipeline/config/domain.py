@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import msgspec
 
 from tierflow.pipeline.archive.config import ArchiveConfig
+from tierflow.pipeline.dashboard.config import DashboardConfig
 from tierflow.pipeline.errors import ConfigError
 from tierflow.pipeline.ingest.config import IngestConfig
 from tierflow.pipeline.rewards.config import RewardsConfig
@@ -69,6 +70,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rewards: RewardsConfig
     tiering: TieringConfig
     worker: WorkerConfig
+    dashboard: DashboardConfig
 
 
 

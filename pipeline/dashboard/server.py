@@ -7,11 +7,19 @@ web server (``app.web.web_app.router``) or the standalone app that
   GET /dashboard/                 the page (static/index.html; charts drawn by its own JS)
   GET /dashboard/static/{file}    the page's script and style sheet (no data, no token)
   GET /api/aipl?from&to&by        funnel counts and rates, or one funnel per channel|category
-  GET /api/aipl/trend?from&to     one funnel per ISO week
+  GET /api/aipl/trend?from&to     one funnel per ISO week (partial weeks flagged)
+  GET /api/sales?from&to          revenue, orders, average order value; against the previous
+                                  period of the same length; per domain and week
+  GET /api/products?from&to       one funnel per product category (no membership/service SKUs)
+  GET /api/domains?from&to        one funnel per domain (public / private, [dashboard] channels)
   GET /api/tiers?to               users per current segment / lifecycle / membership / aipl
+  GET /api/tiers/domains?to&dimension   users per current value, by the domains they were seen in
   GET /api/segments/migration?from&to&dimension   net moves between values of a dimension
   GET /api/rewards?from&to        per campaign: budget charged against budget, grants, redemptions
+                                  (no period: all time)
+  GET /api/dashboard/config       the page's refresh interval and channel map
   GET /api/archive/status         backend, schema version, row counts, the writer's state
+  GET /api/export/{panel}.csv?... one panel's numbers as CSV (the same query as its JSON)
 
 Dates are YYYY-MM-DD (UTC days, inclusive); open ends default to the
 archive's first/last day.
@@ -34,7 +42,7 @@ import html
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from string import Template
 from typing import Any, cast
@@ -46,6 +54,7 @@ from tierflow.pipeline.archive import aipl, reports
 from tierflow.pipeline.archive.backend import ArchiveUnavailable, Backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.dashboard import export, queries
 from tierflow.pipeline.errors import ConfigError
 
 log = logging.getLogger("tierflow.dashboard")
@@ -202,36 +211,103 @@ def campaign_budgets(config: Config) -> dict[str, int | None]:
     return {cid: c.budget_cents for cid, c in rewards.campaigns.items() if c.enabled}
 
 
+Report = Callable[[Backend], object]
+
+
 class Endpoints:
-    """Each endpoint: parse the query (pure), run the report in a thread (blocking I/O)."""
+    """Each panel: a report built from the query (pure parsing), run in a thread
+    (blocking I/O), served as JSON at /api/<path> and as CSV at /api/export/<panel>.csv."""
 
     def __init__(self, archive: Archive, config: Config, status: StatusSource | None) -> None:
         self.archive = archive
         self.config = config
         self.status_source = status
+        self.domains = queries.Domains.of(config)
+        self.skus = queries.non_product_skus(config)
 
-    async def _run(self, request: web.Request, report: Callable[[Backend], object],
-                   **unavailable: object) -> web.Response:
-        """`unavailable`: added to the 503 answer while the archive cannot be reached."""
+    async def _fetch(self, report: Report) -> object:
+        # reader(): this process's archive, or the owner's while another process owns it
+        return await asyncio.to_thread(lambda: report(self.archive.reader()))
+
+    def serve(self, build: Callable[[web.Request], Report],
+              unavailable: Callable[[], Mapping[str, object]] = dict) -> Handler:
+        """`unavailable`: what to add to the 503 answer while the archive cannot be reached."""
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                return _json(await self._fetch(build(request)))
+            except ArchiveUnavailable as exc:
+                return _json({"error": str(exc), **unavailable()}, status=503)
+        return handler
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        panel = request.match_info["panel"]
+        if panel not in self.panels:
+            raise BadRequest(f"panel: one of {', '.join(sorted(self.panels))}")
+        build, rows_of = self.panels[panel]
         try:
-            # reader(): this process's archive, or the owner's while another process owns it
-            return _json(await asyncio.to_thread(lambda: report(self.archive.reader())))
+            doc = await self._fetch(build(request))
         except ArchiveUnavailable as exc:
-            return _json({"error": str(exc), **unavailable}, status=503)
-
-    async def aipl(self, request: web.Request) -> web.Response:
+            return _json({"error": str(exc)}, status=503)
         start, end = period_of(request)
-        by = request.query.get("by") or None
+        name = "-".join(["tierflow", panel, *(d.isoformat() for d in (start, end) if d)])
+        return web.Response(
+            text=export.to_csv(rows_of(cast(Any, doc))), content_type="text/csv", charset="utf-8",
+            headers={"Cache-Control": "no-store",
+                     "Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+
+    @property
+    def panels(self) -> dict[str, tuple[Callable[[web.Request], Report], Callable[[Any], export.Rows]]]:
+        return {
+            "funnel": (self.aipl, export.funnel_rows),
+            "channels": (lambda r: self.aipl(r, "channel"), export.group_rows),
+            "categories": (self.products, export.group_rows),
+            "domains": (self.domain_funnels, export.group_rows),
+            "trend": (self.trend, export.trend_rows),
+            "sales": (self.sales, export.sales_rows),
+            "tiers": (self.tiers, export.tier_rows),
+            "tier-domains": (self.tier_domains, export.tier_domain_rows),
+            "migration": (self.migration, export.migration_rows),
+            "rewards": (self.rewards, export.reward_rows),
+        }
+
+    def aipl(self, request: web.Request, by: str | None = None) -> Report:
+        start, end = period_of(request)
+        by = by or request.query.get("by") or None
         if by is not None and by not in aipl.BREAKDOWNS:
             raise BadRequest(f"by: one of {', '.join(aipl.BREAKDOWNS)}")
         choice = cast(aipl.Breakdown | None, by)
-        return await self._run(request, lambda b: aipl.report(b, start, end, choice))
+        return lambda b: aipl.report(b, start, end, choice)
 
-    async def trend(self, request: web.Request) -> web.Response:
+    def trend(self, request: web.Request) -> Report:
         start, end = period_of(request)
-        return await self._run(request, lambda b: aipl.trend_report(b, start, end))
+        today = _today()
 
-    async def tiers(self, request: web.Request) -> web.Response:
+        def report(backend: Backend) -> object:
+            doc = aipl.trend_report(backend, start, end)
+            if doc["from"] is None:
+                return doc
+            period = aipl.Period(date.fromisoformat(doc["from"]), date.fromisoformat(doc["to"]))
+            weeks = [{**w, "partial": queries.partial_week(date.fromisoformat(w["week"]), period, today)}
+                     for w in doc["weeks"]]
+            return {**doc, "partial": queries.is_partial(period, today), "weeks": weeks}
+
+        return report
+
+    def sales(self, request: web.Request) -> Report:
+        start, end = period_of(request)
+        today = _today()
+        return lambda b: queries.sales(b, aipl.resolve(b, start, end), self.domains, today)
+
+    def products(self, request: web.Request) -> Report:
+        start, end = period_of(request)
+        return lambda b: queries.product_categories(b, aipl.resolve(b, start, end), self.skus)
+
+    def domain_funnels(self, request: web.Request) -> Report:
+        start, end = period_of(request)
+        return lambda b: queries.domain_funnels(b, aipl.resolve(b, start, end), self.domains)
+
+    def tiers(self, request: web.Request) -> Report:
         _, end = period_of(request)
 
         def report(backend: Backend) -> object:
@@ -239,13 +315,23 @@ class Endpoints:
             return {"to": end.isoformat() if end else None,
                     "dimensions": {d: found.get(d, {}) for d in (*DIMENSIONS, *found)}}
 
-        return await self._run(request, report)
+        return report
 
-    async def migration(self, request: web.Request) -> web.Response:
+    def tier_domains(self, request: web.Request) -> Report:
+        _, end = period_of(request)
+        dimension = dimension_of(request)
+
+        def report(backend: Backend) -> object:
+            known = aipl.resolve(backend, None, end)
+            values = queries.tier_domains(backend, known.end, dimension, self.domains) if known else {}
+            return {"dimension": dimension, "to": known.end.isoformat() if known else None,
+                    "values": values}
+
+        return report
+
+    def migration(self, request: web.Request) -> Report:
         start, end = period_of(request)
-        dimension = request.query.get("dimension", "segment")
-        if dimension not in DIMENSIONS:
-            raise BadRequest(f"dimension: one of {', '.join(DIMENSIONS)}")
+        dimension = dimension_of(request)
 
         def report(backend: Backend) -> object:
             period = aipl.resolve(backend, start, end)
@@ -253,26 +339,48 @@ class Endpoints:
             return {"dimension": dimension, "from": period.start.isoformat() if period else None,
                     "to": period.end.isoformat() if period else None, "flows": flows}
 
-        return await self._run(request, report)
+        return report
 
-    async def rewards(self, request: web.Request) -> web.Response:
+    def rewards(self, request: web.Request) -> Report:
+        """No period: all time; an open end: the archive's first or last day."""
         start, end = period_of(request)
-        period = aipl.Period(start, end) if start and end else None
-        if (start is None) != (end is None):
-            raise BadRequest("rewards: give both from and to, or neither (all time)")
         budgets = campaign_budgets(self.config)
-        return await self._run(request, lambda b: reports.rewards_summary(b, period, budgets))
-
-    async def status(self, request: web.Request) -> web.Response:
-        def writer() -> dict[str, object] | None:
-            return dict(self.status_source()) if self.status_source else None
 
         def report(backend: Backend) -> object:
-            return {**reports.archive_summary(backend), "migrations": self.archive.migrations(),
-                    "writer": writer()}
+            period = aipl.resolve(backend, start, end) if start or end else None
+            return {**reports.rewards_summary(backend, period, budgets),
+                    "from": period.start.isoformat() if period else None,
+                    "to": period.end.isoformat() if period else None}
 
-        # While the archive cannot be reached the writer's state (holding, why) is the news.
-        return await self._run(request, report, writer=writer())
+        return report
+
+    def settings(self, _request: web.Request) -> Report:
+        shown = self.config.dashboard
+        doc = {"refresh_s": shown.refresh_s, "non_product_skus": self.skus,
+               "domains": {queries.PUBLIC: shown.public_channels, queries.PRIVATE: shown.private_channels,
+                           "other": shown.other_domain}}
+        return lambda _backend: doc
+
+    def status(self, _request: web.Request) -> Report:
+        def report(backend: Backend) -> object:
+            return {**reports.archive_summary(backend), "migrations": self.archive.migrations(),
+                    "writer": self.writer()}
+
+        return report
+
+    def writer(self) -> dict[str, object] | None:
+        return dict(self.status_source()) if self.status_source else None
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def dimension_of(request: web.Request) -> str:
+    dimension = request.query.get("dimension", "segment")
+    if dimension not in DIMENSIONS:
+        raise BadRequest(f"dimension: one of {', '.join(DIMENSIONS)}")
+    return dimension
 
 
 def _errors(handler: Handler) -> Handler:
@@ -315,12 +423,16 @@ def add_routes(
     router.add_get("/dashboard", _to_page)
     router.add_get("/dashboard/", _errors(_page))
     router.add_get(STATIC_PREFIX + "{name}", _static)
-    router.add_get("/api/aipl", _errors(api.aipl))
-    router.add_get("/api/aipl/trend", _errors(api.trend))
-    router.add_get("/api/tiers", _errors(api.tiers))
-    router.add_get("/api/segments/migration", _errors(api.migration))
-    router.add_get("/api/rewards", _errors(api.rewards))
-    router.add_get("/api/archive/status", _errors(api.status))
+    routes: dict[str, Callable[[web.Request], Report]] = {
+        "aipl": api.aipl, "aipl/trend": api.trend, "sales": api.sales, "products": api.products,
+        "domains": api.domain_funnels, "tiers": api.tiers, "tiers/domains": api.tier_domains,
+        "segments/migration": api.migration, "rewards": api.rewards, "dashboard/config": api.settings,
+    }
+    for path, build in routes.items():
+        router.add_get(f"/api/{path}", _errors(api.serve(build)))
+    # While the archive cannot be reached the writer's state (holding, why) is the news.
+    router.add_get("/api/archive/status", _errors(api.serve(api.status, lambda: {"writer": api.writer()})))
+    router.add_get("/api/export/{panel}.csv", _errors(api.export))
 
 
 def build_app(
