@@ -107,7 +107,9 @@ def create_app(ctx: Context) -> faust.App:
     app.service(hosted(supervisor, worker.stop_timeout_s, stopped))
     lag_watch = Supervisor("lag", partial(metrics.lag.watch, interval_s=worker.lag_interval_s),
                            worker.restart_backoff_s)
-    app.service(hosted(lag_watch, worker.stop_timeout_s, lambda: None))
+    # Nothing to finish there: a stop never waits for a measurement (up to a minute
+    # while the broker is slow) under way.
+    app.service(hosted(lag_watch, 0, lambda: None))
 
     @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)
     async def decay_timer() -> None:
