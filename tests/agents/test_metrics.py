@@ -4,6 +4,7 @@ exports, repeated log lines held back (no services)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from tierflow.agents.health import Verdict
 from tierflow.agents.ingest import AppliedBatch, CustomerStage, IngestStats
 from tierflow.agents.logs import JsonFormatter, Repeats, logging_config
 from tierflow.agents.metrics import (
+    MeteredOutputs,
     Metrics,
     add_stats,
     change_delays_s,
@@ -24,6 +26,7 @@ from tierflow.agents.metrics import (
     events_by_topic,
     records_by_campaign,
 )
+from tierflow.agents.outputs import Outputs
 from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.errors import ConfigError
 from tierflow.pipeline.ingest.validate import ValidEvent
@@ -184,3 +187,10 @@ def test_a_repeated_line_is_shown_once_per_window_then_says_how_many_were_held()
     assert repeats.filter(shown)
     assert shown.getMessage() == "Connect to 127.0.0.1:9092 failed (after 7ms) (2 more like it held back)"
     assert Repeats(0).filter(line(refused, 1, 1)) and Repeats(0).filter(line(refused, 1, 1))
+
+
+def test_the_publisher_hook_metered_outputs_overrides_is_still_there() -> None:
+    """MeteredOutputs counts by overriding Outputs._publish: a rename there would
+    silently stop the tier-change and reward-record counters."""
+    assert list(inspect.signature(Outputs._publish).parameters) == ["self", "by_lane", "changes", "grants"]
+    assert MeteredOutputs._publish is not Outputs._publish
