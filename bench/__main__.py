@@ -201,10 +201,37 @@ def outputs_pending(client: redis.Redis, config: Config) -> bool:
     return bool(TierStore(client, config).outbox.users(1) or RewardEngine(client, config.rewards).outbox(1).records)
 
 
-def remaining(settings: Settings, ends: dict[tuple[str, int], int]) -> int:
-    from tierflow.pipeline.kafka import lag
+class Lag:
+    """Records of the group still to commit up to `ends`, read by one probe consumer
+    that never subscribes (it does not join the group): cheap enough to ask 4 times a second."""
 
-    return sum(r.lag for r in lag.measure(settings, ends))
+    def __init__(self, settings: Settings, ends: dict[tuple[str, int], int]) -> None:
+        from confluent_kafka import TopicPartition
+
+        from tierflow.pipeline.kafka import clients
+
+        self.consumer = clients.consumer(settings.kafka, settings.group_id)
+        self.ends = ends
+        self.partitions = [TopicPartition(topic, p) for topic, p in ends]
+        self.last = sum(ends.values())
+
+    def left(self) -> int:
+        from confluent_kafka import KafkaException
+
+        from tierflow.pipeline.kafka.errors import is_transient
+
+        try:
+            committed = self.consumer.committed(self.partitions, timeout=10)
+        except KafkaException as exc:  # a coordinator still loading: ask again next time
+            if not is_transient(exc):
+                raise
+            return self.last
+        # Nothing committed yet (a negative offset) counts from 0: the run's topics are fresh.
+        self.last = sum(max(self.ends[(tp.topic, tp.partition)] - max(tp.offset, 0), 0) for tp in committed)
+        return self.last
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
@@ -218,16 +245,34 @@ def wait_settled(settings: Settings, ctx: Context, client: redis.Redis, workers:
     """Until the archive has caught up with `ends` and no output waits in an outbox."""
     from tierflow.agents.archive import archive_group
 
-    archive = replace(settings, group_id=archive_group(Context(settings, ctx.config)))
+    archive = Lag(replace(settings, group_id=archive_group(Context(settings, ctx.config))), ends)
     archived = not ctx.config.archive.enabled
-    while True:
-        archived = archived or remaining(archive, ends) == 0
-        if archived and not outputs_pending(client, ctx.config):
-            return
-        workers.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError("outputs not flushed in time")
-        time.sleep(POLL_S)
+    try:
+        while True:
+            archived = archived or archive.left() == 0
+            if archived and not outputs_pending(client, ctx.config):
+                return
+            workers.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError("outputs not flushed in time")
+            time.sleep(POLL_S)
+    finally:
+        archive.close()
+
+
+def wait_drained(settings: Settings, ctx: Context, client: redis.Redis, workers: Workers,
+                 ends: dict[tuple[str, int], int], deadline: float) -> None:
+    """Until the group's lag to `ends` is 0 and the outputs are flushed."""
+    lag = Lag(settings, ends)
+    try:
+        while lag.left():
+            workers.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the worker did not catch up in time")
+            time.sleep(POLL_S)
+    finally:
+        lag.close()
+    wait_settled(settings, ctx, client, workers, ends, deadline)
 
 
 def drain(settings: Settings, ctx: Context, client: redis.Redis, workers: Workers, dataset: Dataset,
@@ -239,19 +284,23 @@ def drain(settings: Settings, ctx: Context, client: redis.Redis, workers: Worker
     total = sum(ends.values())
     per_record = dataset.events_per_record
     t0 = done0 = None
-    while True:
-        workers.check()
-        left = remaining(settings, ends)
-        now = time.monotonic()
-        if t0 is None and left < total:
-            t0, done0 = now, total - left
-        if left == 0:
-            break
-        if t0 is not None and now - t0 >= cap_s:
-            records = total - left - done0
-            return Throughput(name, events=round(records * per_record), records=records, seconds=now - t0,
-                              startup_s=t0 - workers.started, capped=True)
-        time.sleep(POLL_S)
+    lag = Lag(settings, ends)
+    try:
+        while True:
+            workers.check()
+            left = lag.left()
+            now = time.monotonic()
+            if t0 is None and left < total:
+                t0, done0 = now, total - left
+            if left == 0:
+                break
+            if t0 is not None and now - t0 >= cap_s:
+                records = total - left - done0
+                return Throughput(name, events=round(records * per_record), records=records, seconds=now - t0,
+                                  startup_s=t0 - workers.started, capped=True)
+            time.sleep(POLL_S)
+    finally:
+        lag.close()
     if done0 == total:
         return Throughput(name, error=f"all {total:,} records done by the first commit seen: too few to time, "
                                       "raise --events")
@@ -351,7 +400,7 @@ def user_of(key: str) -> str | None:
 
 
 def state_size(client: redis.Redis, groups: dict[str, Callable[[str], bool]], sample: int,
-               customers: int, seed: int) -> dict[str, Any]:
+               seed: int) -> dict[str, Any]:
     """Redis bytes per customer (MEMORY USAGE of every key with the customer's tag),
     for a sample of each group, and the keys shared by all customers per customer."""
     keys_of: dict[str, list[str]] = {}
@@ -431,48 +480,56 @@ def side_by_side(args: argparse.Namespace, plan: Plan, settings: Settings, ctx: 
     group = replace(settings, topics=Topics(prefix=main.prefix), group_id=f"{main.prefix}tierflow")
     workers = Workers(group, workdir, "tierflow")
     workers.start(1)
-    extra: dict[str, Any] = {}
+    backlog: dict[str, Any] = {}
     try:
         rows["tierflow"] = drain(group, ctx, client, workers, main, plan.cap_s, "tierflow")
         log(f"tierflow: {rows['tierflow'].events_per_s:,.0f} events/s "
             f"{'(capped)' if rows['tierflow'].capped else ''}")
-        if not rows["tierflow"].capped:
-            extra = state_and_latency(plan, group, ctx, client, workers, traffic, rows["tierflow"].events_per_s)
+        # After a capped run, the customers hold only what was processed by then.
+        backlog = state_size(client, {"backlog": lambda user: user.startswith("c")}, plan.sample, seed=1)
+        backlog["backlog"]["partial"] = rows["tierflow"].capped
     except (RuntimeError, TimeoutError) as exc:
         rows.setdefault("tierflow", Throughput("tierflow", error=str(exc)[-300:]))
-        extra = {"error": str(exc)[-300:]}
         log(f"tierflow: {exc}")
     finally:
         workers.stop()
     tier = rows["tierflow"].events_per_s or None
     ratios = {f"tierflow/{name}": ratio(tier, rows[name].events_per_s) for name in ("quix", "naive", "raw")}
+    extra = state_and_latency(plan, settings, ctx, client, workdir, main.prefix.removesuffix("m.") + "l.",
+                              traffic, tier) if tier else {}
+    extra.setdefault("state_size", {}).update(backlog)
     return {"contenders": {name: asdict(row) | {"events_per_s": row.events_per_s} for name, row in rows.items()},
             "ratios": ratios, **extra}
 
 
-def state_and_latency(plan: Plan, group: Settings, ctx: Context, client: redis.Redis, workers: Workers,
-                      traffic: Traffic, measured: float) -> dict[str, Any]:
+def state_and_latency(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, workdir: Path,
+                      prefix: str, traffic: Traffic, measured: float) -> dict[str, Any]:
+    """On fresh topics and db, one worker: customers active daily for 90 and 180 days
+    (their Redis bytes), then the paced latency run. Independent of whether the main
+    run finished within its cap."""
     daily: list[tuple[str, str, bytes]] = []
-    for days, prefix in DAILY_PREFIXES.items():
-        users = [f"{prefix}{customer_id(i)}" for i in range(1, plan.daily_users + 1)]
+    for days, tag in DAILY_PREFIXES.items():
+        users = [f"{tag}{customer_id(i)}" for i in range(1, plan.daily_users + 1)]
         daily += encoded(traffic.daily(users, days))
-    produce_set(group, group.topics.prefix, "daily", daily, 1)
-    ends = end_offsets(group)
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S + plan.cap_s
-    while remaining(group, ends):
-        workers.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError("daily customers not processed in time")
-        time.sleep(POLL_S)
-    wait_settled(group, ctx, client, workers, ends, deadline)
-    groups: dict[str, Callable[[str], bool]] = {
-        f"daily_{days}d": (lambda user, p=prefix: user.startswith(p)) for days, prefix in DAILY_PREFIXES.items()}
-    groups["backlog"] = lambda user: user.startswith("c")
-    size = state_size(client, groups, plan.sample, plan.customers, seed=1)
-    log(f"state size: {json.dumps({k: v.get('mean') for k, v in size.items() if isinstance(v, dict)})}")
-    paced = latency(group, traffic, measured * LATENCY_SHARE, plan.latency_s)
-    log(f"latency at {paced['rate']:,}/s: {paced['record_ms']}")
-    return {"state_size": size, "latency": paced}
+    produce_set(settings, prefix, "daily", daily, 1)
+    client.flushdb()
+    group = replace(settings, topics=Topics(prefix=prefix), group_id=f"{prefix}tierflow")
+    workers = Workers(group, workdir, "daily")
+    workers.start(1)
+    try:
+        wait_drained(group, ctx, client, workers, end_offsets(group),
+                     time.monotonic() + SETTLE_TIMEOUT_S + plan.cap_s)
+        size = state_size(client, {f"daily_{days}d": (lambda user, t=tag: user.startswith(t))
+                                   for days, tag in DAILY_PREFIXES.items()}, plan.sample, seed=1)
+        log(f"state size: {json.dumps({k: v.get('mean') for k, v in size.items() if isinstance(v, dict)})}")
+        paced = latency(group, traffic, measured * LATENCY_SHARE, plan.latency_s)
+        log(f"latency at {paced['rate']:,}/s: {paced['record_ms']}")
+        return {"state_size": size, "latency": paced}
+    except (RuntimeError, TimeoutError) as exc:
+        log(f"state size and latency: {exc}")
+        return {"state_and_latency_error": str(exc)[-300:]}
+    finally:
+        workers.stop()
 
 
 def sweep(plan: Plan, args: argparse.Namespace, settings: Settings, ctx: Context, client: redis.Redis,

@@ -40,7 +40,8 @@ def table(results: dict[str, Any]) -> str:
               "| --- | ---: | ---: | ---: |"]
     for name, row in size.items():
         if isinstance(row, dict):
-            lines.append(f"| {name} | {row['sampled']} | {row['mean']:,.0f} / {row['p50']:,} / {row['p99']:,} "
+            label = f"{name} (partial: the run was capped)" if row.get("partial") else name
+            lines.append(f"| {label} | {row['sampled']} | {row['mean']:,.0f} / {row['p50']:,} / {row['p99']:,} "
                          f"| {row['keys']} |")
     if size:
         lines.append(f"| shared keys, per customer | - | {size['shared_bytes_per_customer']:,.0f} | - |")
