@@ -225,8 +225,10 @@ class _IngestTime:
         self.timer.observe(max(wall_ms() - batch.now_ms, 0) / MS_PER_S)
 
 
-class _EventCount:
-    """The last stage: counts the events of a batch every stage went through."""
+class _EventCount(CustomerStage):
+    """The last stage: counts the events of a batch every stage went through. A
+    customer stage, so the loop leaves out customers a stage set aside (their events
+    are dead letters)."""
 
     def __init__(self, counter: Counter, topics: Topics) -> None:
         self.counter = counter

@@ -1,6 +1,8 @@
 """The pure parts of the worker's observability: what the metrics count, the health
 verdict, the JSON log line, and the Grafana dashboard against the metrics the worker
-exports, repeated log lines held back (no services)."""
+exports, repeated log lines held back (no services); and, with the real ingest loop
+on real Kafka and Redis, the events of a customer a stage set aside counted as dead
+letters, not as processed."""
 
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.agents.test_ingest_poison import (
+    batch_of,
+    loop,  # noqa: F401  (the fixture: a real ingest loop on real services)
+    sign_in,
+)
 from tests.fixtures.paths import ROOT
 from tierflow.agents.health import Verdict
-from tierflow.agents.ingest import AppliedBatch, CustomerStage, IngestStats
+from tierflow.agents.ingest import AppliedBatch, CustomerStage, IngestLoop, IngestStats
 from tierflow.agents.logs import JsonFormatter, Repeats, logging_config
 from tierflow.agents.metrics import (
     MeteredOutputs,
@@ -194,3 +201,25 @@ def test_the_publisher_hook_metered_outputs_overrides_is_still_there() -> None:
     silently stop the tier-change and reward-record counters."""
     assert list(inspect.signature(Outputs._publish).parameters) == ["self", "by_lane", "changes", "grants"]
     assert MeteredOutputs._publish is not Outputs._publish
+
+
+def test_events_of_a_customer_a_stage_set_aside_are_dead_letters_not_processed(
+    request: pytest.FixtureRequest, settings: Settings
+) -> None:
+    ingest_loop: IngestLoop = request.getfixturevalue("loop")
+    class FailsForBad(CustomerStage):
+        def run(self, batch: AppliedBatch) -> None:
+            if "bad" in batch.users:
+                raise RuntimeError("a bug this customer's state triggers")
+
+    metrics = Metrics(settings)
+    ingest_loop.stages = metrics.stages({"tiers": FailsForBad()})
+    metrics.ingest.watch(ingest_loop)
+    ingest_loop.process(batch_of(ingest_loop, settings, [(b"good", sign_in("good", "e1")),
+                                                         (b"bad", sign_in("bad", "e2")),
+                                                         (b"good", sign_in("good", "e3"))]))
+    samples = {(s.name, tuple(s.labels.values())): s.value
+               for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+    assert samples[("tierflow_events_processed_total", (settings.topics.input("interaction"),))] == 2
+    assert samples[("tierflow_dead_letters_total", ("internal_error",))] == 1
+    assert samples[("tierflow_stage_batch_seconds_count", ("tiers",))] >= 2  # the batch, then its halves
