@@ -66,8 +66,8 @@ local function day_field(field) return 'c' .. string.sub(field, 2), string.sub(f
 -- the watermarks in a key of their own (which every customer they applied an event for has)
 -- and one counter per field. Their ids are pruned below (they carry no arrival); the
 -- watermarks still make replays of what they applied a no-op.
-if redis.call('TYPE', seen).ok == 'set' then redis.call('DEL', seen) end
 if redis.call('EXISTS', legacy_offsets) == 1 then
+  if redis.call('TYPE', seen).ok == 'set' then redis.call('DEL', seen) end
   local moved = redis.call('HGETALL', legacy_offsets)
   for i = 1, #moved, 2 do redis.call('HSET', seen, '@' .. moved[i], moved[i + 1]) end
   redis.call('DEL', legacy_offsets)
@@ -88,38 +88,51 @@ local function add(key, name, deltas)
   redis.call('HSET', key, name, table.concat(parts, ':'))
 end
 
+-- Counter increments are summed here and written once per field at the end, and the
+-- profile's times and totals read once: a call costs few Redis commands per event.
+local increments = {[profile] = {}, [chans] = {}}
+local function incr(key, field, delta)
+  local fields = increments[key]
+  fields[field] = (fields[field] or 0) + delta
+end
+
+local marks = redis.call('HMGET', seen, WATERMARK, PRUNE_AT)
+local watermark = tonumber(marks[1] or '-1')
+local prune_at = tonumber(marks[2] or '-1')
+local stored = redis.call('HMGET', profile, 'maxday', 'fs', 'ls', 'fp', 'lp', 'pa', 'la', 'lq')
+local times = {maxday = tonumber(stored[1] or '-1'), fs = tonumber(stored[2]), ls = tonumber(stored[3]),
+               fp = tonumber(stored[4]), lp = tonumber(stored[5])}
+local totals = {pa = tonumber(stored[6] or '0'), la = tonumber(stored[7] or '0'), lq = tonumber(stored[8] or '0')}
+local old_maxday = times.maxday
+local changed_times = {}
+local function earliest(field, ts)
+  if not times[field] or ts < times[field] then times[field], changed_times[field] = ts, true end
+end
+local function latest(field, ts)
+  if not times[field] or ts > times[field] then times[field], changed_times[field] = ts, true end
+end
+
 -- Whether a purchase would take a lifetime total past max_total: 'a' (money: the order
 -- amounts 'pa', or the order lines 'la', which bound every category's amount) or 'q' (the
 -- quantities 'lq', which bound every category's and sku's), else nil. Sums of doubles
 -- round monotonically, so the comparison is exact at the bound.
-local function over_limit(cents, items)
-  local totals = redis.call('HMGET', profile, 'pa', 'la', 'lq')
-  local line_cents, qty = 0, 0
-  for i = 1, #items, 4 do
-    qty = qty + items[i + 2]
-    line_cents = line_cents + items[i + 3]
-  end
-  if (tonumber(totals[1]) or 0) + cents > max_total or (tonumber(totals[2]) or 0) + line_cents > max_total then
-    return 'a'
-  end
-  if (tonumber(totals[3]) or 0) + qty > max_total then return 'q' end
+local function over_limit(cents, line_cents, qty)
+  if totals.pa + cents > max_total or totals.la + line_cents > max_total then return 'a' end
+  if totals.lq + qty > max_total then return 'q' end
   return nil
 end
 
 -- What an id's entry says as of `arrival`: its stored content (digest, or '!' .. code .. digest),
 -- or nil when the id is not remembered (never seen, arrived a window or more before, or legacy).
-local function remembered(stored, arrival)
-  if not stored then return nil end
-  local at, content = string.match(stored, '^(%d+):(.*)$')
+local function remembered(entry, arrival)
+  if not entry then return nil end
+  local at, content = string.match(entry, '^(%d+):(.*)$')
   if not at or arrival - tonumber(at) >= window then return nil end
   return content
 end
 
-local watermark = tonumber(redis.call('HGET', seen, WATERMARK) or '-1')
 local newest_offset = watermark
 local newest_arrival = -1
-local maxday = tonumber(redis.call('HGET', profile, 'maxday') or '-1')
-local old_maxday = maxday
 local applied = 0
 local refused = {}
 
@@ -138,13 +151,38 @@ local function seen_again(position, content, digest)
   end
 end
 
+-- A purchase's order lines per category and sku, each counted once per order
+-- (tags like TP2 = bought twice): {names in order, name -> {1, qty, cents}}.
+local function order_lines(items)
+  local by_cat, by_sku, cat_names, sku_names = {}, {}, {}, {}
+  local line_cents, line_qty = 0, 0
+  for i = 1, #items, 4 do
+    local cat, sku, qty, item_cents = items[i], items[i + 1], items[i + 2], items[i + 3]
+    line_cents = line_cents + item_cents
+    line_qty = line_qty + qty
+    if not by_cat[cat] then
+      by_cat[cat] = {1, 0, 0}
+      cat_names[#cat_names + 1] = cat
+    end
+    by_cat[cat][2] = by_cat[cat][2] + qty
+    by_cat[cat][3] = by_cat[cat][3] + item_cents
+    if not by_sku[sku] then
+      by_sku[sku] = {1, 0}
+      sku_names[#sku_names + 1] = sku
+    end
+    by_sku[sku][2] = by_sku[sku][2] + qty
+  end
+  return {cat_names, by_cat, sku_names, by_sku, line_cents, line_qty}
+end
+
 for position, e in ipairs(events) do
   local id_key, offset, digest, arrival, kind, day, ts = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
   if arrival > newest_arrival then newest_arrival = arrival end
   local content = remembered(redis.call('HGET', seen, id_key), arrival)
   local new = offset > watermark and not content
   if content then seen_again(position, content, digest) end
-  local over = new and kind == 'p' and over_limit(e[11], e[12])
+  local lines = new and kind == 'p' and order_lines(e[12])
+  local over = lines and over_limit(e[11], lines[5], lines[6])
   if new then
     redis.call('HSET', seen, id_key, int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest)
   end
@@ -153,72 +191,53 @@ for position, e in ipairs(events) do
   elseif new then
     applied = applied + 1
     if offset > newest_offset then newest_offset = offset end
-    if day > maxday then maxday = day end
+    if day > times.maxday then times.maxday, changed_times.maxday = day, true end
     local channel = e[8]
-    redis.call('HINCRBY', chans, channel, 1)
-    local first_seen = redis.call('HGET', profile, 'fs')
-    if not first_seen or ts < tonumber(first_seen) then redis.call('HSET', profile, 'fs', int(ts)) end
-    local last_seen = redis.call('HGET', profile, 'ls')
-    if not last_seen or ts > tonumber(last_seen) then redis.call('HSET', profile, 'ls', int(ts)) end
+    incr(chans, channel, 1)
+    earliest('fs', ts)
+    latest('ls', ts)
     if kind == 'p' then
       local cents = e[11]
-      redis.call('HINCRBY', profile, 'pc', 1)
-      redis.call('HINCRBY', profile, 'pa', int(cents))
-      redis.call('HINCRBY', profile, e[9] == 1 and 'pwe' or 'pwd', 1)
-      redis.call('HINCRBY', chans, 'p:' .. channel, 1)
-      local fp = redis.call('HGET', profile, 'fp')
-      if not fp or ts < tonumber(fp) then redis.call('HSET', profile, 'fp', int(ts)) end
-      local lp = redis.call('HGET', profile, 'lp')
-      if not lp or ts > tonumber(lp) then redis.call('HSET', profile, 'lp', int(ts)) end
+      incr(profile, 'pc', 1)
+      incr(profile, 'pa', cents)
+      incr(profile, e[9] == 1 and 'pwe' or 'pwd', 1)
+      incr(chans, 'p:' .. channel, 1)
+      earliest('fp', ts)
+      latest('lp', ts)
       -- Buckets older than the retention horizon would be pruned at once; lifetime still counts them.
-      if day > maxday - retention then add(days, 'c' .. int(day), {1, cents}) end
-      local items = e[12]
-      -- Per category and sku of the order: its lines summed, the order counted once
-      -- (tags like TP2 = bought twice).
-      local by_cat, by_sku, cat_names, sku_names = {}, {}, {}, {}
-      local line_cents, line_qty = 0, 0
-      for i = 1, #items, 4 do
-        local cat, sku, qty, item_cents = items[i], items[i + 1], items[i + 2], items[i + 3]
-        line_cents = line_cents + item_cents
-        line_qty = line_qty + qty
-        if not by_cat[cat] then
-          by_cat[cat] = {1, 0, 0}
-          cat_names[#cat_names + 1] = cat
-        end
-        by_cat[cat][2] = by_cat[cat][2] + qty
-        by_cat[cat][3] = by_cat[cat][3] + item_cents
-        if not by_sku[sku] then
-          by_sku[sku] = {1, 0}
-          sku_names[#sku_names + 1] = sku
-        end
-        by_sku[sku][2] = by_sku[sku][2] + qty
-      end
+      if day > times.maxday - retention then add(days, 'c' .. int(day), {1, cents}) end
+      local cat_names, by_cat, sku_names, by_sku, line_cents, line_qty = unpack(lines)
       for _, cat in ipairs(cat_names) do add(cats, cat, by_cat[cat]) end
       for _, sku in ipairs(sku_names) do add(skus, sku, by_sku[sku]) end
-      redis.call('HINCRBY', profile, 'la', int(line_cents))
-      redis.call('HINCRBY', profile, 'lq', int(line_qty))
+      incr(profile, 'la', line_cents)
+      incr(profile, 'lq', line_qty)
+      totals.pa, totals.la, totals.lq = totals.pa + cents, totals.la + line_cents, totals.lq + line_qty
     elseif kind == 'c' then
-      redis.call('HINCRBY', profile, 'nc', 1)
-      redis.call('HINCRBY', profile, 'c:' .. e[10], 1)
+      incr(profile, 'nc', 1)
+      incr(profile, 'c:' .. e[10], 1)
     elseif kind == 'b' then
-      redis.call('HINCRBY', profile, 'nb', 1)
+      incr(profile, 'nb', 1)
     else
-      redis.call('HINCRBY', profile, 'ni', 1)
-      redis.call('HINCRBY', profile, 'k:' .. e[10], 1)
+      incr(profile, 'ni', 1)
+      incr(profile, 'k:' .. e[10], 1)
     end
   end
 end
 
-if applied > 0 then
-  -- A change counter: tier evaluations made from an older read are rejected by tiers.lua.
-  redis.call('HINCRBY', profile, 'n', applied)
+for key, fields in pairs(increments) do
+  for field, delta in pairs(fields) do redis.call('HINCRBY', key, field, int(delta)) end
 end
+local profile_times = {}
+for field in pairs(changed_times) do
+  profile_times[#profile_times + 1] = field
+  profile_times[#profile_times + 1] = int(times[field])
+end
+if #profile_times > 0 then redis.call('HSET', profile, unpack(profile_times)) end
 if newest_offset > watermark then redis.call('HSET', seen, WATERMARK, int(newest_offset)) end
 
 -- Forget the ids that arrived a window or more before the newest arrival. A pass reads the
 -- whole hash, so it runs at most PRUNE_SLICES times a window per user: an id stays in the
 -- hash for less than 1 + 1 / PRUNE_SLICES windows.
-local prune_at = tonumber(redis.call('HGET', seen, PRUNE_AT) or '-1')
 if newest_arrival >= prune_at then
   local entries = redis.call('HGETALL', seen)
   for i = 1, #entries, 2 do
@@ -230,10 +249,9 @@ if newest_arrival >= prune_at then
   redis.call('HSET', seen, PRUNE_AT, int(newest_arrival + math.ceil(window / PRUNE_SLICES)))
 end
 
-if maxday > old_maxday then
-  redis.call('HSET', profile, 'maxday', int(maxday))
+if times.maxday > old_maxday then
   -- Retention follows event time: drop buckets that fell behind the newest event's day.
-  local horizon = maxday - retention
+  local horizon = times.maxday - retention
   local stale = {}
   for _, field in ipairs(redis.call('HKEYS', days)) do
     if tonumber(string.sub(field, 2)) <= horizon then stale[#stale + 1] = field end
