@@ -30,7 +30,7 @@
   window.addEventListener("error", (e) => fail(e.message));
   window.addEventListener("unhandledrejection", (e) => fail(e.reason && e.reason.message || e.reason));
 
-  const params = new URLSearchParams(location.search);
+  const DOMAIN_NAMES = { public: "Public domain", private: "Private domain", both: "Both", none: "Not seen" };
 
   // --- helpers ---------------------------------------------------------------------------
 
@@ -77,6 +77,39 @@
     const body = await resp.json();
     if (!resp.ok) throw new Error(`${path}: ${body.error || resp.status}`);
     return body;
+  }
+
+  // --- sales: revenue, orders, average order value against the previous period ----------
+
+  function delta(change, before) {
+    if (change === null || change === undefined) {
+      return html("span", { class: "delta" }, before ? "no change" : "nothing before");
+    }
+    const pct = `${change >= 0 ? "▲ +" : "▼ "}${(change * 100).toFixed(1)}%`;
+    return html("span", { class: `delta ${change > 0 ? "up" : change < 0 ? "down" : ""}` }, pct);
+  }
+
+  function drawSales(doc) {
+    const prev = doc.previous;
+    const partial = doc.partial ? html("span", { class: "badge", title: "the period includes today, which is not over" }, "partial") : "";
+    const cards = [
+      { key: "revenue_cents", label: "Revenue", value: fmtMoney(doc.revenue_cents), color: "var(--p)" },
+      { key: "orders", label: "Orders", value: fmtInt(doc.orders), color: "var(--a)" },
+      { key: "aov_cents", label: "Average order value",
+        value: doc.aov_cents === null ? "–" : fmtMoney(doc.aov_cents), color: "var(--l)" },
+    ];
+    document.getElementById("sales").replaceChildren(...cards.map((c) => html("div",
+      { class: "kpi", style: `--c:${c.color}`, "data-metric": c.key },
+      html("div", { class: "label" }, c.label, partial ? partial.cloneNode(true) : ""),
+      html("div", { class: "value" }, c.value),
+      html("div", { class: "sub" }, delta(doc.change[c.key], prev && prev[c.key]),
+        prev ? ` vs ${prev.from} to ${prev.to}` : ""))));
+    document.getElementById("sales-note").textContent = doc.from
+      ? `${doc.days} days; compared with the ${doc.days} days before.`
+        + (doc.partial ? " Partial: the period includes today, which is not over." : "")
+      : "No orders archived yet.";
+    rendered("sales", { orders: doc.orders, revenue_cents: doc.revenue_cents, aov_cents: doc.aov_cents,
+      change: doc.change, partial: doc.partial, previous: prev && { orders: prev.orders, revenue_cents: prev.revenue_cents } });
   }
 
   // --- KPI cards and funnel --------------------------------------------------------------
@@ -181,9 +214,10 @@
         const v = w.rates[r.key];
         if (v === null) return;
         points += 1;
-        root.append(svg("circle", { cx: x(i), cy: y(v), r: 3.2, fill: "#fff", stroke: r.color,
-          "stroke-width": 2, class: "pt", "data-rate": r.key, "data-week": w.week, "data-value": v },
-        svg("title", {}, `${r.label} week of ${w.week}: ${fmtPct(v)}`)));
+        root.append(svg("circle", { cx: x(i), cy: y(v), r: 3.2, fill: w.partial ? "#fff" : r.color,
+          stroke: r.color, "stroke-width": 2, class: "pt", "data-rate": r.key, "data-week": w.week,
+          "data-value": v },
+        svg("title", {}, `${r.label} week of ${w.week}: ${fmtPct(v)}${w.partial ? " (partial week)" : ""}`)));
       });
     });
     let lx = m.l;
@@ -195,12 +229,13 @@
     root.append(svg("rect", { x: lx, y: 4, width: 12, height: 12, rx: 3, fill: "#dfe5f3" }));
     root.append(text(lx + 17, 14, "aware users"));
     rendered("trend", { weeks: weeks.length, points, first: weeks[0].week,
-      last: weeks[weeks.length - 1].week, rates: weeks.map((w) => w.rates) });
+      last: weeks[weeks.length - 1].week, rates: weeks.map((w) => w.rates),
+      partial: weeks.filter((w) => w.partial).map((w) => w.week) });
   }
 
   // --- breakdowns ------------------------------------------------------------------------
 
-  function drawBreakdown(id, groups, noun) {
+  function drawBreakdown(id, groups, noun, nameOf = label) {
     const names = Object.keys(groups).slice(0, 8);
     if (!names.length) return empty(id, `No ${noun} data in this period yet.`);
     const W = 600, left = 150, right = 70, barH = 9, inner = 3, rowH = 3 * (barH + inner) + 16;
@@ -216,7 +251,7 @@
     names.forEach((n, i) => {
       const g = groups[n];
       const y0 = 24 + i * rowH;
-      root.append(text(0, y0 + 14, label(n), { class: "big" }));
+      root.append(text(0, y0 + 14, nameOf(n), { class: "big" }));
       root.append(text(0, y0 + 30, `${fmtInt(g.awareness)} aware`, { class: "muted" }));
       RATES.forEach((r, k) => {
         const v = g.rates[r.key];
@@ -263,7 +298,12 @@
     const dims = tierData.dimensions;
     const names = Object.keys(dims);
     tierDim = tierDim || names.find((d) => Object.keys(dims[d]).length) || "segment";
-    tabs("tier-tabs", names, tierDim, (d) => { tierDim = d; drawTiers(); });
+    tabs("tier-tabs", names, tierDim, (d) => {
+      tierDim = d;
+      drawTiers();
+      exportLinks();
+      card("tier-domains", drawTierDomains).catch((e) => fail(e.message || e));
+    });
     const values = dims[tierDim] || {};
     const total = Object.values(values).reduce((a, b) => a + b, 0);
     if (!total) return empty("tiers", `No ${label(tierDim)} changes archived yet.`);
@@ -272,9 +312,48 @@
     rendered("tiers", { dimension: tierDim, total, values });
   }
 
+  const domainName = (d) => DOMAIN_NAMES[d] || label(d);
+
+  async function drawTierDomains() {
+    const dimension = tierDim || "segment";
+    document.getElementById("tier-domains-dim").textContent = label(dimension);
+    const doc = await api("tiers/domains", { to: period.to, dimension });
+    const values = Object.entries(doc.values);
+    if (!values.length) return empty("tier-domains", `No ${label(dimension)} values archived yet.`);
+    const parts = ["private", "both", "public", "none"];
+    const colors = { private: "var(--l)", both: "var(--p)", public: "var(--a)", none: "#ced4da" };
+    const W = 600, left = 150, right = 60, barH = 20, gap = 10;
+    const H = values.length * (barH + gap) + 30;
+    const root = frame("tier-domains", W, H);
+    const max = Math.max(1, ...values.map(([, s]) => parts.reduce((a, k) => a + s[k], 0)));
+    parts.forEach((k, i) => {
+      root.append(svg("rect", { x: left + i * 110, y: 2, width: 10, height: 10, rx: 3, fill: colors[k] }));
+      root.append(text(left + i * 110 + 15, 11, domainName(k), { class: "muted" }));
+    });
+    values.forEach(([value, split], i) => {
+      const y = 24 + i * (barH + gap);
+      const total = parts.reduce((a, k) => a + split[k], 0);
+      root.append(text(left - 10, y + 15, label(value), { "text-anchor": "end" }));
+      let x = left;
+      parts.forEach((k) => {
+        const w = (split[k] / max) * (W - left - right);
+        if (w <= 0) return;
+        root.append(svg("rect", { x, y, width: w, height: barH, fill: colors[k], "data-reach": k },
+          svg("title", {}, `${label(value)} · ${domainName(k)}: ${fmtInt(split[k])} users`)));
+        x += w;
+      });
+      root.append(text(x + 8, y + 15, fmtInt(total), { class: "muted" }));
+    });
+    rendered("tier-domains", { dimension, values: doc.values });
+  }
+
   let migrationDim = "segment", period = {};
   async function drawMigration() {
-    tabs("migration-tabs", DIMENSIONS, migrationDim, (d) => { migrationDim = d; drawMigration(); });
+    tabs("migration-tabs", DIMENSIONS, migrationDim, (d) => {
+      migrationDim = d;
+      exportLinks();
+      card("migration", drawMigration).catch((e) => fail(e.message || e));
+    });
     const doc = await api("segments/migration", { ...period, dimension: migrationDim });
     if (!doc.flows.length) return empty("migration", `No ${label(migrationDim)} moves in this period.`);
     const items = doc.flows.slice(0, 12).map((f, i) => ({ name: `${label(f.from)} → ${label(f.to)}`,
@@ -287,6 +366,9 @@
 
   function drawRewards(doc) {
     const list = doc.campaigns;
+    document.getElementById("rewards-note").textContent = doc.from
+      ? `Budget charged by grants per campaign, ${doc.from} to ${doc.to}`
+      : "Budget charged by grants per campaign, all time";
     if (!list.length) return empty("rewards", "No campaigns configured and no grants archived yet.");
     const W = 1240, left = 210, right = 480, barH = 22, gap = 16;
     const H = list.length * (barH + gap) + 30;
@@ -312,7 +394,8 @@
     });
     const prizes = Object.entries(doc.by_prize).map(([k, v]) => `${label(k)} ${fmtInt(v)}`).join("  ·  ");
     root.append(text(0, H - 6, prizes ? `Grants by prize type: ${prizes}` : "", { class: "muted" }));
-    rendered("rewards", { campaigns: list.length });
+    rendered("rewards", { campaigns: list.length, from: doc.from, to: doc.to,
+      grants: list.reduce((a, c) => a + c.grants, 0) });
   }
 
   // --- status, period, load ----------------------------------------------------------------
@@ -335,10 +418,14 @@
     }
   }
 
+  // The period lives in the URL (so a link shows the same view); changing it re-fetches
+  // the panels without reloading the page.
   function setPeriod(from, to) {
     const q = new URLSearchParams(location.search);
     for (const [k, v] of [["from", from], ["to", to]]) { if (v) q.set(k, v); else q.delete(k); }
-    location.search = q.toString();
+    const query = q.toString();
+    history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
+    refresh();
   }
 
   function shift(day, days) {
@@ -347,17 +434,29 @@
     return d.toISOString().slice(0, 10);
   }
 
-  function wirePeriod(status) {
+  let lastStatus = null;
+  function wirePeriod() {
     const form = document.getElementById("period");
     form.addEventListener("submit", (e) => {
       e.preventDefault();
       setPeriod(form.from.value, form.to.value);
     });
     form.querySelectorAll("button[data-range]").forEach((b) => b.addEventListener("click", () => {
-      const last = status && status.last_day;
+      const last = lastStatus && lastStatus.last_day;
       if (b.dataset.range === "all" || !last) return setPeriod("", "");
       setPeriod(shift(last, 1 - Number(b.dataset.range)), last);
     }));
+  }
+
+  // Each card's CSV link: the same query as the card, from the server (behind the same login).
+  function exportLinks() {
+    const dims = { tiers: null, "tier-domains": tierDim || "segment", migration: migrationDim };
+    document.querySelectorAll("a.csv").forEach((a) => {
+      const url = new URL(`../api/export/${a.dataset.panel}.csv`, location.href);
+      for (const [k, v] of Object.entries(period)) if (v) url.searchParams.set(k, v);
+      if (dims[a.dataset.panel]) url.searchParams.set("dimension", dims[a.dataset.panel]);
+      a.href = url.pathname + url.search;
+    });
   }
 
   async function card(id, work) {
@@ -369,11 +468,16 @@
     }
   }
 
-  async function load() {
-    period = { from: params.get("from"), to: params.get("to") };
-    const status = await drawStatus().catch(() => null);
-    wirePeriod(status);
+  // One pass over every panel; the page stays as it is until each answer arrives.
+  async function drawAll() {
+    const q = new URLSearchParams(location.search);
+    period = { from: q.get("from"), to: q.get("to") };
+    exportLinks();
+    lastStatus = await drawStatus().catch(() => lastStatus);
+    const sales = api("sales", period);  // the KPI cards and the domain card share it
+    sales.catch(() => {});  // each card reports the failure it sees
     const jobs = [
+      card("sales", async () => drawSales(await sales)),
       card("funnel", async () => {
         const f = await api("aipl", period);
         drawKpis(f);
@@ -381,21 +485,85 @@
       }),
       card("trend", async () => {
         const t = await api("aipl/trend", period);
-        document.getElementById("from").value = t.from || "";
-        document.getElementById("to").value = t.to || "";
+        const form = document.getElementById("period");
+        if (!form.contains(document.activeElement)) {  // never under the user's typing
+          form.from.value = t.from || "";
+          form.to.value = t.to || "";
+        }
         document.getElementById("range-note").textContent = t.from
-          ? `Period ${t.from} to ${t.to} (UTC days, inclusive)` : "No events archived yet";
+          ? `Period ${t.from} to ${t.to} (UTC days, inclusive)${t.partial ? "; partial: it includes today" : ""}`
+          : "No events archived yet";
         drawTrend(t);
       }),
       card("by-channel", async () => drawBreakdown("by-channel", await api("aipl", { ...period, by: "channel" }), "channel")),
-      card("by-category", async () => drawBreakdown("by-category", await api("aipl", { ...period, by: "category" }), "category")),
-      card("tiers", async () => { tierData = await api("tiers", { to: period.to }); drawTiers(); }),
+      card("by-category", async () => drawBreakdown("by-category", await api("products", period), "product category")),
+      card("domains", async () => {
+        drawBreakdown("domains", await api("domains", period), "domain", domainName);
+        const box = document.getElementById("domain-sales");
+        box.replaceChildren(...Object.entries((await sales).domains).flatMap(([d, s], i) => [
+          i ? "  ·  " : "Revenue: ", `${domainName(d)} `, html("b", {}, fmtMoney(s.revenue_cents)),
+          ` (${fmtInt(s.orders)} ${s.orders === 1 ? "order" : "orders"})`]));
+      }),
+      // Tiers first: they choose the dimension the domain split shows.
+      card("tiers", async () => { tierData = await api("tiers", { to: period.to }); drawTiers(); })
+        .then(() => card("tier-domains", drawTierDomains)),
       card("migration", drawMigration),
-      card("rewards", async () => drawRewards(await api("rewards"))),
+      card("rewards", async () => drawRewards(await api("rewards", period))),
     ];
     const results = await Promise.allSettled(jobs);
-    results.filter((r) => r.status === "rejected").forEach((r) => fail(r.reason.message || r.reason));
-    document.body.dataset.state = errors.length ? "error" : "ready";
+    const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message || r.reason);
+    failed.forEach(fail);
+    return failed.length === 0;
+  }
+
+  // --- live refresh: every refresh_s while the tab is shown; at once when it is shown again ---
+
+  let refreshS = null, timer = null, running = null, again = false, refreshedAt = 0;
+  const live = document.getElementById("live");
+
+  function showLive(ok) {
+    const paused = document.hidden;
+    live.dataset.state = paused ? "paused" : ok ? "on" : "error";
+    const at = new Date(refreshedAt).toISOString().slice(11, 19);
+    live.querySelector(".text").textContent = paused ? "paused while hidden"
+      : `live · updated ${at} UTC`;
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    if (refreshS && !document.hidden) timer = setTimeout(refresh, refreshS * 1000);
+  }
+
+  async function refresh() {
+    if (running) { again = true; return running; }
+    running = (async () => {
+      let ok = true;
+      do {
+        again = false;
+        ok = await drawAll();
+      } while (again);
+      refreshedAt = Date.now();
+      document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || -1) + 1);
+      document.body.dataset.state = errors.length ? "error" : "ready";
+      showLive(ok);
+    })();
+    try { await running; } finally { running = null; schedule(); }
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) { clearTimeout(timer); showLive(true); return; }
+    if (refreshS && Date.now() - refreshedAt >= refreshS * 1000) refresh(); else schedule();
+    showLive(true);
+  });
+
+  async function load() {
+    wirePeriod();
+    try {
+      refreshS = (await api("dashboard/config")).refresh_s;
+    } catch (e) {
+      fail(e.message || e);
+    }
+    await refresh();
   }
 
   load();

@@ -38,6 +38,8 @@ from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.dashboard.server import DashboardError, build_app, check_binding, is_loopback
 
 ARTIFACTS = ROOT / "test-artifacts"
+MEMBERSHIP_SKU = "MEMBERSHIP-88VIP"
+REFRESH_S = 5
 TOKEN = "t0ken-for-tests"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,6 +67,12 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date, list[dic
     ctx = archive_context(Settings.from_env(), tmp_path / "home")
     start = datetime.now(UTC).date() - timedelta(days=60)
     events = list(domain_example_population(start))
+    # A loyal customer also buys the paid membership on a marketplace: no stage count changes,
+    # the membership is no product category, and the public domain has one customer.
+    events.append({"event_id": "x00000-m", "type": "purchase", "user_id": "x00000", "channel": "marketplace",
+                   "ts": f"{start}T14:00:00.000Z", "order_id": "x00000-m", "amount": 888.0,
+                   "currency": "CNY", "items": [{"sku": MEMBERSHIP_SKU, "category": "membership",
+                                                 "qty": 1, "price": 888.0}]})
     topics = ctx.settings.topics
     extra: list[tuple[str, dict]] = []
     segments = ("important_value", "general_develop", "important_win_back")
@@ -281,13 +289,16 @@ def test_dashboard_page_renders_the_expected_numbers(
     # On loopback without a token, as on a laptop (the token rules are tested above).
     env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
     env.pop("TIERFLOW_DASHBOARD_TOKEN", None)
+    config = Path(env.get("TIERFLOW_CONFIG") or tmp_path / "dashboard.toml")
+    config.write_text((config.read_text() if config.exists() else "") + f"[dashboard]\nrefresh_s = {REFRESH_S}\n")
+    env["TIERFLOW_CONFIG"] = str(config)
     with dashboard_process(env, port) as base:
         url = f"{base}/dashboard/?from={start}&to={end}"
         dumped = run_chromium(tmp_path, url, "--dump-dom")
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / "dashboard.png"
         shot.unlink(missing_ok=True)
-        pictured = run_chromium(tmp_path, url, "--window-size=1440,1720", f"--screenshot={shot}")
+        pictured = run_chromium(tmp_path, url, "--window-size=1440,2300", f"--screenshot={shot}")
 
     assert dumped.returncode == 0, dumped.stderr.decode()[-2000:]
     console = [line for line in dumped.stderr.decode().splitlines() if ":CONSOLE" in line]
@@ -323,8 +334,30 @@ def test_dashboard_page_renders_the_expected_numbers(
     assert trend["points"] == dom.points == 3 * len(weeks)
 
     # The other charts drew what the archive holds.
-    assert dom.rendered("by-channel")["groups"] == 4
-    assert dom.rendered("by-category")["names"] == ["snacks"]
+    assert dom.rendered("by-channel")["groups"] == 5  # app, mini_program, store, chat, marketplace
+    assert dom.rendered("by-category")["names"] == ["snacks"]  # not the membership
+
+    # Sales: every order once, nothing in the 28 days before, the period long over.
+    orders = {e["order_id"]: e["amount"] for e in events if e["type"] == "purchase"}
+    revenue = round(sum(orders.values()) * 100)
+    assert dom.rendered("sales") == {
+        "orders": len(orders), "revenue_cents": revenue, "aov_cents": round(revenue / len(orders), 2),
+        "change": {"orders": None, "revenue_cents": None, "aov_cents": None}, "partial": False,
+        "previous": {"orders": 0, "revenue_cents": 0}}
+    sales = dom.joined("sales")
+    assert f"{revenue / 100:,.2f}" in sales and f"{len(orders):,}" in sales and "partial" not in sales
+    assert dom.rendered("domains")["names"] == ["private", "public"]
+    assert re.search(r"Public domain\s+888\.00\s+\(1 order\)", dom.joined("domain-sales"))
+    split = dom.rendered("tier-domains")
+    assert split["dimension"] == "segment"
+    assert sum(v["both"] for v in split["values"].values()) == 1  # x00000: app and marketplace
+    assert sum(sum(v.values()) for v in split["values"].values()) == 300
+    assert dom.rendered("rewards")["from"] == start.isoformat()  # the panel follows the period
+    # Live: the panels were fetched again (every REFRESH_S of the page's virtual time).
+    assert int(dom.body["data-refreshes"] or 0) >= 2, dom.body
+    assert dom.by_id["live"]["data-state"] == "on"
+    page = dumped.stdout.decode()
+    assert f'href="/api/export/sales.csv?from={start}&amp;to={end}"' in page
     values = distribution_truth(changes, "segment", end)
     assert len(values) == 3
     assert dom.rendered("tiers") == {"dimension": "segment", "total": 300, "values": values}
@@ -334,4 +367,4 @@ def test_dashboard_page_renders_the_expected_numbers(
     assert pictured.returncode == 0, pictured.stderr.decode()[-2000:]
     header = shot.read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    assert struct.unpack(">II", header[16:24]) == (1440, 1720)
+    assert struct.unpack(">II", header[16:24]) == (1440, 2300)
