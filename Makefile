@@ -51,7 +51,7 @@ $(VENV)/bench-ready: pyproject.toml $(BIN)/tierflow
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-# The full run takes about 15 minutes; BENCH_ARGS=--quick about 3 (bench/README.md).
+# The full run takes about 15 minutes; BENCH_ARGS=--quick about 4 (bench/README.md).
 bench: setup $(VENV)/bench-ready $(QUIX_VENV)/bin/quix-ready
 	$(BIN)/tierflow up
 	$(BIN)/python -m bench --readme --quix-python $(QUIX_VENV)/bin/python $(BENCH_ARGS)

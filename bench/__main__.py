@@ -284,19 +284,24 @@ def drain(settings: Settings, ctx: Context, client: redis.Redis, workers: Worker
     total = sum(ends.values())
     per_record = dataset.events_per_record
     t0 = done0 = None
+    t_last, left_last = 0.0, total  # the latest commit seen: a capped rate runs to it, not to the cap
     lag = Lag(settings, ends)
     try:
         while True:
             workers.check()
             left = lag.left()
             now = time.monotonic()
+            if left < left_last:
+                t_last, left_last = now, left
             if t0 is None and left < total:
                 t0, done0 = now, total - left
             if left == 0:
                 break
-            if t0 is not None and now - t0 >= cap_s:
-                records = total - left - done0
-                return Throughput(name, events=round(records * per_record), records=records, seconds=now - t0,
+            if t0 is not None and done0 is not None and now - t0 >= cap_s:
+                if t_last == t0:
+                    return Throughput(name, error=f"no commit within {cap_s:.0f} s after the first one")
+                records = total - left_last - done0
+                return Throughput(name, events=round(records * per_record), records=records, seconds=t_last - t0,
                                   startup_s=t0 - workers.started, capped=True)
             time.sleep(POLL_S)
     finally:
@@ -425,12 +430,22 @@ def state_size(client: redis.Redis, groups: dict[str, Callable[[str], bool]], sa
     for name, member in groups.items():
         users = sorted(u for u in keys_of if member(u))
         chosen = rng.sample(users, min(sample, len(users)))
-        sizes = sorted(sum(usage(keys_of[u])) for u in chosen)
-        if not sizes:
+        if not chosen:
             continue
+        by_key: dict[str, int] = {}  # where the bytes go: key name after the tag ("" is the profile)
+        sizes: list[int] = []
+        for user in chosen:
+            keys = keys_of[user]
+            used = usage(keys)
+            sizes.append(sum(used))
+            for key, n in zip(keys, used, strict=True):
+                suffix = key[key.index("}") + 1:]
+                by_key[suffix] = by_key.get(suffix, 0) + n
+        sizes.sort()
         out[name] = {"sampled": len(sizes), "mean": round(sum(sizes) / len(sizes), 1),
                      "p50": percentile(sizes, 50), "p99": percentile(sizes, 99), "max": sizes[-1],
-                     "keys": round(sum(len(keys_of[u]) for u in chosen) / len(chosen), 2)}
+                     "keys": round(sum(len(keys_of[u]) for u in chosen) / len(chosen), 2),
+                     "mean_by_key": {k: round(v / len(chosen)) for k, v in sorted(by_key.items())}}
     return out
 
 
@@ -586,7 +601,7 @@ def machine() -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small run (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a small run (about 4 minutes)")
     parser.add_argument("--events", type=int, help="events in the main data set")
     parser.add_argument("--customers", type=int, help="customers in the main data set")
     parser.add_argument("--cap", type=float, help="seconds a contender may run before its rate so far counts")

@@ -8,12 +8,17 @@ from typing import Any
 
 from bench.ingest import log
 
+LARGEST_KEYS = 4  # per-customer keys named in the state-size table
+RATIO_DECIMALS_FROM = 0.1  # smaller ratios (against the ceiling) get more decimals
+
 LABELS = {
     "raw": "confluent consume + orjson (ceiling)",
     "quix": "Quix Streams, same state work",
     "naive": "naive Faust, per-event Redis",
     "tierflow": "tierflow worker, every stage",
 }
+
+SHORT = {"raw": "raw ceiling", "quix": "Quix Streams", "naive": "naive Faust", "tierflow": "tierflow"}
 
 
 def _rate(row: dict[str, Any]) -> str:
@@ -24,7 +29,9 @@ def _rate(row: dict[str, Any]) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return f"{value:.2f}x" if value else "-"
+    if not value:
+        return "-"
+    return f"{value:.2f}x" if value >= RATIO_DECIMALS_FROM else f"{value:.4f}x"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -36,15 +43,17 @@ def table(results: dict[str, Any]) -> str:
         start = f"{row['startup_s']:.1f}" if row.get("startup_s") is not None else "-"
         lines.append(f"| {LABELS[name]} | {_rate(row)} | {_ratio(vs)} | {start} |")
     size = side.get("state_size", {})
-    lines += ["", "| customers | sampled | Redis bytes per customer (mean / p50 / p99) | keys |",
-              "| --- | ---: | ---: | ---: |"]
+    lines += ["", "| customers | sampled | Redis bytes per customer (mean / p50 / p99) | keys "
+              "| largest keys, mean bytes |", "| --- | ---: | ---: | ---: | --- |"]
     for name, row in size.items():
         if isinstance(row, dict):
             label = f"{name} (partial: the run was capped)" if row.get("partial") else name
+            largest = sorted(row.get("mean_by_key", {}).items(), key=lambda kv: -kv[1])[:LARGEST_KEYS]
+            where = ", ".join(f"`{suffix or '(profile)'}` {n:,}" for suffix, n in largest)
             lines.append(f"| {label} | {row['sampled']} | {row['mean']:,.0f} / {row['p50']:,} / {row['p99']:,} "
-                         f"| {row['keys']} |")
+                         f"| {row['keys']} | {where} |")
     if size:
-        lines.append(f"| shared keys, per customer | - | {size['shared_bytes_per_customer']:,.0f} | - |")
+        lines.append(f"| shared keys, per customer | - | {size['shared_bytes_per_customer']:,.0f} | - | - |")
     paced = side.get("latency")
     if paced:
         lines += ["", "| latency event -> tier.changes (ms) | count | p50 | p90 | p99 | p99.9 | max |",
@@ -93,15 +102,16 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
     sweep = results.get("sweep", {})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     names = [n for n, row in side.items() if not row.get("error")]
-    axes[0].bar([LABELS[n].split(",")[0] for n in names], [side[n]["events_per_s"] for n in names])
+    bars = axes[0].bar([SHORT[n] for n in names], [side[n]["events_per_s"] for n in names])
+    axes[0].bar_label(bars, labels=[f"{side[n]['events_per_s']:,.0f}" for n in names])
     axes[0].set_yscale("log")
     axes[0].set_title("side by side, one event per record")
-    axes[0].tick_params(axis="x", labelrotation=20)
     for ax, key, label in ((axes[1], "batch", "events per record (--batch)"),
                            (axes[2], "population", "customers")):
         rows = {int(k): r for k, r in sweep.get(key, {}).items() if not r.get("error")}
         ax.plot(list(rows), [r["events_per_s"] for r in rows.values()], marker="o")
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel(label)
         ax.set_title(f"tierflow worker vs {label.split(' (')[0]}")
     for ax in axes:
