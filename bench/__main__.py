@@ -11,11 +11,12 @@ bench/traffic.py), one after the other, each in its own process:
   tierflow  the real worker (`tierflow worker`, every stage on), timed until its
           group's lag is 0 and its outputs are flushed
 
-Then, with the same worker still running: the state size of customers active
-every day (MEMORY USAGE of their keys) and the latency event -> tier.changes at
-half the measured throughput. Then the tierflow worker alone against batch sizes
-and populations, and 1, 2, 4 workers over more partitions. Results go to DIR as
-JSON and charts; --readme also rewrites the figures section of bench/README.md.
+Then the Redis bytes of the run's customers; on fresh topics, those of customers
+active every day for 90 and 180 days (MEMORY USAGE of their keys) and the
+latency event -> tier.changes at half the measured throughput. Then the tierflow
+worker alone against batch sizes and populations, and 1, 2, 4 workers over more
+partitions. Results go to DIR as JSON and charts; --readme also rewrites the
+figures section of bench/README.md.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ POLL_S = 0.25  # how often the parent reads the worker group's lag
 SETTLE_TIMEOUT_S = 120.0  # outputs flushed after lag 0, at most
 STOP_TIMEOUT_S = 30.0
 LATENCY_TICK_S = 0.01  # the paced producer sends what is due every tick
-LATENCY_TAIL_S = 3.0  # after the last paced event, wait this long for its changes
+LATENCY_TAIL_S = 1.0  # once the worker has settled, the reader's last fetch
 LATENCY_SHARE = 0.5  # of the measured end-to-end throughput
 DAILY_PREFIXES = {90: "d90-", 180: "d180-"}
 WORKER_LOGLEVEL = os.environ.get("BENCH_WORKER_LOGLEVEL", "warning")
@@ -360,9 +361,11 @@ def tail_changes(settings: Settings, stop: threading.Event, on_change: Callable[
         consumer.close()
 
 
-def latency(settings: Settings, traffic: Traffic, rate: float, seconds: float) -> dict[str, Any]:
+def latency(settings: Settings, traffic: Traffic, rate: float, seconds: float,
+            settle: Callable[[], None]) -> dict[str, Any]:
     """Paced events stamped with their produce time; each tier.changes record of
-    reason 'event' gives produce time -> its record timestamp (and -> when a reader saw it)."""
+    reason 'event' gives produce time -> its record timestamp (and -> when a reader saw it).
+    `settle` returns once the worker has processed and published everything sent."""
     from tierflow.pipeline.kafka import clients
 
     stamped: list[float] = []
@@ -390,6 +393,7 @@ def latency(settings: Settings, traffic: Traffic, rate: float, seconds: float) -
         producer.poll(0)
         time.sleep(LATENCY_TICK_S)
     producer.flush(30)
+    settle()  # the slowest changes count too
     time.sleep(LATENCY_TAIL_S)
     stop.set()
     reader.join(10)
@@ -490,7 +494,7 @@ def side_by_side(args: argparse.Namespace, plan: Plan, settings: Settings, ctx: 
                               workdir, "naive", timeout)
     log(f"naive: {rows['naive'].events_per_s:,.0f} events/s {rows['naive'].error or ''}")
 
-    # tierflow last: the state-size and latency phases then add to its topics with the same worker.
+    # tierflow last: the db then holds its customers' state, measured before the next flush.
     client.flushdb()
     group = replace(settings, topics=Topics(prefix=main.prefix), group_id=f"{main.prefix}tierflow")
     workers = Workers(group, workdir, "tierflow")
@@ -537,7 +541,8 @@ def state_and_latency(plan: Plan, settings: Settings, ctx: Context, client: redi
         size = state_size(client, {f"daily_{days}d": (lambda user, t=tag: user.startswith(t))
                                    for days, tag in DAILY_PREFIXES.items()}, plan.sample, seed=1)
         log(f"state size: {json.dumps({k: v.get('mean') for k, v in size.items() if isinstance(v, dict)})}")
-        paced = latency(group, traffic, measured * LATENCY_SHARE, plan.latency_s)
+        paced = latency(group, traffic, measured * LATENCY_SHARE, plan.latency_s, lambda: wait_drained(
+            group, ctx, client, workers, end_offsets(group), time.monotonic() + SETTLE_TIMEOUT_S))
         log(f"latency at {paced['rate']:,}/s: {paced['record_ms']}")
         return {"state_size": size, "latency": paced}
     except (RuntimeError, TimeoutError) as exc:
