@@ -499,8 +499,9 @@
       card("by-category", async () => drawBreakdown("by-category", await api("products", period), "product category")),
       card("domains", async () => {
         drawBreakdown("domains", await api("domains", period), "domain", domainName);
-        const box = document.getElementById("domain-sales");
-        box.replaceChildren(...Object.entries((await sales).domains).flatMap(([d, s], i) => [
+        const byRevenue = Object.entries((await sales).domains)
+          .sort(([, x], [, y]) => y.revenue_cents - x.revenue_cents);
+        document.getElementById("domain-sales").replaceChildren(...byRevenue.flatMap(([d, s], i) => [
           i ? "  ·  " : "Revenue: ", `${domainName(d)} `, html("b", {}, fmtMoney(s.revenue_cents)),
           ` (${fmtInt(s.orders)} ${s.orders === 1 ? "order" : "orders"})`]));
       }),

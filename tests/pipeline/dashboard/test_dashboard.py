@@ -4,17 +4,11 @@ headless Chromium (the numbers it draws, no console output, a screenshot)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
-import struct
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 
-import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -30,25 +24,17 @@ from tests.fixtures.archive import (
     tier_change,
     touch_topic,
 )
-from tests.fixtures.worker import ROOT, free_port
+from tests.fixtures.worker import free_port
+from tests.pipeline.dashboard.browser import ready_page, run_chromium, screenshot
 from tierflow.pipeline.archive.aipl import monday
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.dashboard.server import DashboardError, build_app, check_binding, is_loopback
 
-ARTIFACTS = ROOT / "test-artifacts"
 MEMBERSHIP_SKU = "MEMBERSHIP-88VIP"
 REFRESH_S = 5
 TOKEN = "t0ken-for-tests"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--enable-logging=stderr", "--v=0",
-    # Virtual time only advances while no request is pending, so the page's
-    # fetches complete and its charts are drawn before the DOM is dumped.
-    "--virtual-time-budget=30000",
-]
 
 
 def test_token_rules() -> None:
@@ -226,59 +212,6 @@ def migration_truth(changes: list[dict], start: date, end: date) -> dict:
     return flows
 
 
-class Dom(HTMLParser):
-    """Attributes of elements with an id, the text under each, and the trend's points."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_id: dict[str, dict[str, str | None]] = {}
-        self.text: dict[str, list[str]] = {}
-        self.body: dict[str, str | None] = {}
-        self.stack: list[str | None] = []
-        self.points = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if tag == "body":
-            self.body = found
-        if tag == "circle" and found.get("class") == "pt":
-            self.points += 1
-        element_id = found.get("id")
-        if element_id:
-            self.by_id[element_id] = found
-        if tag not in ("circle", "rect", "path", "line", "input", "link", "meta", "br"):
-            self.stack.append(element_id)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in ("circle", "rect", "path", "line", "input", "link", "meta", "br") and self.stack:
-            self.stack.pop()
-
-    def handle_data(self, data: str) -> None:
-        for element_id in self.stack:
-            if element_id:
-                self.text.setdefault(element_id, []).append(data)
-
-    def rendered(self, element_id: str) -> object:
-        return orjson.loads(self.by_id[element_id]["data-rendered"] or "null")
-
-    def joined(self, element_id: str) -> str:
-        return " ".join(self.text.get(element_id, []))
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("Debian's chromium is needed for this test: apt-get install -y chromium")
-    return found
-
-
-def run_chromium(tmp_path: Path, url: str, *action: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", *action, url],
-        capture_output=True, timeout=180, env={**os.environ, "TZ": "UTC"},
-    )
-
-
 @pytest.mark.service
 def test_dashboard_page_renders_the_expected_numbers(
     seeded: tuple[Context, list[dict], date, list[dict]], tmp_path: Path
@@ -294,19 +227,8 @@ def test_dashboard_page_renders_the_expected_numbers(
     env["TIERFLOW_CONFIG"] = str(config)
     with dashboard_process(env, port) as base:
         url = f"{base}/dashboard/?from={start}&to={end}"
-        dumped = run_chromium(tmp_path, url, "--dump-dom")
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "dashboard.png"
-        shot.unlink(missing_ok=True)
-        pictured = run_chromium(tmp_path, url, "--window-size=1440,2300", f"--screenshot={shot}")
-
-    assert dumped.returncode == 0, dumped.stderr.decode()[-2000:]
-    console = [line for line in dumped.stderr.decode().splitlines() if ":CONSOLE" in line]
-    assert console == []  # no errors, no warnings, no failed loads
-    dom = Dom()
-    dom.feed(dumped.stdout.decode())
-    assert dom.body.get("data-state") == "ready", dom.body
-    assert "data-errors" not in dom.body
+        dom = ready_page(run_chromium(tmp_path, url, "--dump-dom"))
+        screenshot(tmp_path, url, "dashboard.png", (1440, 2300))
 
     # The funnel: the domain brief's example, exactly.
     funnel = dom.rendered("funnel")
@@ -356,15 +278,9 @@ def test_dashboard_page_renders_the_expected_numbers(
     # Live: the panels were fetched again (every REFRESH_S of the page's virtual time).
     assert int(dom.body["data-refreshes"] or 0) >= 2, dom.body
     assert dom.by_id["live"]["data-state"] == "on"
-    page = dumped.stdout.decode()
-    assert f'href="/api/export/sales.csv?from={start}&amp;to={end}"' in page
+    assert f'href="/api/export/sales.csv?from={start}&amp;to={end}"' in dom.html
     values = distribution_truth(changes, "segment", end)
     assert len(values) == 3
     assert dom.rendered("tiers") == {"dimension": "segment", "total": 300, "values": values}
     assert dom.rendered("migration")["flows"] >= 1
     assert dom.rendered("rewards")["campaigns"] >= 1
-
-    assert pictured.returncode == 0, pictured.stderr.decode()[-2000:]
-    header = shot.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n"
-    assert struct.unpack(">II", header[16:24]) == (1440, 2300)

@@ -21,12 +21,16 @@ from tests.fixtures.archive import (
     aipl_truth,
     archive_context,
     archive_directly,
+    cli_env,
     counts,
+    dashboard_process,
     drop_if_server,
     event_day,
     tier_change,
     touch_topic,
 )
+from tests.fixtures.worker import free_port
+from tests.pipeline.dashboard.browser import ready_page, run_chromium, screenshot
 from tierflow.pipeline.archive.aipl import Period
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
@@ -143,7 +147,9 @@ def shop_archive(tmp_path: Path) -> Iterator[tuple[Context, list[dict], date]]:
     records = [(touch_topic(ctx, e), e) for e in events]
     archive_directly(ctx, archive, records + [(ctx.settings.topics.tier_changes, c) for c in changes])
     archive_directly(ctx, archive, records[:200])  # a replay
+    archive.close()  # embedded chDB: whoever serves the page opens it next
     yield ctx, events, today
+    archive = Archive(ctx.settings, ctx.config.archive)
     drop_if_server(ctx, archive)
     archive.close()
 
@@ -249,3 +255,41 @@ def tier_split_truth(events: list[dict], domain_of: dict[str, str], end: date) -
         split = out.setdefault(tier_value(user), {"public": 0, "private": 0, "both": 0, "none": 0})
         split[where] += 1
     return out
+
+
+@pytest.mark.service
+def test_page_flags_the_unfinished_period_and_compares_with_the_one_before(
+    shop_archive: tuple[Context, list[dict], date], tmp_path: Path,
+) -> None:
+    """Two weeks up to today in headless Chromium: the sales cards, their changes and the
+    partial flag, the product categories and the domain split are the batch truth's."""
+    ctx, events, today = shop_archive
+    start, before = today - timedelta(days=13), (today - timedelta(days=27), today - timedelta(days=14))
+    domain_of = {c: "public" for c in PUBLIC} | {c: "private" for c in PRIVATE}
+    port = free_port()
+    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
+    env.pop("TIERFLOW_DASHBOARD_TOKEN", None)
+    config = Path(env.get("TIERFLOW_CONFIG") or tmp_path / "dashboard.toml")
+    shown = ctx.config.dashboard
+    config.write_text((config.read_text() if config.exists() else "") + "[dashboard]\n"
+                      f"non_product_skus = {shown.non_product_skus}\npublic_channels = {shown.public_channels}\n"
+                      f"private_channels = {shown.private_channels}\n".replace("'", '"'))
+    env["TIERFLOW_CONFIG"] = str(config)
+    with dashboard_process(env, port) as base:
+        url = f"{base}/dashboard/?from={start}&to={today}"
+        dom = ready_page(run_chromium(tmp_path, url, "--dump-dom"))
+        screenshot(tmp_path, url, "dashboard-live.png", (1440, 2300))
+
+    now, then = sales_truth(events, start, today, domain_of), sales_truth(events, *before, domain_of)
+    (orders, revenue), (old_orders, old_revenue) = now["total"], then["total"]
+    sales = dom.rendered("sales")
+    assert (sales["orders"], sales["revenue_cents"], sales["partial"]) == (orders, revenue, True)
+    assert sales["previous"] == {"orders": old_orders, "revenue_cents": old_revenue}
+    change = round((revenue - old_revenue) / old_revenue * 100, 1)
+    drawn = dom.joined("sales")
+    assert f"{revenue / 100:,.2f}" in drawn and f"{change:+.1f}%" in drawn and "partial" in drawn
+    assert f"vs {before[0]} to {before[1]}" in drawn
+    assert dom.rendered("trend")["partial"][-1] == str(today - timedelta(days=today.weekday()))
+    assert sorted(dom.rendered("by-category")["names"]) == ["dried_fruit", "nuts", "snacks"]
+    assert sorted(dom.rendered("domains")["names"]) == ["other", "private", "public"]
+    assert dom.rendered("tier-domains")["values"] == tier_split_truth(events, domain_of, today)
