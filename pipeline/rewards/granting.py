@@ -11,10 +11,11 @@ round trips each, however many steps a wave holds:
 
 1. read what the decisions need (grants made before, per-user counts, wallets,
    referral state, shipping addresses);
-2. decide in memory, index the users, reserve on the campaigns (reserve.lua per
-   grant, in trigger order, so a budget running out mid-batch stops the same
-   grants as one trigger at a time would);
-3. write the user side (grant.lua, redeem.lua, in trigger order);
+2. decide in memory, reserve on the campaigns (reserve.lua per grant, in
+   trigger order, so a budget running out mid-batch stops the same grants as
+   one trigger at a time would);
+3. index the users written, then write the user side (grant.lua, redeem.lua,
+   in trigger order);
 4. release what the user side refused, index the users again.
 
 A step whose decision depends on the outcome of an earlier step of the same user
@@ -171,6 +172,7 @@ class _Pending:
     intent: GrantIntent
     limit: int
     reserve: ReserveCall
+    expiry_ms: int | None = None  # the soonest expiry of the points it issues
     address: str | None = None
     held: dict[str, str] | None = None  # step-up: the referral state read ({"item", "step"})
     state_text: str = ""
@@ -193,15 +195,16 @@ class _Wave:
         redeems: dict[int, RedeemCall] = {}
         touches: list[Touch] = []
         self._decide(steps, self.ledger.read_wave(self._wants(steps)), outcomes, pending, redeems, touches)
-        reservations = self.ledger.reserve_all([p.reserve for p in pending], touches)
+        reservations = self.ledger.reserve_all([p.reserve for p in pending])
         calls: dict[int, GrantCall | RedeemCall] = dict(redeems)
         for p, reservation in zip(pending, reservations, strict=True):
             if reservation.reserved:
                 calls[p.index] = self._issue(p, reservation)
+                touches.append((p.intent.user_id, p.expiry_ms))
             else:
                 outcomes[p.index] = Outcome(reservation.status, [], reservation.prize_id)  # type: ignore[arg-type]
         order = sorted(calls)
-        replies = self.ledger.write_all([calls[n] for n in order])
+        replies = self.ledger.write_all([calls[n] for n in order], touches)
         releases: list[tuple[str, str, Sequence[str]]] = []
         by_index = {p.index: p for p in pending}
         for n, reply in zip(order, replies, strict=True):
@@ -234,22 +237,16 @@ class _Wave:
                 redeems[n] = self._redeem(step, reads.wallets[user], applied)
                 touches.append((user, None))
             elif isinstance(step, StepUp):
-                outcome = self._step_up(n, step, reads, pending)
-                if outcome is None:
-                    touches.append((user, None))
-                else:
-                    outcomes[n] = outcome
+                outcomes[n] = self._step_up(n, step, reads, pending)
             else:
                 first = self.first_of.setdefault(step.intent.idempotency_key, self.offset + n)
                 if first != self.offset + n:
                     self.asked_again.append((self.offset + n, first))
                     outcomes[n] = Outcome("duplicate", [])  # settled by run() once the first is known
                     continue
-                outcome = self._grant(n, step.intent, reads, planned, pending)
-                if outcome is None or outcome.status == "duplicate":
-                    touches.append((user, self._expiry(step.intent)))  # a replay: make sure its records get out
-                if outcome is not None:
-                    outcomes[n] = outcome
+                outcome = outcomes[n] = self._grant(n, step.intent, reads, planned, pending)
+                if outcome is not None and outcome.status == "duplicate":
+                    touches.append((user, None))  # a replay: make sure its records get delivered
 
     # --- reads ------------------------------------------------------------------------
 
@@ -294,7 +291,8 @@ class _Wave:
         stock, pools = _campaign_needs(self.config, needs)
         reserve = ReserveCall(intent.campaign_id, intent.idempotency_key, needs.cost_cents,
                               self.config.campaigns[intent.campaign_id].budget_cents, stock, pools)
-        pending.append(_Pending(n, intent, limit, reserve, reads.addresses.get(intent.user_id)))
+        expiry = _points_expiry(intent.at_ms, catalogue.flatten(intent.prize_id, self.config.prizes))
+        pending.append(_Pending(n, intent, limit, reserve, expiry, reads.addresses.get(intent.user_id)))
         return None
 
     def _step_up(self, n: int, step: StepUp, reads: Reads, pending: list[_Pending]) -> Outcome | None:
@@ -356,9 +354,6 @@ class _Wave:
         referral = {"expect": p.state_text, "cancel": p.held["item"] if p.held else "",
                     "state": orjson.dumps({"item": item.item_id, "step": p.reached}).decode()}
         return GrantCall(intent.user_id, step.idempotency_key, intent.rule_id, p.limit, records, [item], referral)
-
-    def _expiry(self, intent: GrantIntent) -> int | None:
-        return _points_expiry(intent.at_ms, catalogue.flatten(intent.prize_id, self.config.prizes))
 
 
 def _physical(config: RewardsConfig, prize_id: str) -> bool:

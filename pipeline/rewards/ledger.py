@@ -358,11 +358,10 @@ class Ledger:
             reads.wallets[user] = _wallet(replies)
         return reads
 
-    def reserve_all(self, calls: Sequence[ReserveCall], touches: Sequence[Touch]) -> list[Reservation]:
-        """Index the users about to be written, then reserve.lua per call, in order."""
+    def reserve_all(self, calls: Sequence[ReserveCall]) -> list[Reservation]:
+        """reserve.lua per call, in order."""
 
         def queue(pipe: Pipeline) -> None:
-            _index(pipe, touches)
             for call in calls:
                 ck = CampaignKeys.of(call.campaign_id)
                 needs = {"stock": [list(s) for s in call.stock],
@@ -372,24 +371,27 @@ class Ledger:
                       [call.key, call.cost_cents, -1 if call.budget_cents is None else call.budget_cents,
                        orjson.dumps(needs)])
 
-        replies = self._scripted(queue)
-        return [_reservation(reply) for reply in replies[len(replies) - len(calls):]]
+        return [_reservation(reply) for reply in self._scripted(queue)] if calls else []
 
-    def write_all(self, calls: Sequence[GrantCall | RedeemCall]) -> list[GrantReply | list[RewardRecord]]:
-        """grant.lua or redeem.lua per call, in order: a grant's (status, the stored records
-        when a duplicate); a redemption's records newly written."""
+    def write_all(self, calls: Sequence[GrantCall | RedeemCall],
+                  touches: Sequence[Touch] = ()) -> list[GrantReply | list[RewardRecord]]:
+        """Index the users to be written (`touches`), then grant.lua or redeem.lua per call,
+        in order: a grant's (status, the stored records when a duplicate); a redemption's
+        records newly written. One pipeline: sent, it runs whole even if this process dies."""
         args = [[call.key, call.rule_id, call.limit, orjson.dumps(grant_payload(call.records, call.items,
                                                                                  call.referral))]
                 if isinstance(call, GrantCall) else [orjson.dumps([_redeem_payload(op) for op in call.ops])]
                 for call in calls]
 
         def queue(pipe: Pipeline) -> None:
+            _index(pipe, touches)
             for call, call_args in zip(calls, args, strict=True):
                 script = self._grant if isinstance(call, GrantCall) else self._redeem
                 _eval(pipe, script, RewardKeys.of(call.user_id).as_list(), call_args)
 
+        replies = self._scripted(queue)
         return [_grant_reply(reply) if isinstance(call, GrantCall) else [decode(r) for r in reply]
-                for call, reply in zip(calls, self._scripted(queue), strict=True)]
+                for call, reply in zip(calls, replies[len(replies) - len(calls):], strict=True)]
 
     def settle(self, releases: Sequence[tuple[str, str, Sequence[str]]], touches: Sequence[Touch]) -> None:
         """Give back the reservations (campaign, key, pool prizes) whose user side refused,

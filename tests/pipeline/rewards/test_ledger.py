@@ -224,7 +224,7 @@ def test_crash_after_reservation_is_completed_by_the_replay(redis_url: str) -> N
     engine = engine_for(redis_url)
     intent = GrantIntent("super_upgrade", "vip_upgrade", "super_pack", "u2", "tier:membership:v1", NOW)
     cost = catalogue.needs("super_pack", engine.config.prizes, 1).cost_cents
-    [reservation] = engine.ledger.reserve_all([ReserveCall("vip_upgrade", intent.idempotency_key, cost, 2_000_000)], [])
+    [reservation] = engine.ledger.reserve_all([ReserveCall("vip_upgrade", intent.idempotency_key, cost, 2_000_000)])
     assert reservation.status == "ok"
     [record] = engine.on_tier_change(upgrade("u2"), NOW)  # the replay
     assert record.cost_cents == cost
