@@ -41,9 +41,15 @@ Reservations whose trigger never comes back (a CLI claim abandoned mid-way) stay
 counted as spent: the budget errs on the safe side.
 
 Global indexes (outbox, points expiry, users) are written before the user-side
-script and again after it; a sweeper removes an entry first and re-checks the
-user's keys afterwards. Whatever the interleaving, an index entry exists while
-the user has something due, at the cost of occasional empty visits.
+scripts (ahead of them in the same pipeline) and again once they returned; a
+sweeper removes an entry first and re-checks the user's keys afterwards.
+Whatever the interleaving, an index entry exists while the user has something
+due, at the cost of occasional empty visits.
+
+Batches: each method below that takes a list sends one pipeline, so a consumer
+batch costs a fixed number of round trips (granting.py). Scripts are called by
+hash; Redis that lost them (a restart) gets them again and the pipeline runs
+again, which every script here allows: each is idempotent.
 """
 
 from __future__ import annotations
