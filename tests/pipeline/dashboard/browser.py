@@ -3,13 +3,17 @@ drawn (each records what it drew in data-rendered) and screenshots."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import struct
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -105,3 +109,63 @@ def screenshot(tmp_path: Path, url: str, name: str, size: tuple[int, int]) -> Pa
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", header[16:24]) == size
     return shot
+
+
+class DevTools:
+    """A page in headless Chromium driven over the DevTools protocol (real time, no
+    virtual clock): evaluate script in it and collect what it logs."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.logged: list[dict] = []
+
+    async def call(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = await self.ws.receive_json(timeout=60)
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+            if message.get("method") in ("Runtime.consoleAPICalled", "Runtime.exceptionThrown",
+                                         "Log.entryAdded"):
+                self.logged.append(message)
+
+    async def value(self, expression: str) -> object:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                                 awaitPromise=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+
+@asynccontextmanager
+async def devtools(tmp_path: Path, port: int) -> AsyncIterator[DevTools]:
+    """Chromium with its DevTools endpoint on `port`, attached to its one page."""
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]
+    proc = subprocess.Popen(
+        [chromium(), *flags, f"--user-data-dir={tmp_path / 'chromium-cdp'}",
+         f"--remote-debugging-port={port}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TZ": "UTC"},
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            pages: list[dict] = []
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                        pages = [t for t in await resp.json() if t["type"] == "page"]
+                except aiohttp.ClientError:
+                    pages = []
+                if pages:
+                    break
+                await asyncio.sleep(0.1)
+            assert pages, "chromium's DevTools endpoint did not answer"
+            async with session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                tools = DevTools(ws)
+                for domain in ("Page", "Runtime", "Log"):
+                    await tools.call(f"{domain}.enable")
+                yield tools
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -9,11 +9,13 @@ import csv
 import io
 import random
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import msgspec
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -30,7 +32,7 @@ from tests.fixtures.archive import (
     touch_topic,
 )
 from tests.fixtures.worker import free_port
-from tests.pipeline.dashboard.browser import ready_page, run_chromium, screenshot
+from tests.pipeline.dashboard.browser import DevTools, devtools, ready_page, run_chromium, screenshot
 from tierflow.pipeline.archive.aipl import Period
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
@@ -257,6 +259,19 @@ def tier_split_truth(events: list[dict], domain_of: dict[str, str], end: date) -
     return out
 
 
+def page_env(ctx: Context, tmp_path: Path, port: int, **dashboard: object) -> dict[str, str]:
+    """Environment for `tierflow dashboard` on loopback, without a token, over this test's
+    archive with its [dashboard] section (and `dashboard` on top)."""
+    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
+    env.pop("TIERFLOW_DASHBOARD_TOKEN", None)
+    config = Path(env.get("TIERFLOW_CONFIG") or tmp_path / "dashboard.toml")
+    shown = msgspec.structs.asdict(ctx.config.dashboard) | dashboard
+    section = "".join(f"{key} = {orjson.dumps(value).decode()}\n" for key, value in shown.items())
+    config.write_text((config.read_text() if config.exists() else "") + "[dashboard]\n" + section)
+    env["TIERFLOW_CONFIG"] = str(config)
+    return env
+
+
 @pytest.mark.service
 def test_page_flags_the_unfinished_period_and_compares_with_the_one_before(
     shop_archive: tuple[Context, list[dict], date], tmp_path: Path,
@@ -267,15 +282,7 @@ def test_page_flags_the_unfinished_period_and_compares_with_the_one_before(
     start, before = today - timedelta(days=13), (today - timedelta(days=27), today - timedelta(days=14))
     domain_of = {c: "public" for c in PUBLIC} | {c: "private" for c in PRIVATE}
     port = free_port()
-    env = cli_env(ctx, tmp_path, TIERFLOW_WEB_PORT=str(port))
-    env.pop("TIERFLOW_DASHBOARD_TOKEN", None)
-    config = Path(env.get("TIERFLOW_CONFIG") or tmp_path / "dashboard.toml")
-    shown = ctx.config.dashboard
-    config.write_text((config.read_text() if config.exists() else "") + "[dashboard]\n"
-                      f"non_product_skus = {shown.non_product_skus}\npublic_channels = {shown.public_channels}\n"
-                      f"private_channels = {shown.private_channels}\n".replace("'", '"'))
-    env["TIERFLOW_CONFIG"] = str(config)
-    with dashboard_process(env, port) as base:
+    with dashboard_process(page_env(ctx, tmp_path, port), port) as base:
         url = f"{base}/dashboard/?from={start}&to={today}"
         dom = ready_page(run_chromium(tmp_path, url, "--dump-dom"))
         screenshot(tmp_path, url, "dashboard-live.png", (1440, 2300))
@@ -293,3 +300,68 @@ def test_page_flags_the_unfinished_period_and_compares_with_the_one_before(
     assert sorted(dom.rendered("by-category")["names"]) == ["dried_fruit", "nuts", "snacks"]
     assert sorted(dom.rendered("domains")["names"]) == ["other", "private", "public"]
     assert dom.rendered("tier-domains")["values"] == tier_split_truth(events, domain_of, today)
+
+
+HIDE = """Object.defineProperty(document, "hidden", {value: %s, configurable: true});
+Object.defineProperty(document, "visibilityState", {value: "%s", configurable: true});
+document.dispatchEvent(new Event("visibilitychange"));"""
+
+
+@pytest.mark.service
+def test_page_refreshes_while_shown_pauses_while_hidden_and_never_reloads(
+    shop_archive: tuple[Context, list[dict], date], tmp_path: Path,
+) -> None:
+    """In real time over DevTools: the page re-fetches every refresh_s while shown, not at all
+    while hidden (the browser's visibilitychange, as when the tab is switched away), at once
+    when shown again; picking another period re-fetches without reloading the page."""
+    ctx, events, today = shop_archive
+    start = today - timedelta(days=13)
+    port = free_port()
+
+    async def refreshes(tools: DevTools) -> int:
+        return int(cast(int, await tools.value("Number(document.body.dataset.refreshes || -1)")))
+
+    async def at_least(tools: DevTools, least: int) -> bool:
+        return await refreshes(tools) >= least
+
+    async def until(check: Callable[[], Awaitable[object]], timeout: float = 60) -> None:
+        for _ in range(int(timeout * 10)):
+            if await check():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("timed out")
+
+    async def scenario(base: str) -> None:
+        async with devtools(tmp_path, free_port()) as tools:
+            await tools.call("Page.navigate", url=f"{base}/dashboard/?from={start}&to={today}")
+            await until(lambda: tools.value("document.body?.dataset.state === 'ready'"))
+            await tools.value("window.sameDocument = true")
+            await until(lambda: at_least(tools, 2))
+            assert await tools.value("document.getElementById('live').dataset.state") == "on"
+
+            await tools.value(HIDE % ("true", "hidden"))
+            await asyncio.sleep(1.5)  # a pass already under way finishes
+            paused = await refreshes(tools)
+            await asyncio.sleep(3.5)  # three and a half refresh intervals
+            assert await refreshes(tools) == paused
+            assert await tools.value("document.getElementById('live').dataset.state") == "paused"
+
+            await tools.value(HIDE % ("false", "visible"))
+            await until(lambda: at_least(tools, paused + 1), timeout=5)  # not a second later
+            assert await tools.value("document.getElementById('live').dataset.state") == "on"
+
+            # "4 weeks": the URL and every panel follow, the page is the same document.
+            await tools.value("document.querySelector('button[data-range=\"28\"]').click()")
+            first = (today - timedelta(days=27)).isoformat()
+            await until(lambda: tools.value(
+                f"JSON.parse(document.getElementById('rewards').dataset.rendered).from === '{first}'"))
+            assert await tools.value("location.search") == f"?from={first}&to={today}"
+            assert await tools.value("window.sameDocument") is True
+            sales = await tools.value("JSON.parse(document.getElementById('sales').dataset.rendered)")
+            assert sales["orders"] == sales_truth(events, today - timedelta(days=27), today, {})["total"][0]
+            assert await tools.value("document.body.dataset.errors || null") is None
+            assert tools.logged == []  # no console output, no exceptions, no failed loads
+
+    with dashboard_process(page_env(ctx, tmp_path, port, refresh_s=1), port) as base:
+        asyncio.run(scenario(base))
+
