@@ -527,7 +527,7 @@
     live.dataset.state = paused ? "paused" : ok ? "on" : "error";
     const at = new Date(refreshedAt).toISOString().slice(11, 19);
     live.querySelector(".text").textContent = paused ? "paused while hidden"
-      : `live · updated ${at} UTC`;
+      : `live · ${at} UTC`;
   }
 
   function schedule() {
