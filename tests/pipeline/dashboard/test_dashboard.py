@@ -100,7 +100,8 @@ def test_api_answers_with_the_token_in_a_header_or_a_login_session(
         public = build_app(archive, ctx.config, host="10.1.2.3", token=TOKEN,
                            status=lambda: {"state": "running"})
         async with TestClient(TestServer(public)) as client:
-            for path in ("/api/aipl", "/dashboard/", "/api/archive/status", "/"):
+            for path in ("/api/aipl", "/dashboard/", "/api/archive/status", "/", "/api/sales",
+                         "/api/export/sales.csv", "/api/dashboard/config"):
                 assert (await client.get(path, allow_redirects=False)).status == 401
             bad = await client.get("/api/aipl", headers={"Authorization": "Bearer nope"})
             assert bad.status == 401
@@ -141,6 +142,9 @@ def test_api_answers_with_the_token_in_a_header_or_a_login_session(
             rewards = await (await client.get("/api/rewards", headers=auth)).json()
             pack = next(c for c in rewards["campaigns"] if c["campaign"] == "upgrade_pack")
             assert (pack["grants"], pack["spent_cents"]) == (75, 75 * 1500)
+            exported = await client.get("/api/export/funnel.csv", headers=auth)
+            assert exported.status == 200 and exported.content_type == "text/csv"
+            assert (await exported.text()).splitlines()[1].startswith("50000,6000,1860,837,0.12,0.31,0.45")
             status = await (await client.get("/api/archive/status", headers=auth)).json()
             assert status["writer"] == {"state": "running"}
             assert status["events"] == len(events)
