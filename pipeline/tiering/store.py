@@ -21,18 +21,23 @@ Exactly once, across crashes and replays:
    because `commit` returns every pending delta and `clear` only removes applied
    ones. (A per-user high-water mark instead of a set of applied delta ids keeps
    this bounded by the number of users, not of changes.)
-3. `clear` (user tag) drops the applied deltas.
+3. `clear` (user tag) drops the applied deltas. It rides on this store's next
+   read (`_load`) instead of costing a round trip of its own; a delta left behind
+   (a crash before that read) is at or below the applied mark, so it is skipped
+   by the apply and by erasure, and cleared after the user's next evaluation.
 A crash between 1 and 2 leaves the delta pending; whatever re-triggers the
 evaluation (the ingest replay, the still-due schedule entry, the unfinished
 sweep, re-running `reevaluate_all`) commits again, finds nothing new, and
-flushes it.
+flushes it. A batch therefore costs three round trips: read (with the previous
+call's clears), commit, apply.
 
 The state store does not keep when a SKU was bought, so `on_batch` records the
 paid-membership orders from the batch's events (`load` stores them).
 
 The timer (`tick`) re-evaluates the users whose next boundary passed (reason
 time_decay), takes a new population snapshot every
-`population.snapshot_interval_ms` and sweeps the users it moves (means_shift).
+`population.snapshot_interval_ms` and sweeps the users it moves (means_shift),
+each in bounded slices of `decay.due_batch` users a tick.
 
 Clocks: every entry point takes `now_ms` from the caller.
 """
