@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException, TopicPartition
 
 from tests.fixtures.worker import read_committed
 from tierflow.agents.clock import Clock
+from tierflow.agents.ingest import AppliedBatch
 from tierflow.agents.outputs import Outputs, Written
 from tierflow.agents.rewards import RewardStage
 from tierflow.pipeline.config.context import Context
@@ -90,13 +91,16 @@ class World:
         return out
 
 
-@pytest.fixture
-def world(settings: Settings, tmp_path: Path) -> World:
+def make_world(settings: Settings, tmp_path: Path, config: str = RULE) -> World:
     ensure_topics(settings)
     path = tmp_path / "tierflow.toml"
-    path.write_text(RULE)
-    ctx = Context(settings, load_config(path))
-    return World(ctx)
+    path.write_text(config)
+    return World(Context(settings, load_config(path)))
+
+
+@pytest.fixture
+def world(settings: Settings, tmp_path: Path) -> World:
+    return make_world(settings, tmp_path)
 
 
 def once(changes: list[dict], grants: list[dict]) -> None:
@@ -151,4 +155,24 @@ def test_records_written_outside_a_worker_reach_their_lane_and_only_it(world: Wo
     assert world.partitions_of(world.ctx.settings.topics.reward_grants) == {"cli-a": {0}}
     theirs.cycle()
     assert world.partitions_of(world.ctx.settings.topics.reward_grants) == {"cli-a": {0}, "cli-b": {1}}
+    once(*world.published())
+
+
+def test_batches_within_the_publish_interval_share_one_transaction_per_lane(settings: Settings,
+                                                                           tmp_path: Path) -> None:
+    world = make_world(settings, tmp_path, RULE + "[worker]\npublish_interval_ms = 600000\n")
+    publisher = world.publisher(0)
+    for users in (["a1", "a2"], ["b1"], ["c1", "c2"]):  # three ingest batches
+        world.first_purchases(users, lane=0)
+        publisher.written.add(users)
+        publisher.run(AppliedBatch([], len(users), int(time.time() * 1000), {user: 0 for user in users}))
+    # The first batch found a cycle due; the next two wait in their outboxes.
+    assert {c["user_id"] for c in world.published()[0]} == {"a1", "a2"}
+    publisher.cycle()
+    later = [(offset, value["user_id"]) for _, offset, value in read_committed(
+        world.ctx.settings, world.ctx.settings.topics.tier_changes) if value["user_id"][0] in "bc"]
+    assert {user for _, user in later} == {"b1", "c1", "c2"}
+    # One transaction: consecutive offsets (each commit leaves a marker between transactions).
+    offsets = sorted(offset for offset, _ in later)
+    assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
     once(*world.published())
