@@ -212,6 +212,23 @@ def campaign_budgets(config: Config) -> dict[str, int | None]:
 
 
 Report = Callable[[Backend], object]
+Render = Callable[[web.Request, Any], web.Response]
+
+
+def _as_json(_request: web.Request, doc: object) -> web.Response:
+    return _json(doc)
+
+
+def _as_csv(panel: str, rows_of: Callable[[Any], export.Rows]) -> Render:
+    def render(request: web.Request, doc: object) -> web.Response:
+        start, end = period_of(request)
+        name = "-".join(["tierflow", panel, *(d.isoformat() for d in (start, end) if d)])
+        return web.Response(
+            text=export.to_csv(rows_of(doc)), content_type="text/csv", charset="utf-8",
+            headers={"Cache-Control": "no-store", "Content-Disposition": f'attachment; filename="{name}.csv"'},
+        )
+
+    return render
 
 
 class Endpoints:
@@ -229,36 +246,19 @@ class Endpoints:
         # reader(): this process's archive, or the owner's while another process owns it
         return await asyncio.to_thread(lambda: report(self.archive.reader()))
 
-    def serve(self, build: Callable[[web.Request], Report],
+    def serve(self, build: Callable[[web.Request], Report], render: Render = _as_json, *,
               unavailable: Callable[[], Mapping[str, object]] = dict) -> Handler:
         """`unavailable`: what to add to the 503 answer while the archive cannot be reached."""
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
-                return _json(await self._fetch(build(request)))
+                return render(request, await self._fetch(build(request)))
             except ArchiveUnavailable as exc:
                 return _json({"error": str(exc), **unavailable()}, status=503)
         return handler
 
-    async def export(self, request: web.Request) -> web.StreamResponse:
-        panel = request.match_info["panel"]
-        if panel not in self.panels:
-            raise BadRequest(f"panel: one of {', '.join(sorted(self.panels))}")
-        build, rows_of = self.panels[panel]
-        try:
-            doc = await self._fetch(build(request))
-        except ArchiveUnavailable as exc:
-            return _json({"error": str(exc)}, status=503)
-        start, end = period_of(request)
-        name = "-".join(["tierflow", panel, *(d.isoformat() for d in (start, end) if d)])
-        return web.Response(
-            text=export.to_csv(rows_of(cast(Any, doc))), content_type="text/csv", charset="utf-8",
-            headers={"Cache-Control": "no-store",
-                     "Content-Disposition": f'attachment; filename="{name}.csv"'},
-        )
-
-    @property
-    def panels(self) -> dict[str, tuple[Callable[[web.Request], Report], Callable[[Any], export.Rows]]]:
-        return {
+    def exports(self) -> dict[str, Handler]:
+        """/api/export/<panel>.csv: each panel's report, as rows."""
+        panels: dict[str, tuple[Callable[[web.Request], Report], Callable[[Any], export.Rows]]] = {
             "funnel": (self.aipl, export.funnel_rows),
             "channels": (lambda r: self.aipl(r, "channel"), export.group_rows),
             "categories": (self.products, export.group_rows),
@@ -270,6 +270,7 @@ class Endpoints:
             "migration": (self.migration, export.migration_rows),
             "rewards": (self.rewards, export.reward_rows),
         }
+        return {panel: self.serve(build, _as_csv(panel, rows_of)) for panel, (build, rows_of) in panels.items()}
 
     def aipl(self, request: web.Request, by: str | None = None) -> Report:
         start, end = period_of(request)
@@ -431,8 +432,9 @@ def add_routes(
     for path, build in routes.items():
         router.add_get(f"/api/{path}", _errors(api.serve(build)))
     # While the archive cannot be reached the writer's state (holding, why) is the news.
-    router.add_get("/api/archive/status", _errors(api.serve(api.status, lambda: {"writer": api.writer()})))
-    router.add_get("/api/export/{panel}.csv", _errors(api.export))
+    router.add_get("/api/archive/status", _errors(api.serve(api.status, unavailable=lambda: {"writer": api.writer()})))
+    for panel, handler in api.exports().items():
+        router.add_get(f"/api/export/{panel}.csv", _errors(handler))
 
 
 def build_app(
