@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -37,7 +37,7 @@ from tierflow.pipeline.archive.aipl import Period
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.settings import Settings
-from tierflow.pipeline.dashboard import queries
+from tierflow.pipeline.dashboard import export, queries
 from tierflow.pipeline.dashboard.server import build_app
 
 MEMBERSHIP = "MEMBERSHIP-88VIP"
@@ -365,3 +365,11 @@ def test_page_refreshes_while_shown_pauses_while_hidden_and_never_reloads(
     with dashboard_process(page_env(ctx, tmp_path, port, refresh_s=1), port) as base:
         asyncio.run(scenario(base))
 
+
+
+def test_csv_rows_of_an_empty_archive_and_of_unknown_rates() -> None:
+    empty = queries.sales(cast(Any, None), None, queries.Domains([], [], "other"), date(2026, 3, 1))
+    assert export.to_csv(export.sales_rows(empty)) == "scope,from,to,orders,revenue_cents,aov_cents,partial\n"
+    funnel = {"awareness": 3, "interest": 0, "purchase": 0, "loyalty": 0,
+              "rates": {"a_to_i": 0.0, "i_to_p": None, "p_to_l": None}}
+    assert export.to_csv(export.group_rows({"a, b": funnel})).splitlines()[1] == '"a, b",3,0,0,0,0.0,,'
