@@ -89,8 +89,9 @@ class Repeats(logging.Filter):
             self._open = {k: v for k, v in self._open.items() if v[0] > now}  # forget closed windows
             self._open[key] = (now + self.window_s, 0)
         if held:
-            # Appended to the rendered text: the message may be a %-template.
-            record.msg, record.args = f"{record.getMessage()} ({held} more like it held back)", None
+            # Appended to the rendered text: the message may be a %-template. Empty args, not
+            # None: mode's formatter wraps None into (None,) and formats the text with it.
+            record.msg, record.args = f"{record.getMessage()} ({held} more like it held back)", ()
         return True
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from mode.utils.logging import ExtensionFormatter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agents.test_ingest_poison import (
@@ -193,6 +194,15 @@ def test_a_repeated_line_is_shown_once_per_window_then_says_how_many_were_held()
     shown = line(refused, 9092, 7)
     assert repeats.filter(shown)
     assert shown.getMessage() == "Connect to 127.0.0.1:9092 failed (after 7ms) (2 more like it held back)"
+    # Faust's console formatter (mode's) formats the rewritten line too, "%" in it included.
+    now[0] = 200.0
+    assert repeats.filter(line("Timer %s is overlapping (runtime=%r, 100%%)", "decay", 1.5))
+    assert not repeats.filter(line("Timer %s is overlapping (runtime=%r, 100%%)", "decay", 2.5))
+    now[0] = 300.0
+    overlapping = line("Timer %s is overlapping (runtime=%r, 100%%)", "decay", 3.5)
+    assert repeats.filter(overlapping)
+    assert ExtensionFormatter(fmt="%(message)s").format(overlapping) == (
+        "Timer decay is overlapping (runtime=3.5, 100%) (1 more like it held back)")
     assert Repeats(0).filter(line(refused, 1, 1)) and Repeats(0).filter(line(refused, 1, 1))
 
 
