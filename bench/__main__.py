@@ -49,6 +49,8 @@ from bench.traffic import Traffic, customer_id
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.config.settings import Settings, Topics
+from tierflow.pipeline.kafka import clients
+from tierflow.pipeline.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")  # made by `make bench`
@@ -210,8 +212,6 @@ class Lag:
     def __init__(self, settings: Settings, ends: dict[tuple[str, int], int]) -> None:
         from confluent_kafka import TopicPartition
 
-        from tierflow.pipeline.kafka import clients
-
         self.consumer = clients.consumer(settings.kafka, settings.group_id)
         self.ends = ends
         self.partitions = [TopicPartition(topic, p) for topic, p in ends]
@@ -351,8 +351,6 @@ def tail_changes(settings: Settings, stop: threading.Event, on_change: Callable[
     """Read tier.changes from its current end (read_committed) until stopped."""
     from confluent_kafka import OFFSET_END, TopicPartition
 
-    from tierflow.pipeline.kafka import clients
-
     consumer = clients.consumer(settings.kafka, f"{settings.group_id}-latency", **{"isolation.level": "read_committed"})
     topic = settings.topics.tier_changes
     partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -371,7 +369,6 @@ def latency(settings: Settings, traffic: Traffic, rate: float, seconds: float,
     """Paced events stamped with their produce time; each tier.changes record of
     reason 'event' gives produce time -> its record timestamp (and -> when a reader saw it).
     `settle` returns once the worker has processed and published everything sent."""
-    from tierflow.pipeline.kafka import clients
 
     stamped: list[float] = []
     seen: list[float] = []
@@ -473,6 +470,26 @@ def produce_set(settings: Settings, prefix: str, name: str, events: list[tuple[s
     return dataset
 
 
+def produce_as_lived(settings: Settings, events: list[dict[str, object]]) -> None:
+    """One record per event, stamped with the event's time as an app sending it live would
+    stamp it: the dedupe window counts from the record's timestamp, so 90 days of history
+    sent at once and stamped now would keep all 90 days of event ids."""
+    ensure_topics(settings)
+    producer = clients.producer(settings.kafka, bulk=True)
+    for event in events:
+        while True:
+            try:
+                producer.produce(settings.topics.input(str(event["type"])), key=str(event["user_id"]).encode(),
+                                 value=orjson.dumps(event), timestamp=int(event["ts"]))  # type: ignore[call-overload]
+                break
+            except BufferError:  # local queue full: let librdkafka drain it
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("the daily customers' events were not all delivered")
+    log(f"produced daily: {len(events):,} events stamped with their event time")
+
+
 def side_by_side(args: argparse.Namespace, plan: Plan, settings: Settings, ctx: Context, client: redis.Redis,
                  workdir: Path, main: Dataset, traffic: Traffic) -> dict[str, Any]:
     spec = {"prefix": main.prefix, "redis_url": settings.redis_url, "partitions": settings.partitions,
@@ -531,11 +548,11 @@ def state_and_latency(plan: Plan, settings: Settings, ctx: Context, client: redi
     """On fresh topics and db, one worker: customers active daily for 90 and 180 days
     (their Redis bytes), then the paced latency run. Independent of whether the main
     run finished within its cap."""
-    daily: list[tuple[str, str, bytes]] = []
+    daily: list[dict[str, object]] = []
     for days, tag in DAILY_PREFIXES.items():
         users = [f"{tag}{customer_id(i)}" for i in range(1, plan.daily_users + 1)]
-        daily += encoded(traffic.daily(users, days))
-    produce_set(settings, prefix, "daily", daily, 1)
+        daily += traffic.daily(users, days)
+    produce_as_lived(replace(settings, topics=Topics(prefix=prefix)), daily)
     client.flushdb()
     group = replace(settings, topics=Topics(prefix=prefix), group_id=f"{prefix}tierflow")
     workers = Workers(group, workdir, "daily")

@@ -248,7 +248,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, object]:
             return batch
 
     publisher = Publisher(settings.kafka, ctx.config.worker.delivery_timeout_s)
-    store = StateStore(connect(settings.redis_url), ctx.config.state.retention_days)
+    store = StateStore.of(connect(settings.redis_url), ctx.config.state)
     loop = TimedLoop(ctx, store, publisher)
     loop.run(stop)
     publisher.close()

@@ -94,7 +94,7 @@ class StateSink(BatchingSink):
         for item in batch:
             valid, bad = parse_record(item.value, item.key, self.limits, now_ms)
             for v in valid:
-                groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, item.offset))
+                groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, item.offset, item.timestamp))
             events += len(valid)
             rejected += len(bad)
         applied = self.store.apply(groups).count
@@ -107,7 +107,7 @@ def main(spec: dict[str, Any]) -> int:
     config = load_config(settings.config_path)
     ingest = config.ingest
     limits = Limits.of(ingest)
-    store = StateStore(connect(settings.redis_url), config.state.retention_days)
+    store = StateStore.of(connect(settings.redis_url), config.state)
     per_message = spec["contender"] == "quix-msg"
     with tempfile.TemporaryDirectory(prefix="quix-state-") as state_dir:
         app = Application(
@@ -123,7 +123,7 @@ def main(spec: dict[str, Any]) -> int:
         )
         progress = Progress(app, spec)
 
-        def apply_one(value: bytes, key: bytes, _timestamp: int, _headers: object) -> None:
+        def apply_one(value: bytes, key: bytes, timestamp: int, _headers: object) -> None:
             progress.begin()
             ctx = message_context()
             now_ms = int(time.time() * 1000)
@@ -131,7 +131,7 @@ def main(spec: dict[str, Any]) -> int:
             source = f"{ctx.topic}:{ctx.partition}"
             groups: dict[tuple[str, str], list[list[object]]] = defaultdict(list)
             for v in valid:
-                groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, ctx.offset))
+                groups[(v.event.user_id, source)].append(encode(v.event, v.ts_ms, ctx.offset, timestamp))
             progress.done(1, len(valid), store.apply(groups).count, len(bad))
 
         for name in settings.topics.inputs:
