@@ -1,4 +1,4 @@
-"""Progress for long commands (produce, demo), drawn by rich on stderr so that
+"""Progress for long commands (produce, demo, rebuild, preview, dlq replay), drawn by rich on stderr so that
 stdout stays clean for data; nothing is drawn when stderr is not a terminal."""
 
 from __future__ import annotations

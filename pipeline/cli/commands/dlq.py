@@ -16,6 +16,7 @@ import msgspec
 import orjson
 
 from tierflow.pipeline.cli.errors import CliError
+from tierflow.pipeline.cli.progress import progress
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.erasure import topic as erasures
 from tierflow.pipeline.ingest.validate import Limits, parse_record, parse_ts
@@ -129,9 +130,11 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"{len(records)} records would be sent again to their input topics; add --yes to send them")
         return 0
     delivery = Publisher(ctx.settings.kafka, ctx.config.worker.delivery_timeout_s).delivery()
-    for topic, key, value in records.values():
-        delivery.send(topic, key, value, headers={"tierflow.replayed": "dlq"})
-    sent = delivery.wait()
+    with progress("replaying dead letters", total=len(records)) as show:
+        for done, (topic, key, value) in enumerate(records.values(), 1):
+            delivery.send(topic, key, value, headers={"tierflow.replayed": "dlq"})
+            show(done)
+        sent = delivery.wait()
     print(f"{sent} records sent again; the worker applies what is valid now (events already applied count once)"
           " and dead-letters the rest again")
     return 0
