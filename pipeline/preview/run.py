@@ -15,7 +15,7 @@ stays bounded by a chunk (plus the raw values of a dimension scored by quantiles
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
@@ -30,6 +30,7 @@ from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
 from tierflow.pipeline.tiering.keys import TierKeys
 from tierflow.pipeline.tiering.membership import PaidPurchase
 from tierflow.pipeline.tiering.rfm import DIMENSIONS, SCORES, Population, quantile_cuts
+from tierflow.pipeline.tiering.store import chunks
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,6 @@ class Preview:
     changes: int = 0  # tier.changes records the re-evaluation would publish
     moves: Moves = field(default_factory=Moves)
     budget: Budget = field(default_factory=Budget)
-
-
-def chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def load(client: redis.Redis, users: list[str], retention_days: int) -> dict[str, Customer]:

@@ -140,7 +140,8 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(items, items, strict=True))
 
 
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Lists of `size` items, the last one shorter (itertools.batched is Python 3.12)."""
     chunk: list[str] = []
     for item in items:
         chunk.append(item)
@@ -425,7 +426,7 @@ class TierStore:
         then re-snapshot the population and sweep the users it moves. The changes wait
         in the outboxes (`self.outbox`) for the worker to publish. Safe to re-run."""
         result = Result()
-        for chunk in _chunks(user_ids, self.tiering.decay.due_batch):
+        for chunk in chunks(user_ids, self.tiering.decay.due_batch):
             result.merge(self.evaluate_users(chunk, now_ms, "config_change"))
         self.stats.snapshot_means(now_ms)
         result.merge(self.sweep(now_ms, "config_change"))

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -61,19 +60,6 @@ from tierflow.schemas.reward_grants import RewardItem, RewardRecord
 from tierflow.schemas.tier_changes import ChangeScores, TierChange
 
 DAY_MS = 86_400_000
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Context:
-    return archive_context(Settings.from_env(), tmp_path / "home")
-
-
-@pytest.fixture
-def archive(ctx: Context) -> Iterator[Archive]:
-    handle = Archive(ctx.settings, ctx.config.archive)
-    yield handle
-    drop_if_server(ctx, handle)
-    handle.close()
 
 
 def population(users: int, days: int, seed: int) -> list[dict]:

@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from tests.fixtures.archive import (
     cli_env,
     counts,
     dashboard_process,
-    drop_if_server,
     event_day,
     get_json,
     tierflow,
@@ -51,19 +49,6 @@ from tierflow.pipeline.kafka.topics import ensure_topics
 
 EMBEDDED_ONLY = pytest.mark.skipif(bool(os.environ.get("CLICKHOUSE_URL")), reason="embedded chDB only")
 UNIQUE_EVENTS = "SELECT count() AS n FROM (SELECT 1 FROM touch_events GROUP BY user_id, event_id)"
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Context:
-    return archive_context(Settings.from_env(), tmp_path / "home")
-
-
-@pytest.fixture
-def archive(ctx: Context) -> Iterator[Archive]:
-    handle = Archive(ctx.settings, ctx.config.archive)
-    yield handle
-    drop_if_server(ctx, handle)
-    handle.close()
 
 
 def events(users: int, seed: int) -> list[dict]:
