@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -43,10 +44,10 @@ from typing import Any
 
 import orjson
 
+from bench.meter import Meter
 from tierflow.pipeline.config.settings import Settings, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
-STARTED = time.monotonic()  # child processes report start-up time from here
 
 CONTENDERS = {
     "raw": "confluent consume + orjson (ceiling)",
@@ -113,36 +114,6 @@ class Summary:
 # ---------------------------------------------------------------- children --
 
 
-class Clock:
-    """Counts work and times it from the first record in hand to the last one done."""
-
-    def __init__(self, target_records: int) -> None:
-        self.target = target_records
-        self.records = 0
-        self.events = 0
-        self.t0: float | None = None
-        self.t1: float | None = None
-
-    def begin(self) -> None:
-        if self.t0 is None:
-            self.t0 = time.monotonic()
-
-    def add(self, records: int, events: int) -> bool:
-        """Count finished work; True once the target is reached."""
-        self.records += records
-        self.events += events
-        if self.records >= self.target and self.t1 is None:
-            self.t1 = time.monotonic()
-        return self.t1 is not None
-
-    def result(self, **extra: object) -> dict[str, object]:
-        assert self.t0 is not None and self.t1 is not None
-        return {
-            "records": self.records, "events": self.events, "seconds": self.t1 - self.t0,
-            "startup_s": self.t0 - STARTED, **extra,
-        }
-
-
 def child_settings(spec: dict[str, Any]) -> Settings:
     return replace(
         Settings.from_env(), topics=Topics(prefix=spec["prefix"]), group_id=spec["group"],
@@ -165,7 +136,7 @@ def child_raw(spec: dict[str, Any]) -> dict[str, object]:
         "fetch.queue.backoff.ms": RAW_FETCH_QUEUE_BACKOFF_MS,
     }))
     consumer.subscribe(list(settings.topics.inputs))
-    clock = Clock(spec["records"])
+    clock = Meter(spec["records"], cap_s=math.inf)  # the ingest-only runs go to the end
     loads = orjson.loads
     try:
         while True:
@@ -204,7 +175,7 @@ def child_faust(spec: dict[str, Any]) -> dict[str, object]:
         value_serializer="raw", store="memory://", web_enabled=False,
         topic_partitions=settings.partitions, topic_replication_factor=1,
     )
-    clock = Clock(spec["records"])
+    clock = Meter(spec["records"], cap_s=math.inf)  # the ingest-only runs go to the end
     # A no-op agent cannot count events inside batch records without parsing them;
     # it is credited with the data set's events per record.
     per_record = spec["events"] / spec["records"]
@@ -236,7 +207,7 @@ def child_ingest(spec: dict[str, Any]) -> dict[str, object]:
 
     settings = child_settings(spec)
     ctx = Context(settings, load_config(settings.config_path))
-    clock = Clock(spec["records"])
+    clock = Meter(spec["records"], cap_s=math.inf)  # the ingest-only runs go to the end
     stop = threading.Event()
 
     class TimedLoop(IngestLoop):
