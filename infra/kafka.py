@@ -188,8 +188,7 @@ def _check_size(settings: Settings, brokers: int) -> None:
     """A running Kafka with fewer brokers than asked for cannot hold the replicas."""
     if brokers == 1:
         return
-    admin = AdminClient(settings.kafka.confluent(log_level=0))
-    found = len(admin.list_topics(timeout=10).brokers)
+    found = _brokers(settings, timeout=10.0)
     if found < brokers:
         raise ServiceError(f"the Kafka at {settings.kafka.bootstrap} has {found} broker(s), not {brokers};"
                            " stop it first (tierflow down)")
@@ -363,9 +362,10 @@ def _wait_ready(settings: Settings, members: list[Node], timeout: float) -> None
     )
 
 
-def _brokers(settings: Settings) -> int:
+def _brokers(settings: Settings, timeout: float = 2.0) -> int:
+    """Brokers in the cluster's metadata; 0 when it cannot be read."""
     try:
-        return len(AdminClient(settings.kafka.confluent(log_level=0)).list_topics(timeout=2.0).brokers)
+        return len(AdminClient(settings.kafka.confluent(log_level=0)).list_topics(timeout=timeout).brokers)
     except KafkaException:
         return 0
 
