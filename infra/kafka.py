@@ -29,6 +29,8 @@ NODE_ID = 1
 MAX_LOCAL_BROKERS = 5
 # How often a probe looks for an authentication failure while it waits for metadata.
 AUTH_POLL_S = 0.5
+# Longest start-up wait while a broker is still making progress (loading its logs).
+LOADING_CAP_S = 900.0
 
 _LOG4J2 = """\
 status = warn
@@ -348,18 +350,37 @@ def _java(libs: Path, root: Path) -> list[str]:
 
 
 def _wait_ready(settings: Settings, members: list[Node], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until every broker serves metadata and groups. A broker reopening a big log
+    directory (thousands of partitions) can take minutes, so `timeout` counts time
+    without progress: while a broker's log keeps growing the wait goes on, up to
+    `LOADING_CAP_S` in all."""
+    started = time.monotonic()
+    deadline = started + timeout
+    sizes = {node.node_id: _log_size(node.root) for node in members}
+    while True:
         if is_up(settings, timeout=2.0) and _brokers(settings) >= len(members) and _groups_ready(settings):
             return
         for node in members:
             if _our_pid(node.root) is None:
                 raise ServiceError(f"Kafka exited during startup; log tail:\n{_log_tail(node.root)}")
+        now = time.monotonic()
+        grown = {node.node_id: _log_size(node.root) for node in members}
+        if grown != sizes and now - started < LOADING_CAP_S:
+            sizes, deadline = grown, max(deadline, now + timeout)
+        if now >= deadline:
+            break
         time.sleep(0.5)
     raise ServiceError(
-        f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {timeout:.0f} s; "
+        f"Kafka did not serve metadata at {settings.kafka.bootstrap} within {now - started:.0f} s; "
         f"log tail ({members[0].root / 'kafka.log'}):\n{_log_tail(members[0].root)}"
     )
+
+
+def _log_size(root: Path) -> int:
+    try:
+        return (root / "kafka.log").stat().st_size
+    except OSError:
+        return 0
 
 
 def _brokers(settings: Settings, timeout: float = 2.0) -> int:
