@@ -16,7 +16,7 @@ import msgspec
 REASON = (
     r"^(not_json|bad_encoding|too_large|too_deep|unknown_type|negative_amount|amount_out_of_range"
     r"|price_out_of_range|quantity_out_of_range|string_too_long|too_many_items|ts_out_of_range|key_mismatch"
-    r"|not_an_event|conflicting_duplicate|internal_error|schema:.+)$"
+    r"|not_an_event|conflicting_duplicate|refund_exceeds_order|internal_error|schema:.+)$"
 )
 Offset = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -40,7 +40,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(pattern=REASON, description=(
         "Machine-readable reason: not_json, bad_encoding, too_large, too_deep, unknown_type, negative_amount,"
         " amount_out_of_range, price_out_of_range, quantity_out_of_range, string_too_long, too_many_items,"
-        " ts_out_of_range, key_mismatch, not_an_event, conflicting_duplicate, internal_error, or"
+        " ts_out_of_range, key_mismatch, not_an_event, conflicting_duplicate, refund_exceeds_order (refunds"
+        " of an order beyond its amount), internal_error, or"
         " schema:<field path>."
     ))]
     detail: Annotated[str, msgspec.Meta(description="Human-readable explanation.")]

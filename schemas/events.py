@@ -1,5 +1,6 @@
 """The input records: one event per topic (touch.purchase, touch.cart, touch.browse,
-touch.interaction) and the batch record `{"events": [...]}` any of them may carry.
+touch.interaction; a refund travels on touch.purchase with its order) and the batch
+record `{"events": [...]}` any of them may carry.
 
 msgspec validates while converting, which keeps ingest fast; the JSON Schema files
 beside this module are generated from these types (`python -m tierflow.schemas`)
@@ -84,6 +85,30 @@ class Purchase(_Event, frozen=True, tag="purchase"):
     )] = []
 
 
+class Refund(_Event, frozen=True, tag="refund"):
+    """Value of a record on topic touch.purchase, beside its order so the two stay in order:
+    money returned on an order (a return or a cancellation), one event or inside a batch
+    {"events": [...]} (see batch.json). It lowers the order's amount in the order's day; a
+    fully refunded order no longer counts as a purchase. Refunds on one order beyond its
+    amount are dead-lettered as refund_exceeds_order."""
+
+    order_id: Annotated[Id, msgspec.Meta(description=(
+        "The refunded order's order_id; the order may arrive after its refund."
+        " At most ingest.max_id_length characters."
+    ))]
+    amount: Annotated[Money, msgspec.Meta(description=(
+        "Money returned; must be >= 0 and at most ingest.max_amount. A refund of the whole order amount"
+        " (with the order's other refunds) is a full refund."
+    ))]
+    currency: Currency
+    items: Annotated[list[Item] | None, msgspec.Meta(description=(
+        "The returned lines, for information (at most ingest.max_items); the amount is what counts."
+    ))] = None
+    reason: Annotated[Name | None, msgspec.Meta(description=(
+        "Why: returned, cancelled, damaged, ... At most ingest.max_name_length characters."
+    ))] = None
+
+
 class Cart(_Event, frozen=True, tag="cart"):
     """Value of a record on topic touch.cart: one event, or a batch {"events": [...]}
     of one user's events (see batch.json)."""
@@ -127,13 +152,18 @@ class Interaction(_Event, frozen=True, tag="interaction"):
     )] = None
 
 
-Event = Purchase | Cart | Browse | Interaction
+Event = Purchase | Refund | Cart | Browse | Interaction
 EVENT_TYPES: dict[str, type[_Event]] = {
     "purchase": Purchase,
+    "refund": Refund,
     "cart": Cart,
     "browse": Browse,
     "interaction": Interaction,
 }
+
+# The input topic (touch.<type>) each event type is sent to: a refund shares its order's
+# topic, so with the same key (the user) it is read in order with the order.
+TOPIC_OF: dict[str, str] = {**{name: name for name in EVENT_TYPES}, "refund": "purchase"}
 
 
 class Batch(msgspec.Struct, frozen=True):

@@ -18,7 +18,7 @@ import msgspec
 
 from tierflow.schemas.dead_letters import DeadLetter
 from tierflow.schemas.erasures import Erasure
-from tierflow.schemas.events import BROWSE_NAMES_WHAT, Batch, Browse, Cart, Interaction, Purchase
+from tierflow.schemas.events import BROWSE_NAMES_WHAT, Batch, Browse, Cart, Interaction, Purchase, Refund
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
@@ -30,6 +30,7 @@ BASE_URI = "https://tierflow.dev/schemas/"
 # names are public: docs and producers reference them.
 CONTRACTS: dict[str, Any] = {
     "touch.purchase.json": Annotated[Purchase, msgspec.Meta(title="Purchase event")],
+    "refund.json": Annotated[Refund, msgspec.Meta(title="Refund event (on touch.purchase)")],
     "touch.cart.json": Annotated[Cart, msgspec.Meta(title="Cart event")],
     "touch.browse.json": Annotated[Browse, msgspec.Meta(title="Browse event", extra_json_schema=BROWSE_NAMES_WHAT)],
     "touch.interaction.json": Annotated[Interaction, msgspec.Meta(title="Interaction event")],
@@ -39,6 +40,10 @@ CONTRACTS: dict[str, Any] = {
     "reward.grants.json": Annotated[RewardRecord, msgspec.Meta(title="Reward record")],
     "tierflow.erasures.json": Annotated[Erasure, msgspec.Meta(title="Erasure record")],
 }
+# Each event type's contract file: named after its topic, except the refund's, which
+# shares touch.purchase with the purchase.
+EVENT_FILES = {"purchase": "touch.purchase.json", "refund": "refund.json", "cart": "touch.cart.json",
+               "browse": "touch.browse.json", "interaction": "touch.interaction.json"}
 # The names reward.grants.json first published its definitions under: a reference
 # such as reward.grants.json#/$defs/item keeps working.
 DEF_NAMES = {"RewardItem": "item", "CouponTerms": "terms", "Fulfilment": "fulfilment"}

@@ -16,7 +16,7 @@ import msgspec
 import orjson
 
 from tierflow.pipeline.ingest.config import IngestConfig
-from tierflow.schemas.events import EVENT_TYPES, Batch, Browse, Cart, Event, Interaction, Purchase
+from tierflow.schemas.events import EVENT_TYPES, Batch, Browse, Cart, Event, Interaction, Item, Purchase, Refund
 
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MONEY_FIELDS = re.compile(r"^(amount|price|items\[\d+\]\.price)$")
@@ -110,9 +110,12 @@ def _texts(event: Event) -> tuple[list[str | None], list[str | None]]:
     """The event's ids and its names."""
     ids: list[str | None] = [event.event_id, event.user_id]
     names: list[str | None] = [event.channel]
-    if isinstance(event, Purchase):
-        ids += [event.order_id, *event.coupons, *[item.sku for item in event.items]]
-        names += [*[item.category for item in event.items], *[item.brand for item in event.items]]
+    if isinstance(event, Purchase | Refund):
+        items = event.items or []
+        ids += [event.order_id, *(event.coupons if isinstance(event, Purchase) else []), *[i.sku for i in items]]
+        names += [*[i.category for i in items], *[i.brand for i in items]]
+        if isinstance(event, Refund):
+            names.append(event.reason)
     elif isinstance(event, Cart):
         ids.append(event.sku)
         names.append(event.category)
@@ -161,17 +164,17 @@ def check_bounds(event: Event, limits: Limits) -> Rejection | None:
     """The configured bounds (settings, so not part of the types): counts, string
     lengths, quantities, prices and amounts. Money is checked in currency units before
     anything becomes cents, so no total can leave the range the state keeps."""
-    if isinstance(event, Purchase):
-        if len(event.items) > limits.max_items:
-            return Rejection("too_many_items", f"{len(event.items)} order lines, limit {limits.max_items}")
-        if len(event.coupons) > limits.max_coupons:
-            return Rejection("too_many_items", f"{len(event.coupons)} coupons, limit {limits.max_coupons}")
+    items: list[Item] = (event.items or []) if isinstance(event, Purchase | Refund) else []
+    if len(items) > limits.max_items:
+        return Rejection("too_many_items", f"{len(items)} order lines, limit {limits.max_items}")
+    if isinstance(event, Purchase) and len(event.coupons) > limits.max_coupons:
+        return Rejection("too_many_items", f"{len(event.coupons)} coupons, limit {limits.max_coupons}")
     problem = _too_long(event, limits)
     if problem is not None or isinstance(event, Browse | Interaction):
         return problem
     if isinstance(event, Cart):
         return _quantity_and_price("", event.qty, event.price, limits)
-    for i, item in enumerate(event.items):
+    for i, item in enumerate(items):
         if item.qty > limits.max_quantity or item.price > limits.max_price:
             return _quantity_and_price(f"items[{i}].", item.qty, item.price, limits)
         if item.qty * item.price > limits.max_amount:

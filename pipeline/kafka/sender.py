@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import orjson
 from confluent_kafka import KafkaError, Message
 
-from tierflow.pipeline.config.settings import INPUT_TYPES, Settings
+from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.kafka import clients
+from tierflow.schemas.events import TOPIC_OF
 
 
 @dataclass
@@ -77,10 +78,10 @@ class EventSender:
             self.report.skipped.append((line_no, "not a JSON object"))
             return
         event_type, user_id = doc.get("type"), doc.get("user_id")
-        if event_type not in INPUT_TYPES or not isinstance(user_id, str) or not user_id:
+        if event_type not in TOPIC_OF or not isinstance(user_id, str) or not user_id:
             self.report.skipped.append((line_no, "needs a known 'type' and a 'user_id' to route"))
             return
-        self.send(event_type, user_id, raw)
+        self.send(TOPIC_OF[event_type], user_id, raw)
 
     def send(self, event_type: str, user_id: str, raw: bytes) -> None:
         if self.batch <= 1:

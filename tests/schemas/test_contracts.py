@@ -72,7 +72,7 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     return cls(schema, registry=registry())
 
 
-TOPIC_VALIDATORS = {t: validator(f"touch.{t}.json") for t in EVENT_TYPES}
+TOPIC_VALIDATORS = {t: validator(generate.EVENT_FILES[t]) for t in EVENT_TYPES}
 
 
 def python_accepts(doc: object) -> bool:
@@ -96,6 +96,8 @@ VALID = {
     "purchase": {**BASE, "type": "purchase", "order_id": "o1", "amount": 25.5, "currency": "CNY",
                  "items": [{"sku": "DF001", "category": "dried_fruit", "qty": 2, "price": 12.75}],
                  "coupons": ["NEW666-001"]},
+    "refund": {**BASE, "type": "refund", "order_id": "o1", "amount": 12.75, "currency": "CNY",
+               "items": [{"sku": "DF001", "category": "dried_fruit", "qty": 1, "price": 12.75}], "reason": "returned"},
     "cart": {**BASE, "type": "cart", "action": "add", "sku": "DF001", "category": "dried_fruit",
              "qty": 1, "price": 12.75},
     "browse": {**BASE, "type": "browse", "sku": "DF001", "source": "search"},
@@ -133,6 +135,11 @@ PURCHASE_MUTATIONS = [
     ("coupon not a string", lambda d: d.update(coupons=[1])),
 ]
 OTHER_MUTATIONS = [
+    ("refund", "negative amount", lambda d: d.update(amount=-1)),
+    ("refund", "no order", lambda d: d.pop("order_id")),
+    ("refund", "no lines", lambda d: d.pop("items")),
+    ("refund", "null reason", lambda d: d.update(reason=None)),
+    ("refund", "empty lines", lambda d: d.update(items=[])),
     ("cart", "bad action", lambda d: d.update(action="wishlist")),
     ("cart", "fractional qty", lambda d: d.update(qty=1.5)),
     ("browse", "nothing browsed", lambda d: d.pop("sku")),
@@ -158,7 +165,7 @@ def test_schema_and_records_agree_on_mutations(kind: str, name: str, mutate) -> 
 
 def test_required_fields_and_properties_match() -> None:
     for kind, record in EVENT_TYPES.items():
-        schema = load(f"touch.{kind}.json")
+        schema = load(generate.EVENT_FILES[kind])
         python_schema = msgspec.json.schema(record)
         definition = python_schema["$defs"][python_schema["$ref"].rsplit("/", 1)[1]]
         assert set(schema["required"]) == set(definition["required"]), kind
@@ -167,7 +174,7 @@ def test_required_fields_and_properties_match() -> None:
 
 def test_batch_schema_accepts_mixed_batches() -> None:
     batch_validator = validator("batch.json")
-    assert batch_validator.is_valid({"events": [VALID["browse"], VALID["purchase"]]})
+    assert batch_validator.is_valid({"events": [VALID["browse"], VALID["purchase"], VALID["refund"]]})
     assert not batch_validator.is_valid({"events": []})
     assert not batch_validator.is_valid({"events": [{**VALID["cart"], "qty": 0}]})
 
@@ -200,7 +207,8 @@ def test_dead_letters_match_their_schema_and_type() -> None:
     assert validator("touch.dlq.json").is_valid(orjson.loads(whole))
     assert not validator("touch.dlq.json").is_valid({**orjson.loads(whole), "reason": "whim"})
     for reason in ("too_deep", "amount_out_of_range", "price_out_of_range", "quantity_out_of_range",
-                   "string_too_long", "too_many_items", "conflicting_duplicate", "internal_error"):
+                   "string_too_long", "too_many_items", "conflicting_duplicate", "refund_exceeds_order",
+                   "internal_error"):
         letter = orjson.loads(dead_letter(Rejection(reason, "why"), topic="touch.cart", partition=0, offset=0,
                                           key=b"u1", value=b"{}", timestamp_ms=None, now_ms=0, with_original=False))
         assert letter["original_omitted"] is True and letter["original_b64"] == ""

@@ -220,3 +220,28 @@ def test_fast_path_never_changes_a_decision(value: bytes) -> None:
     for limits in (LIMITS, TIGHT):
         for wrapped in (value, b'{"events": [' + value + b"]}", b'{"events": [' + value + b"," + value + b"]}"):
             assert parse_record(wrapped, b"u1", limits, NOW) == parse_document(wrapped, "u1", limits, NOW)
+
+
+REFUND = {"event_id": "r1", "type": "refund", "user_id": "u1", "ts": NOW - 500, "channel": "app",
+          "order_id": "o1", "amount": 4.5, "currency": "CNY"}
+
+
+def test_refunds_are_bounded_like_purchases() -> None:
+    assert reasons(orjson.dumps(REFUND)) == []
+    assert reasons(orjson.dumps({**REFUND, "items": [item()], "reason": "damaged"})) == []
+    assert reasons(orjson.dumps({**REFUND, "amount": -1})) == ["negative_amount"]
+    assert reasons(orjson.dumps({**REFUND, "amount": DEFAULTS.max_amount + 1})) == ["amount_out_of_range"]
+    assert reasons(orjson.dumps({**REFUND, "order_id": "x" * (DEFAULTS.max_id_length + 1)})) == ["string_too_long"]
+    assert reasons(orjson.dumps({**REFUND, "reason": "x" * (DEFAULTS.max_name_length + 1)})) == ["string_too_long"]
+    assert reasons(orjson.dumps({**REFUND, "items": [item(qty=DEFAULTS.max_quantity + 1)]})) == [
+        "quantity_out_of_range"]
+    assert reasons(orjson.dumps({**REFUND, "items": [item()] * (DEFAULTS.max_items + 1)}),
+                   limits=Limits.of(DEFAULTS)) == ["too_many_items"]
+    assert reasons(orjson.dumps({k: v for k, v in REFUND.items() if k != "order_id"})) == ["schema:order_id"]
+    # A refund rides in a batch with its order, and either may be rejected alone.
+    batch = {"events": [PURCHASE, REFUND, {**REFUND, "event_id": "r2", "amount": 1e17}]}
+    valid, rejected = parse_record(orjson.dumps(batch), b"u1", LIMITS, NOW)
+    assert [v.event.event_id for v in valid] == ["p1", "r1"]
+    assert [(r.reason, r.event_index) for r in rejected] == [("amount_out_of_range", 2)]
+    value = orjson.dumps(batch)
+    assert parse_record(value, b"u1", LIMITS, NOW) == parse_document(value, "u1", LIMITS, NOW)
