@@ -28,7 +28,7 @@ PrizeType = Literal[
 ]
 RecordKind = Literal[
     "grant", "cancellation", "redemption", "redemption_rejected", "expiry",
-    "points_spend", "points_adjust", "withdrawal", "fulfilment",
+    "points_spend", "points_adjust", "withdrawal", "fulfilment", "assignment",
 ]
 Discount = Literal["reduction", "percent", "shipping"]
 Scope = Literal["all", "sku", "brand", "category"]
@@ -101,8 +101,9 @@ class RewardItem(msgspec.Struct, frozen=True):
 class RewardRecord(msgspec.Struct, frozen=True):
     """Value of a record on topic reward.grants (key: the user id): a grant, cancellation,
     redemption, rejected redemption, points expiry/spend/adjustment, cash withdrawal or
-    fulfilment update. Delivered at least once: drop duplicates by record_id. Consumers
-    ignore fields they do not know."""
+    fulfilment update, or a customer's arm in a campaign with a control group (assignment:
+    reason "treated" or "control", at the trigger that first put them in it). Delivered at least
+    once: drop duplicates by record_id. Consumers ignore fields they do not know."""
 
     record_id: Annotated[Text, msgspec.Meta(description="Stable id of this effect; the deduplication key.")]
     kind: RecordKind

@@ -62,6 +62,8 @@ class Budget:
         on as this change's grants are made."""
         for intent in match_tier_change(rewards, change):
             limit = rewards.rules[intent.rule_id].per_user
+            if intent.held_out:
+                continue  # the campaign's control group receives nothing
             if limit > 0 and granted.get(intent.rule_id, 0) >= limit:
                 continue
             granted[intent.rule_id] = granted.get(intent.rule_id, 0) + 1

@@ -14,11 +14,11 @@ from tierflow.schemas.reward_grants import RewardItem, RewardRecord
 
 ClaimStatus = Literal[
     "granted", "already_claimed", "exhausted", "unknown_code", "inactive", "budget_exhausted",
-    "out_of_stock", "limit",
+    "out_of_stock", "limit", "held_out",
 ]
 _CLAIM_STATUS: dict[GrantStatus, ClaimStatus] = {
     "granted": "granted", "duplicate": "already_claimed", "pool": "exhausted", "budget": "budget_exhausted",
-    "stock": "out_of_stock", "limit": "limit", "conflict": "limit",
+    "stock": "out_of_stock", "limit": "limit", "conflict": "limit", "assigned": "held_out",
 }
 
 
@@ -38,5 +38,8 @@ def claim_code(ledger: Ledger, config: RewardsConfig, code: str, user_id: str, n
     match = rules.match_code(config, code, user_id, now_ms)
     if isinstance(match, str):
         return ClaimResult(match)
-    [outcome] = granting.run(ledger, config, [granting.Grant(match)], now_ms)
+    # The claim's own outcome comes last: the customer's arm, when recorded, goes first.
+    *_, outcome = granting.run(ledger, config, granting.intent_steps(config, match, granting.Grant(match)), now_ms)
+    if match.held_out:
+        return ClaimResult("held_out")
     return ClaimResult(_CLAIM_STATUS[outcome.status], outcome.records[-1] if outcome.records else None)

@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards import catalogue, holdout
 from tierflow.pipeline.rewards.catalogue import Prize, ReferralCoupon
 from tierflow.pipeline.tiering.rfm import SEGMENT_IDS
 from tierflow.schemas.events import InteractionKind
@@ -34,6 +34,9 @@ class Campaign(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     # Active window [start, end) on the trigger's time; None = open-ended.
     start: datetime | None = None
     end: datetime | None = None
+    # Percent of customers (by a hash of user and campaign id) kept as a control
+    # group that receives nothing, to measure the campaign's uplift; 0 = none.
+    holdout_percent: float = 0.0
 
 
 class TierTrigger(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="tier",
@@ -147,6 +150,8 @@ def validate(config: RewardsConfig) -> list[str]:
             errors.append(f"campaign {cid!r}: budget_cents must not be negative")
         if campaign.start and campaign.end and catalogue.ms(campaign.start) >= catalogue.ms(campaign.end):
             errors.append(f"campaign {cid!r}: start must be before end")
+        if not 0 <= campaign.holdout_percent < holdout.PERCENT:
+            errors.append(f"campaign {cid!r}: holdout_percent must be at least 0 and below 100")
 
     codes: dict[str, list[str]] = defaultdict(list)
     stock_users: dict[str, set[str]] = defaultdict(set)

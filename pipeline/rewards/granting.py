@@ -27,6 +27,11 @@ in one wave unless a customer's own triggers depend on each other.
 
 Every grant is idempotent on (rule, user, trigger), so replaying a trigger
 grants nothing twice (ledger.py explains why this holds on Redis Cluster).
+
+A campaign with a control group (holdout_percent) records each customer's arm
+the first time one of its rules fires for them (an `assignment` record, once per
+campaign and customer, before any grant); a held-out customer's triggers grant
+nothing, so nothing is reserved on the campaign for them.
 """
 
 from __future__ import annotations
@@ -48,16 +53,22 @@ from tierflow.pipeline.rewards.ledger import (
     RedeemCall,
     Reservation,
     ReserveCall,
+    RewardKeys,
     Touch,
+    Update,
     Wants,
+    dedupe_key,
 )
 from tierflow.pipeline.rewards.rules import EventRules, GrantIntent
 from tierflow.pipeline.rewards.wallet import RawWallet
+from tierflow.schemas import reward_grants
 from tierflow.schemas.events import Event, Purchase
 from tierflow.schemas.reward_grants import RewardItem, RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
-GrantStatus = Literal["granted", "redeemed", "duplicate", "budget", "stock", "pool", "limit", "conflict"]
+GrantStatus = Literal[
+    "granted", "redeemed", "assigned", "duplicate", "budget", "stock", "pool", "limit", "conflict",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +79,7 @@ class Outcome:
 
     @property
     def new(self) -> list[RewardRecord]:
-        return self.records if self.status in ("granted", "redeemed") else []
+        return self.records if self.status in ("granted", "redeemed", "assigned") else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +101,14 @@ class Redeem:
     ts_ms: int
 
 
-Step = Grant | StepUp | Redeem
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """A rule of a campaign with a control group fired: record the customer's arm (once)."""
+
+    intent: GrantIntent
+
+
+Step = Grant | StepUp | Redeem | Assign
 
 
 def user_of(step: Step) -> str:
@@ -114,13 +132,34 @@ def event_steps(config: RewardsConfig, event_rules: EventRules, events: Sequence
             continue  # most events: no rule listens to their type
         for intent in rules.match_event(config, event, ts_ms, first_purchase.get(event.user_id), event_rules):
             referral = isinstance(config.prizes[intent.prize_id], ReferralCoupon)  # interactions only (load check)
-            steps.append(StepUp(intent, event.event_id) if referral else Grant(intent))
+            steps += intent_steps(config, intent, StepUp(intent, event.event_id) if referral else Grant(intent))
     return steps
 
 
 def change_steps(config: RewardsConfig, changes: Sequence[TierChange]) -> list[Step]:
     """Raises ValueError if a change's `event_time` is not a real time."""
-    return [Grant(intent) for change in changes for intent in rules.match_tier_change(config, change)]
+    return [step for change in changes for intent in rules.match_tier_change(config, change)
+            for step in intent_steps(config, intent, Grant(intent))]
+
+
+def intent_steps(config: RewardsConfig, intent: GrantIntent, grant: Grant | StepUp) -> list[Step]:
+    """The steps of a fired rule: its customer's arm when the campaign keeps a control
+    group, then the grant unless the customer is held out."""
+    assign: list[Step] = [Assign(intent)] if config.campaigns[intent.campaign_id].holdout_percent else []
+    return assign if intent.held_out else [*assign, grant]
+
+
+def assignment_record(intent: GrantIntent, now_ms: int) -> RewardRecord:
+    """The customer's arm in the campaign, at the trigger that first put them in it."""
+    return RewardRecord(
+        record_id=f"assignment:{intent.campaign_id}:{intent.user_id}", kind="assignment",
+        user_id=intent.user_id, at_ms=intent.at_ms, recorded_ms=now_ms, items=[], campaign=intent.campaign_id,
+        rule=intent.rule_id, trigger=intent.trigger_id, reason="control" if intent.held_out else "treated",
+    )
+
+
+def assignment_dedupe(campaign_id: str) -> str:
+    return dedupe_key("assign", campaign_id)
 
 
 def waves(steps: Sequence[Step]) -> Iterator[Sequence[Step]]:
@@ -151,7 +190,32 @@ def waves(steps: Sequence[Step]) -> Iterator[Sequence[Step]]:
 
 def run(ledger: Ledger, config: RewardsConfig, steps: Sequence[Step], now_ms: int) -> list[Outcome]:
     """Each step's outcome, in order. Raises if any Redis call raised: what was written
-    stays written, and running the steps again writes nothing twice."""
+    stays written, and running the steps again writes nothing twice. Assignments are
+    written first (one round trip), so a customer's arm precedes their grants."""
+    assigns = [n for n, step in enumerate(steps) if isinstance(step, Assign)]
+    if not assigns:
+        return _run(ledger, config, steps, now_ms)
+    outcomes: list[Outcome | None] = [None] * len(steps)
+    for n, outcome in zip(assigns, _assign(ledger, [steps[n] for n in assigns], now_ms), strict=True):  # type: ignore[misc]
+        outcomes[n] = outcome
+    others = [n for n, step in enumerate(steps) if not isinstance(step, Assign)]
+    for n, outcome in zip(others, _run(ledger, config, [steps[n] for n in others], now_ms), strict=True):
+        outcomes[n] = outcome
+    return outcomes  # type: ignore[return-value]
+
+
+def _assign(ledger: Ledger, steps: Sequence[Assign], now_ms: int) -> list[Outcome]:
+    """Each customer's arm, once per campaign: the first trigger's record stays."""
+    records = [assignment_record(step.intent, now_ms) for step in steps]
+    results = ledger.update_all([
+        (record.user_id, assignment_dedupe(step.intent.campaign_id),
+         Update(push=[[RewardKeys.OUTBOX, reward_grants.encode(record).decode()]]))
+        for step, record in zip(steps, records, strict=True)])
+    return [Outcome("assigned", [record]) if result == 1 else Outcome("duplicate", [])
+            for record, result in zip(records, results, strict=True)]
+
+
+def _run(ledger: Ledger, config: RewardsConfig, steps: Sequence[Step], now_ms: int) -> list[Outcome]:
     outcomes: list[Outcome] = []
     first_of: dict[str, int] = {}  # idempotency key -> the step that first asked for it
     asked_again: list[tuple[int, int]] = []  # (step, the step that first asked for its grant)

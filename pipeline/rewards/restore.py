@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 import redis
 
-from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards import catalogue, granting
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import (
     EXPIRY_INDEX,
@@ -194,6 +194,9 @@ class LedgerFold:
     def _withdrawal(self, user: UserLedger, record: RewardRecord) -> None:
         user.dedupe.add(dedupe_key("withdraw", record.record_id.removeprefix("withdrawal:")))
         user.account["withdrawn"] = str(int(user.account.get("withdrawn", "0")) + (record.amount_cents or 0))
+
+    def _assignment(self, user: UserLedger, record: RewardRecord) -> None:
+        user.dedupe.add(granting.assignment_dedupe(record.campaign or ""))
 
     def _fulfilment(self, user: UserLedger, record: RewardRecord) -> None:
         for item in record.items:

@@ -1,5 +1,7 @@
 """Which rules fire: a trigger (a tier entered, an input event, a claimed code)
-plus conditions, within the campaign's active window, gives grant intents.
+plus conditions, within the campaign's active window, gives grant intents. An
+intent for a customer in the campaign's control group (holdout.py) is marked
+held out: it is recorded as an assignment and grants nothing.
 
 Pure: no I/O. Limits that need shared state (per-user counts, budgets,
 inventory, code pools) are enforced atomically by the ledger.
@@ -14,6 +16,7 @@ from typing import Literal
 import orjson
 
 from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.rewards import holdout
 from tierflow.pipeline.rewards.catalogue import ms
 from tierflow.pipeline.rewards.config import (
     Campaign,
@@ -36,6 +39,8 @@ class GrantIntent:
     user_id: str
     trigger_id: str
     at_ms: int
+    # The customer is in the campaign's control group: the intent is recorded, never granted.
+    held_out: bool = False
 
     @property
     def idempotency_key(self) -> str:
@@ -51,10 +56,17 @@ def campaign_active(campaign: Campaign, at_ms: int) -> bool:
     return campaign.end is None or at_ms < ms(campaign.end)
 
 
+def held_out(config: RewardsConfig, campaign_id: str, user_id: str) -> bool:
+    """The customer is in the campaign's control group (never when it keeps none)."""
+    percent = config.campaigns[campaign_id].holdout_percent
+    return bool(percent) and holdout.arm(campaign_id, user_id, percent) == "control"
+
+
 def _intents(config: RewardsConfig, rules: Mapping[str, Rule], user_id: str, trigger_id: str,
              at_ms: int) -> list[GrantIntent]:
     return [
-        GrantIntent(rid, rule.campaign, rule.prize, user_id, trigger_id, at_ms)
+        GrantIntent(rid, rule.campaign, rule.prize, user_id, trigger_id, at_ms,
+                    held_out(config, rule.campaign, user_id))
         for rid, rule in rules.items()
         if campaign_active(config.campaigns[rule.campaign], at_ms)
     ]

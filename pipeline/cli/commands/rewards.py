@@ -6,7 +6,8 @@
 
 `code claim` exits 0 with the coupon issued; otherwise with a distinct status:
 3 unknown code, 4 pool exhausted, 5 already claimed (the coupon claimed before is
-shown), 6 not granted for another reason (campaign inactive, budget used up, ...).
+shown), 6 not granted for another reason (campaign inactive, budget used up, the
+customer held out in the campaign's control group, ...).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def _claim(args: argparse.Namespace) -> int:
         "budget_exhausted": f"code {args.code.upper()}: the campaign budget is used up",
         "out_of_stock": f"code {args.code.upper()}: a prize it grants is out of stock",
         "limit": f"{args.user} has reached the limit for {args.code.upper()}",
+        "held_out": f"{args.user} is in the control group of {args.code.upper()}'s campaign: nothing is granted",
     }
     raise CliError(messages[result.status], _CLAIM_EXIT.get(result.status, EXIT_NOT_GRANTED))
 
