@@ -1,6 +1,6 @@
 -- Apply a batch of one user's events atomically, each event once.
 -- KEYS (all share the user's hash tag, so this runs unchanged on Redis Cluster):
---   1 profile  2 day buckets  3 categories  4 skus  5 channels  6 dedupe  7 legacy offsets
+--   1 profile  2 day buckets  3 categories  4 skus  5 channels  6 dedupe  7 legacy offsets  8 orders
 --   2, 3 and 4 keep one field per day / category / sku, its counters packed in one value
 --   (summary.py reads them): 'c' .. day -> purchases:cents, category -> orders:qty:cents,
 --   sku -> orders:qty.
@@ -8,27 +8,40 @@
 --   '.' -> the arrival minute of the next pruning, and one field per id remembered:
 --   id key -> arrival minute .. ':' .. digest (refused: .. ':!' .. code .. digest).
 --   7 is the watermark hash of earlier versions, moved into 6 on first touch.
+--   8 keeps one field per order of the refund window (order key -> ts:cents, then :refunded cents:refunds
+--   once refunded), or per order refunded before it arrived (-> ?:newest refund day:refunded cents:refunds),
+--   numbers in base 36 to keep it small: what a refund needs to lower its order's day and tell a full
+--   refund. Entries older than the refund window (ARGV[6] days before the newest event) are pruned.
 -- ARGV: 1 source ("topic:partition")  2 retention in days  3 the largest total kept (summary.MAX_TOTAL)
---   4 the dedupe window in minutes  5 JSON array of compact events:
+--   4 the dedupe window in minutes  6 the refund window in days  5 JSON array of compact events:
 --   {id_key, offset, digest, arrival_min, kind, day, ts_ms, channel, weekend, detail, amount_cents, items}
---   kind: "p" purchase, "c" cart, "b" browse, "i" interaction; detail: cart action / interaction kind;
---   items (purchase only): flat {category, sku, qty, amount_cents, ...}
+--   kind: "p" purchase, "r" refund, "c" cart, "b" browse, "i" interaction; detail: cart action /
+--   interaction kind / order key (purchase, refund); items (purchase only): flat {category, sku, qty,
+--   amount_cents, ...}
 -- Returns {applied, {position, reason, ...}}: how many events were applied, and each event refused
 -- (1-based position in ARGV[5]) with its reason:
 --   conflicting_duplicate  the id was applied (or refused) within the window with other content
 --   amount_out_of_range / quantity_out_of_range  a lifetime total would pass ARGV[3]; the id is kept,
 --     marked refused, so the same event again within the window is refused again
+--   refund_exceeds_order  the order's refunds would pass its amount (refused the same way)
+-- A refund lowers its order's amount (lifetime, and the order's day while retained); the refund
+-- that completes a full refund also takes the order out of the purchase counts, and the first and
+-- last purchase fall back to the remaining orders. A refund before its order waits in 8 and is
+-- applied when the order arrives (capped at the order's amount), so the result does not depend
+-- on the arrival order.
 -- Each event once: an offset at or below its source partition's watermark (a replay) is skipped
 -- whatever its age; a new offset whose id arrived less than the window before is a resend: skipped
 -- silently with the same content, refused with other content. An id comes back later than that is new.
-local profile, days, cats, skus, chans, seen, legacy_offsets =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local profile, days, cats, skus, chans, seen, legacy_offsets, orders =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local source = ARGV[1]
 local retention = tonumber(ARGV[2])
 local max_total = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
 local events = cjson.decode(ARGV[5])
-local REFUSED = {a = 'amount_out_of_range', q = 'quantity_out_of_range'}
+local refund_window = tonumber(ARGV[6] or ARGV[2])
+local DAY_MS = 86400000
+local REFUSED = {a = 'amount_out_of_range', q = 'quantity_out_of_range', r = 'refund_exceeds_order'}
 local WATERMARK, PRUNE_AT = '@' .. source, '.'
 local PRUNE_SLICES = 4
 
@@ -76,17 +89,53 @@ if redis.call('EXISTS', legacy_offsets) == 1 then
   repack(skus, prefixed)
 end
 
--- Adds deltas to the counters packed in one field.
+-- Adds deltas to the counters packed in one field; a field whose counters all reach 0 (a day
+-- whose orders were all refunded) is dropped.
 local function add(key, name, deltas)
   local stored = redis.call('HGET', key, name)
   local values = {}
   if stored then
     for value in string.gmatch(stored, '[^:]+') do values[#values + 1] = tonumber(value) end
   end
-  local parts = {}
-  for i, delta in ipairs(deltas) do parts[i] = int((values[i] or 0) + delta) end
-  redis.call('HSET', key, name, table.concat(parts, ':'))
+  local parts, empty = {}, true
+  for i, delta in ipairs(deltas) do
+    parts[i] = int((values[i] or 0) + delta)
+    if parts[i] ~= '0' then empty = false end
+  end
+  if empty then redis.call('HDEL', key, name) else redis.call('HSET', key, name, table.concat(parts, ':')) end
 end
+
+local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function base36(n)
+  local text = ''
+  repeat
+    local digit = n % 36
+    text = string.sub(DIGITS, digit + 1, digit + 1) .. text
+    n = (n - digit) / 36
+  until n == 0
+  return text
+end
+
+-- An order's entry in 8: {known, day, ts, cents, refunded, n} for an order that arrived, else
+-- {day, refunded, n} of the refunds waiting for it (refunded and n 0 when none).
+local function parse_order(entry)
+  if not entry then return {refunded = 0, n = 0} end
+  local v = {}
+  for value in string.gmatch(entry, '[^:]+') do v[#v + 1] = value end
+  if v[1] == '?' then return {day = tonumber(v[2], 36), refunded = tonumber(v[3], 36), n = tonumber(v[4], 36)} end
+  local ts = tonumber(v[1], 36)
+  return {known = true, ts = ts, day = math.floor(ts / DAY_MS), cents = tonumber(v[2], 36),
+          refunded = tonumber(v[3] or '0', 36), n = tonumber(v[4] or '0', 36)}
+end
+local function write_order(key, o)
+  local parts = o.known and {o.ts, o.cents} or {'?', o.day, o.refunded, o.n}
+  if o.known and o.n > 0 then parts[3], parts[4] = o.refunded, o.n end
+  for i, value in ipairs(parts) do parts[i] = value == '?' and value or base36(value) end
+  redis.call('HSET', orders, key, table.concat(parts, ':'))
+end
+-- Whether the order counts as a purchase: not refunded in full (a zero-amount order is refunded
+-- in full by any refund).
+local function live(o) return o.n == 0 or o.refunded < o.cents end
 
 -- Counter increments are summed here and written once per field at the end, and the
 -- profile's times and totals read once: a call costs few Redis commands per event.
@@ -99,10 +148,11 @@ end
 local marks = redis.call('HMGET', seen, WATERMARK, PRUNE_AT)
 local watermark = tonumber(marks[1] or '-1')
 local prune_at = tonumber(marks[2] or '-1')
-local stored = redis.call('HMGET', profile, 'maxday', 'fs', 'ls', 'fp', 'lp', 'pa', 'la', 'lq')
+local stored = redis.call('HMGET', profile, 'maxday', 'fs', 'ls', 'fp', 'lp', 'pa', 'la', 'lq', 'pc')
 local times = {maxday = tonumber(stored[1] or '-1'), fs = tonumber(stored[2]), ls = tonumber(stored[3]),
                fp = tonumber(stored[4]), lp = tonumber(stored[5])}
-local totals = {pa = tonumber(stored[6] or '0'), la = tonumber(stored[7] or '0'), lq = tonumber(stored[8] or '0')}
+local totals = {pa = tonumber(stored[6] or '0'), la = tonumber(stored[7] or '0'), lq = tonumber(stored[8] or '0'),
+                pc = tonumber(stored[9] or '0')}
 local old_maxday = times.maxday
 local changed_times = {}
 local function earliest(field, ts)
@@ -110,6 +160,25 @@ local function earliest(field, ts)
 end
 local function latest(field, ts)
   if not times[field] or ts > times[field] then times[field], changed_times[field] = ts, true end
+end
+
+-- The order at `ts` no longer counts: the first and last purchase fall back to the retained
+-- orders that still count. With none left and no purchase counted, the customer has none;
+-- with purchases counted only beyond the retention, the times stay.
+local function fall_back(ts)
+  if times.lp ~= ts and times.fp ~= ts then return end
+  local first, last
+  local entries = redis.call('HGETALL', orders)
+  for i = 2, #entries, 2 do
+    local o = parse_order(entries[i])
+    if o.known and live(o) then
+      if not first or o.ts < first then first = o.ts end
+      if not last or o.ts > last then last = o.ts end
+    end
+  end
+  if not last and totals.pc > 0 then return end
+  if times.fp == ts then times.fp, changed_times.fp = first, true end
+  if times.lp == ts then times.lp, changed_times.lp = last, true end
 end
 
 -- Whether a purchase would take a lifetime total past max_total: 'a' (money: the order
@@ -182,7 +251,9 @@ for position, e in ipairs(events) do
   local new = offset > watermark and not content
   if content then seen_again(position, content, digest) end
   local lines = new and kind == 'p' and order_lines(e[12])
+  local order = new and (kind == 'p' or kind == 'r') and parse_order(redis.call('HGET', orders, e[10]))
   local over = lines and over_limit(e[11], lines[5], lines[6])
+  if kind == 'r' and order and order.known and order.refunded + e[11] > order.cents then over = 'r' end
   if new then
     redis.call('HSET', seen, id_key, int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest)
   end
@@ -198,20 +269,55 @@ for position, e in ipairs(events) do
     latest('ls', ts)
     if kind == 'p' then
       local cents = e[11]
-      incr(profile, 'pc', 1)
-      incr(profile, 'pa', cents)
+      -- Refunds that arrived first: capped at the amount (their excess cannot be dead-lettered any more).
+      local refunded = math.min(order.refunded, cents)
+      local counts = order.known or order.n == 0 or refunded < cents
+      local net = order.known and cents or cents - refunded
+      incr(profile, 'pa', net)
       incr(profile, e[9] == 1 and 'pwe' or 'pwd', 1)
       incr(chans, 'p:' .. channel, 1)
-      earliest('fp', ts)
-      latest('lp', ts)
+      if counts then
+        incr(profile, 'pc', 1)
+        totals.pc = totals.pc + 1
+        earliest('fp', ts)
+        latest('lp', ts)
+      end
+      if not order.known then
+        if order.n > 0 then
+          incr(profile, 'nr', order.n)
+          incr(profile, 'ra', refunded)
+        end
+        write_order(e[10], {known = true, day = day, ts = ts, cents = cents, refunded = refunded, n = order.n})
+      end
       -- Buckets older than the retention horizon would be pruned at once; lifetime still counts them.
-      if day > times.maxday - retention then add(days, 'c' .. int(day), {1, cents}) end
+      if day > times.maxday - retention then add(days, 'c' .. int(day), {counts and 1 or 0, net}) end
       local cat_names, by_cat, sku_names, by_sku, line_cents, line_qty = unpack(lines)
       for _, cat in ipairs(cat_names) do add(cats, cat, by_cat[cat]) end
       for _, sku in ipairs(sku_names) do add(skus, sku, by_sku[sku]) end
       incr(profile, 'la', line_cents)
       incr(profile, 'lq', line_qty)
-      totals.pa, totals.la, totals.lq = totals.pa + cents, totals.la + line_cents, totals.lq + line_qty
+      totals.pa, totals.la, totals.lq = totals.pa + net, totals.la + line_cents, totals.lq + line_qty
+    elseif kind == 'r' then
+      local cents = e[11]
+      if order.known then
+        local counted = live(order)
+        order.refunded, order.n = order.refunded + cents, order.n + 1
+        write_order(e[10], order)
+        local ends = counted and not live(order)
+        incr(profile, 'pa', -cents)
+        incr(profile, 'nr', 1)
+        incr(profile, 'ra', cents)
+        totals.pa = totals.pa - cents
+        if order.day > times.maxday - retention then add(days, 'c' .. int(order.day), {ends and -1 or 0, -cents}) end
+        if ends then
+          incr(profile, 'pc', -1)
+          totals.pc = totals.pc - 1
+          fall_back(order.ts)
+        end
+      else
+        order.refunded, order.n, order.day = order.refunded + cents, order.n + 1, math.max(order.day or day, day)
+        write_order(e[10], order)
+      end
     elseif kind == 'c' then
       incr(profile, 'nc', 1)
       incr(profile, 'c:' .. e[10], 1)
@@ -227,12 +333,17 @@ end
 for key, fields in pairs(increments) do
   for field, delta in pairs(fields) do redis.call('HINCRBY', key, field, int(delta)) end
 end
-local profile_times = {}
+local profile_times, gone = {}, {}
 for field in pairs(changed_times) do
-  profile_times[#profile_times + 1] = field
-  profile_times[#profile_times + 1] = int(times[field])
+  if times[field] then
+    profile_times[#profile_times + 1] = field
+    profile_times[#profile_times + 1] = int(times[field])
+  else
+    gone[#gone + 1] = field
+  end
 end
 if #profile_times > 0 then redis.call('HSET', profile, unpack(profile_times)) end
+if #gone > 0 then redis.call('HDEL', profile, unpack(gone)) end
 if newest_offset > watermark then redis.call('HSET', seen, WATERMARK, int(newest_offset)) end
 
 -- Forget the ids that arrived a window or more before the newest arrival. A pass reads the
@@ -250,6 +361,12 @@ if newest_arrival >= prune_at then
 end
 
 if times.maxday > old_maxday then
+  local old_orders = {}
+  local entries = redis.call('HGETALL', orders)
+  for i = 1, #entries, 2 do
+    if parse_order(entries[i + 1]).day <= times.maxday - refund_window then old_orders[#old_orders + 1] = entries[i] end
+  end
+  if #old_orders > 0 then redis.call('HDEL', orders, unpack(old_orders)) end
   -- Retention follows event time: drop buckets that fell behind the newest event's day.
   local horizon = times.maxday - retention
   local stale = {}

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.errors import TierflowError
-from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
+from tierflow.schemas.events import Browse, Cart, Interaction, Purchase, Refund
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -41,14 +42,16 @@ def iso(ts_ms: int) -> str:
 
 
 def user_tag(user_id: str) -> str:
-    """Hash tag shared by all of a user's keys, so one Lua call may touch them all on a cluster."""
-    return "{u:" + user_id + "}"
+    """Hash tag shared by all of a user's keys, so one Lua call may touch them all on a
+    cluster; in this deployment's namespace."""
+    return keyspace.key("{u:" + user_id + "}")
 
 
 @dataclass(frozen=True, slots=True)
 class UserKeys:
     """A customer's state keys. `seen` holds the dedupe window and the offset watermarks;
-    `offsets` is where earlier versions kept the watermarks (apply.lua moves them)."""
+    `offsets` is where earlier versions kept the watermarks (apply.lua moves them);
+    `orders` the time, amount and refunds of each order in the refund window (what a refund needs)."""
 
     profile: str
     days: str
@@ -57,14 +60,19 @@ class UserKeys:
     channels: str
     seen: str
     offsets: str
+    orders: str
 
     @classmethod
     def of(cls, user_id: str) -> UserKeys:
         tag = user_tag(user_id)
-        return cls(tag, f"{tag}:d", f"{tag}:cat", f"{tag}:sku", f"{tag}:ch", f"{tag}:ev", f"{tag}:off")
+        return cls(
+            tag, f"{tag}:d", f"{tag}:cat", f"{tag}:sku", f"{tag}:ch", f"{tag}:ev", f"{tag}:off", f"{tag}:o"
+        )
 
     def as_list(self) -> list[str]:
-        return [self.profile, self.days, self.categories, self.skus, self.channels, self.seen, self.offsets]
+        return [
+            self.profile, self.days, self.categories, self.skus, self.channels, self.seen, self.offsets, self.orders
+        ]
 
 
 def _short_hash(data: bytes) -> str:
@@ -78,7 +86,13 @@ def id_key(event_id: str) -> str:
     return _short_hash(event_id.encode())
 
 
-def digest(event: Purchase | Cart | Browse | Interaction, ts_ms: int) -> str:
+def order_key(order_id: str) -> str:
+    """How apply.lua files an order (its purchase and its refunds): 48 bits, short whatever the id's
+    length, collisions out of reach among the orders of one customer's refund window."""
+    return _short_hash(order_id.encode())[:8]
+
+
+def digest(event: Purchase | Refund | Cart | Browse | Interaction, ts_ms: int) -> str:
     """A short fingerprint of an event's content, kept beside its id: the same id
     again with another fingerprint is a conflicting duplicate. The time counts as an
     instant, so a resend that writes it in another accepted form is the same event."""
@@ -87,7 +101,7 @@ def digest(event: Purchase | Cart | Browse | Interaction, ts_ms: int) -> str:
 
 
 def encode(
-    event: Purchase | Cart | Browse | Interaction, ts_ms: int, offset: int, arrival_ms: int | None = None
+    event: Purchase | Refund | Cart | Browse | Interaction, ts_ms: int, offset: int, arrival_ms: int | None = None
 ) -> list[object]:
     """The compact array the Lua script reads (apply.lua beside this module). arrival_ms:
     when the event reached the input topic (the record's timestamp), which the dedupe
@@ -100,7 +114,9 @@ def encode(
         items: list[object] = []
         for item in event.items:
             items += [item.category, item.sku, item.qty, cents(item.qty * item.price)]
-        return [*head, "p", day, ts_ms, event.channel, weekend, "", cents(event.amount), items]
+        return [*head, "p", day, ts_ms, event.channel, weekend, order_key(event.order_id), cents(event.amount), items]
+    if isinstance(event, Refund):
+        return [*head, "r", day, ts_ms, event.channel, weekend, order_key(event.order_id), cents(event.amount)]
     if isinstance(event, Cart):
         return [*head, "c", day, ts_ms, event.channel, weekend, event.action]
     if isinstance(event, Interaction):
@@ -137,6 +153,8 @@ class Summary:
     channels: dict[str, int] = field(default_factory=dict)
     purchase_channels: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # Money refunded on orders that arrived (already taken off the monetary figures).
+    refunded_cents: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -152,6 +170,7 @@ class Summary:
             "channels": self.channels,
             "purchase_channels": self.purchase_channels,
             "counts": self.counts,
+            "refunded": self.refunded_cents / 100,
         }
 
 
@@ -226,7 +245,7 @@ def summarize(
     channels = {k: int(v) for k, v in raw.channels.items() if not k.startswith("p:")}
     purchase_channels = {k[2:]: int(v) for k, v in raw.channels.items() if k.startswith("p:")}
     count_fields = {
-        "browse": "nb", "cart": "nc", "interaction": "ni",
+        "browse": "nb", "cart": "nc", "interaction": "ni", "refund": "nr",
         "purchase_weekday": "pwd", "purchase_weekend": "pwe",
     }
     event_counts = {name: int(profile.get(f, "0")) for name, f in count_fields.items()}
@@ -246,4 +265,5 @@ def summarize(
         channels=channels,
         purchase_channels=purchase_channels,
         counts=event_counts,
+        refunded_cents=int(profile.get("ra", "0")),
     )
