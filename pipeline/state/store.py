@@ -32,18 +32,23 @@ def connect(url: str) -> redis.Redis:
 
 
 class StateStore:
-    def __init__(self, client: redis.Redis, retention_days: int, dedupe_window_hours: int | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, retention_days: int, dedupe_window_hours: int | None = None,
+        refund_window_days: int | None = None,
+    ) -> None:
         """dedupe_window_hours: how long an event id is remembered (state.dedupe_window_hours);
-        readers need not give it, and without it ids are remembered for the retention."""
+        readers need not give it, and without it ids are remembered for the retention. Likewise
+        refund_window_days, how long orders are kept for their refunds (state.refund_window_days)."""
         self.client = client
         self.retention_days = retention_days
         window_hours = retention_days * 24 if dedupe_window_hours is None else dedupe_window_hours
         self.dedupe_window_min = window_hours * 60
+        self.refund_window_days = retention_days if refund_window_days is None else refund_window_days
         self._apply = lua.register(client, __file__, "apply")
 
     @classmethod
     def of(cls, client: redis.Redis, config: StateConfig) -> StateStore:
-        return cls(client, config.retention_days, config.dedupe_window_hours)
+        return cls(client, config.retention_days, config.dedupe_window_hours, config.refund_window_days)
 
     def apply(self, groups: Mapping[Group, Iterable[list[object]]]) -> Applied:
         """Apply events grouped by (user_id, "topic:partition"). A call that fails raises
@@ -55,7 +60,8 @@ class StateStore:
         for (user_id, source), events in groups.items():
             self._apply(
                 keys=UserKeys.of(user_id).as_list(),
-                args=[source, self.retention_days, MAX_TOTAL, self.dedupe_window_min, orjson.dumps(list(events))],
+                args=[source, self.retention_days, MAX_TOTAL, self.dedupe_window_min, orjson.dumps(list(events)),
+                      self.refund_window_days],
                 client=pipe,
             )
         results = pipe.execute(raise_on_error=False)
