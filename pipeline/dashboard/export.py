@@ -80,3 +80,19 @@ REWARD_COLUMNS = ("campaign", "budget_cents", "spent_cents", "grants", "cancella
 def reward_rows(doc: Mapping[str, Any]) -> Rows:
     return [["from", "to", *REWARD_COLUMNS],
             *([doc.get("from"), doc.get("to"), *(c[k] for k in REWARD_COLUMNS)] for c in doc["campaigns"])]
+
+
+def uplift_rows(doc: Mapping[str, Any]) -> Rows:
+    """One row per campaign and arm, with the campaign's uplift and interval on each."""
+    rows: list[list[object]] = [["campaign", "days", "arm", "customers", "buyers", "purchase_rate",
+                                 "revenue_per_customer_cents", "purchase_rate_uplift", "rate_low", "rate_high",
+                                 "revenue_uplift_cents", "revenue_low", "revenue_high"]]
+    for c in doc["campaigns"]:
+        rate = c["purchase_rate_uplift"] or {}
+        revenue = c["revenue_per_customer_uplift_cents"] or {}
+        for arm in ("treated", "control"):
+            a = c[arm]
+            rows.append([c["campaign"], doc["days"], arm, a["customers"], a["buyers"], a["purchase_rate"],
+                         a["revenue_per_customer_cents"], rate.get("difference"), rate.get("low"), rate.get("high"),
+                         revenue.get("difference"), revenue.get("low"), revenue.get("high")])
+    return rows

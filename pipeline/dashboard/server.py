@@ -17,6 +17,9 @@ web server (``app.web.web_app.router``) or the standalone app that
   GET /api/segments/migration?from&to&dimension   net moves between values of a dimension
   GET /api/rewards?from&to        per campaign: budget charged against budget, grants, redemptions
                                   (no period: all time)
+  GET /api/uplift?days            per campaign with a control group: purchase rate and revenue per
+                                  customer after assignment, treated against control, with 95%
+                                  intervals (uplift.py); days: only that many days after it
   GET /api/dashboard/config       the page's refresh interval and channel map
   GET /api/archive/status         backend, schema version, row counts, the writer's state
   GET /api/export/{panel}.csv?... one panel's numbers as CSV (the same query as its JSON)
@@ -54,7 +57,7 @@ from tierflow.pipeline.archive import aipl, reports
 from tierflow.pipeline.archive.backend import ArchiveUnavailable, Backend
 from tierflow.pipeline.archive.handle import Archive
 from tierflow.pipeline.config.domain import Config
-from tierflow.pipeline.dashboard import export, queries
+from tierflow.pipeline.dashboard import export, queries, uplift
 from tierflow.pipeline.errors import ConfigError
 
 log = logging.getLogger("tierflow.dashboard")
@@ -269,6 +272,7 @@ class Endpoints:
             "tier-domains": (self.tier_domains, export.tier_domain_rows),
             "migration": (self.migration, export.migration_rows),
             "rewards": (self.rewards, export.reward_rows),
+            "uplift": (self.uplift, export.uplift_rows),
         }
         return {panel: self.serve(build, _as_csv(panel, rows_of)) for panel, (build, rows_of) in panels.items()}
 
@@ -355,6 +359,13 @@ class Endpoints:
 
         return report
 
+    def uplift(self, request: web.Request) -> Report:
+        days = positive_int(request.query.get("days"), "days")
+        rewards = getattr(self.config, "rewards", None)  # the section belongs to the reward engine
+        holdouts = {cid: c.holdout_percent for cid, c in rewards.campaigns.items()
+                    if c.enabled and c.holdout_percent} if rewards is not None else {}
+        return lambda b: uplift.report(b, holdouts, days)
+
     def settings(self, _request: web.Request) -> Report:
         shown = self.config.dashboard
         doc = {"refresh_s": shown.refresh_s, "non_product_skus": self.skus,
@@ -375,6 +386,14 @@ class Endpoints:
 
 def _today() -> date:
     return datetime.now(UTC).date()
+
+
+def positive_int(text: str | None, name: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise BadRequest(f"{name}: expected a whole number from 1, got {text!r}")
+    return int(text)
 
 
 def dimension_of(request: web.Request) -> str:
@@ -427,7 +446,8 @@ def add_routes(
     routes: dict[str, Callable[[web.Request], Report]] = {
         "aipl": api.aipl, "aipl/trend": api.trend, "sales": api.sales, "products": api.products,
         "domains": api.domain_funnels, "tiers": api.tiers, "tiers/domains": api.tier_domains,
-        "segments/migration": api.migration, "rewards": api.rewards, "dashboard/config": api.settings,
+        "segments/migration": api.migration, "rewards": api.rewards, "uplift": api.uplift,
+        "dashboard/config": api.settings,
     }
     for path, build in routes.items():
         router.add_get(f"/api/{path}", _errors(api.serve(build)))

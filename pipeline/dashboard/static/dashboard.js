@@ -398,6 +398,26 @@
       grants: list.reduce((a, c) => a + c.grants, 0) });
   }
 
+  // --- uplift: treated against control, per campaign with a holdout ---------------------------
+
+  function drawUplift(doc) {
+    const list = doc.campaigns;
+    if (!list.length) return empty("uplift", "No campaign keeps a control group (holdout_percent) yet.");
+    const interval = (d, fmt) => (d === null ? "–" : d.low === null ? `${fmt(d.difference)} (too few customers)`
+      : `${fmt(d.difference)} [${fmt(d.low)}, ${fmt(d.high)}]`);
+    const money = (c) => (c === null ? "–" : fmtMoney(c));
+    const head = html("tr", {}, ...["Campaign", "Arm", "Customers", "Purchase rate", "Revenue / customer",
+      "Rate uplift [95%]", "Revenue uplift [95%]"].map((h) => html("th", {}, h)));
+    const rows = list.flatMap((c) => ["treated", "control"].map((arm, i) => html("tr", {},
+      html("td", {}, i ? "" : label(c.campaign) + (c.holdout_percent ? ` (${c.holdout_percent}% held out)` : "")),
+      html("td", {}, arm), html("td", {}, fmtInt(c[arm].customers)), html("td", {}, fmtPct(c[arm].purchase_rate)),
+      html("td", {}, money(c[arm].revenue_per_customer_cents)),
+      html("td", {}, i ? "" : interval(c.purchase_rate_uplift, fmtPct)),
+      html("td", {}, i ? "" : interval(c.revenue_per_customer_uplift_cents, money)))));
+    document.getElementById("uplift").replaceChildren(html("table", { class: "uplift" }, head, ...rows));
+    rendered("uplift", { campaigns: list.length });
+  }
+
   // --- status, period, load ----------------------------------------------------------------
 
   async function drawStatus() {
@@ -510,6 +530,7 @@
         .then(() => card("tier-domains", drawTierDomains)),
       card("migration", drawMigration),
       card("rewards", async () => drawRewards(await api("rewards", period))),
+      card("uplift", async () => drawUplift(await api("uplift"))),
     ];
     const results = await Promise.allSettled(jobs);
     const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message || r.reason);
