@@ -2,7 +2,8 @@
 
 Personas follow docs/domain.md: new visitors who only browse, bargain
 hunters who claim coupons and buy cheap, loyal repeat buyers, lapsed customers
-whose purchases stopped months ago, and a few VIPs who spend heavily. Output is
+whose purchases stopped months ago, and a few VIPs who spend heavily. A small
+share of orders is refunded within two weeks, in full or one line. Output is
 deterministic for a seed.
 """
 
@@ -27,6 +28,11 @@ CATEGORIES = {
 BRANDS = ("acme", "lotus", "panda", "zenith", "harbor")
 # The default paid-membership SKU (tiering.membership.paid.sku).
 MEMBERSHIP_SKU = "MEMBERSHIP-88VIP"
+# Orders refunded by default, how long after the order at most, and how many of those in full
+# (the rest return one line of an order of several).
+REFUND_SHARE = 0.02
+RETURN_DAYS = 14
+FULL_REFUND_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,10 @@ def _iso(ts_ms: int) -> str:
 
 
 class Population:
-    def __init__(self, users: int, days: int, end_ms: int, seed: int = 7, run: str = "r") -> None:
+    def __init__(
+        self, users: int, days: int, end_ms: int, seed: int = 7, run: str = "r", refund_share: float = REFUND_SHARE
+    ) -> None:
+        """refund_share: the share of orders refunded (0 for none)."""
         self.users = users
         self.days = days
         self.end_ms = end_ms
@@ -69,6 +78,10 @@ class Population:
         self.rng = random.Random(seed)
         self.run = run
         self.counter = 0
+        # Refunds draw from their own generator and ids, so the other events are the same whatever the share.
+        self.refund_share = refund_share
+        self.refund_rng = random.Random(f"refunds-{seed}")
+        self.refunds = 0
         weights = [p.share for p in PERSONAS]
         self.persona_of = {
             f"c{i:06d}": self.rng.choices(PERSONAS, weights)[0] for i in range(1, users + 1)
@@ -93,6 +106,23 @@ class Population:
         return {**self._common(user_id, "purchase", self._ts(), channel), "order_id": f"{self.run}-m{self.counter}",
                 "amount": 88.0, "currency": "CNY",
                 "items": [{"sku": MEMBERSHIP_SKU, "category": "membership", "qty": 1, "price": 88.0}]}
+
+    def _refund(self, order: dict, ts_ms: int) -> dict[str, object] | None:
+        """A refund of `order`, placed at ts_ms (in full, or one line of several), or None if it
+        would come after the end."""
+        rng = self.refund_rng
+        at = ts_ms + rng.randrange(DAY_MS // 24, RETURN_DAYS * DAY_MS)
+        if at >= self.end_ms - 1000:
+            return None
+        items: list[dict] = order["items"]
+        full = len(items) == 1 or rng.random() < FULL_REFUND_SHARE
+        returned = items if full else [rng.choice(items)]
+        amount = order["amount"] if full else round(returned[0]["qty"] * returned[0]["price"], 2)
+        self.refunds += 1
+        return {"event_id": f"{self.run}-r{self.refunds:09d}", "type": "refund", "user_id": order["user_id"],
+                "ts": _iso(at) if rng.random() < 0.5 else at, "channel": order["channel"],
+                "order_id": order["order_id"], "amount": amount, "currency": order["currency"], "items": returned,
+                "reason": rng.choice(("returned", "cancelled", "damaged")) if full else "returned"}
 
     def user_events(self, user_id: str) -> Iterator[dict[str, object]]:
         persona = self.persona_of[user_id]
@@ -121,9 +151,13 @@ class Population:
             yield {**self._common(user_id, "cart", ts - rng.randrange(1, 600_000), channel),
                    "action": "add", "sku": items[0]["sku"], "category": items[0]["category"],
                    "qty": items[0]["qty"], "price": items[0]["price"]}
-            yield {**self._common(user_id, "purchase", ts, channel),
-                   "order_id": f"{self.run}-o{self.counter}", "amount": amount, "currency": "CNY",
-                   "items": items}
+            order = {**self._common(user_id, "purchase", ts, channel),
+                     "order_id": f"{self.run}-o{self.counter}", "amount": amount, "currency": "CNY", "items": items}
+            yield order
+            if self.refund_rng.random() < self.refund_share:
+                refund = self._refund(order, ts)
+                if refund is not None:
+                    yield refund
         if n_purchases == 0:
             for _ in range(rng.randint(1, persona.browse_per_purchase)):
                 yield {**self._common(user_id, "browse", self._ts(), rng.choice(home_channels)),

@@ -156,3 +156,27 @@ def test_any_arrival_order_with_duplicates_and_replays_equals_the_batch_truth(
         offset += size
     for days_back in (0, 10, 40):
         assert_truth(store, docs, NOW - days_back * DAY_MS)
+
+
+def test_a_synthetic_population_with_refunds_shuffled_and_resent_equals_the_truth(redis_url: str) -> None:
+    from tierflow.pipeline.demo.synth import Population
+
+    docs = list(Population(300, 120, NOW, seed=5, run="rf", refund_share=0.3).events())
+    assert sum(d["type"] == "refund" for d in docs) > 100
+    rng = random.Random(5)
+    arrival = docs + rng.sample(docs, len(docs) // 10)
+    rng.shuffle(arrival)
+    store = StateStore(connect(redis_url), RETENTION)
+    groups: dict[tuple[str, str], list[list[object]]] = {}
+    for offset, d in enumerate(arrival):
+        groups.setdefault((d["user_id"], SOURCE), []).append(encode(event(d), parse_ts(d["ts"]), offset, NOW))
+    assert store.apply(groups).refused == {}
+    for as_of in (NOW, NOW - 50 * DAY_MS):
+        for user, want in truth.user_truth(docs, as_of, WINDOWS).items():
+            raw = store.read(user)
+            assert raw is not None
+            got = summarize(user, raw, as_of, WINDOWS, RETENTION)
+            assert (got.frequency, got.recency_days, got.last_purchase_ms) == (
+                want["frequency"], want["recency_days"], want["last_purchase_ms"]), user
+            assert {k: v / 100 for k, v in got.monetary_cents.items()} == want["monetary"], user
+            assert (got.counts["refund"], got.refunded_cents / 100) == (want["refunds"], want["refunded"]), user
