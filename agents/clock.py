@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import redis
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.errors import ConfigError
 
 CLOCK_MODES = ("wall", "event")
@@ -22,7 +23,7 @@ def wall_ms() -> int:
 
 
 class Clock:
-    KEY = "tf:clock"
+    KEY = keyspace.key("tf:clock")
 
     def __init__(self, mode: str, client: redis.Redis) -> None:
         if mode not in CLOCK_MODES:

@@ -15,13 +15,17 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import redis
 
 from tierflow.infra.errors import CredentialsRefused, ServiceError, refuse_remote
 from tierflow.infra.process import SAFE_NAME, alive, file_lock, terminate, write_private
 from tierflow.pipeline.config.settings import Settings
+
+# `tierflow up --redis-cluster`: this many masters, each on its own port from REDIS_URL's on.
+CLUSTER_NODES = 3
+CLUSTER_DIR = "redis-cluster"
 
 
 def is_up(settings: Settings, timeout: float = 2.0) -> bool:
@@ -59,48 +63,148 @@ def start(settings: Settings, timeout: float = 30.0) -> str:
         parts = urlsplit(settings.redis_url)
         if parts.scheme != "redis":
             raise ServiceError(f"a local Redis is started without TLS: use redis://, not {parts.scheme}://")
-        conf = _write_config(root, parts.username, parts.password)
-        log = root / "redis.log"
-        # --daemonize makes redis-server fork and write the pid file itself; the command
-        # returns once the daemon has been spawned, so a non-zero exit is a config error.
-        result = subprocess.run(
-            [
-                server,
-                str(conf),
-                "--daemonize", "yes",
-                "--bind", "127.0.0.1",
-                "--port", str(parts.port or 6379),
-                "--dir", str(root),
-                "--pidfile", str(root / "redis.pid"),
-                "--logfile", str(log),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-            ],
-            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        if result.returncode != 0:
-            raise ServiceError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
-        deadline = time.monotonic() + timeout
-        while not is_up(settings, timeout=1.0):
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    f"Redis did not answer PING at {settings.redis_display()} within "
-                    f"{timeout:.0f} s; log tail ({log}):\n{_log_tail(log)}"
-                )
-            time.sleep(0.2)
+        _launch(server, root, parts.port or 6379, _write_config(root, parts.username, parts.password))
+        _wait(settings.redis_url, settings.redis_display(), root / "redis.log", timeout)
     return "started"
 
 
 def stop(settings: Settings, timeout: float = 15.0) -> str:
-    """Stop the server this home started (pid file), never a system one we merely reused."""
-    pidfile = settings.home / "redis" / "redis.pid"
-    pid = _our_pid(pidfile)
-    if pid is None:
-        return "not running"
-    terminate(pid, timeout)  # redis flushes the append-only file and exits
-    pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
-    return "stopped"
+    """Stop the server, or the cluster's nodes, this home started (pid files), never a
+    system one we merely reused."""
+    pidfiles = [settings.home / "redis" / "redis.pid", *sorted((settings.home / CLUSTER_DIR).glob("*/redis.pid"))]
+    pids = [(pidfile, pid) for pidfile in pidfiles if (pid := _our_pid(pidfile)) is not None]
+    for pidfile, pid in pids:
+        terminate(pid, timeout)  # redis flushes the append-only file and exits
+        pidfile.unlink(missing_ok=True)  # redis removes it on a clean exit, not after SIGKILL
+    return "stopped" if pids else "not running"
+
+
+def cluster_is_up(settings: Settings, timeout: float = 2.0) -> bool:
+    """True when the node at `settings.redis_url` is part of a cluster that serves every slot."""
+    if not is_up(settings, timeout):
+        return False
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, decode_responses=True)
+    try:
+        return client.cluster("info").get("cluster_state") == "ok"
+    except redis.RedisError:
+        return False  # a standalone server: "ERR This instance has cluster support disabled"
+    finally:
+        client.close()
+
+
+def start_cluster(settings: Settings, nodes: int = CLUSTER_NODES, timeout: float = 30.0) -> str:
+    """Make sure a Redis Cluster of `nodes` masters answers at `settings.redis_url`: "reused"
+    if it already did, else "started" after launching local nodes on the URL's port and
+    the `nodes - 1` ports after it, and assigning the slots (`redis-cli --cluster create`)."""
+    if cluster_is_up(settings):
+        return "reused"
+    if not settings.redis_is_local:
+        raise refuse_remote("Redis", settings.redis_display(), "URL")
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "redis":
+        raise ServiceError(f"a local Redis is started without TLS: use redis://, not {parts.scheme}://")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ServiceError("Redis Cluster has database 0 only: REDIS_URL must name /0 or no database")
+    root = settings.home / CLUSTER_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / "start.lock"):
+        if cluster_is_up(settings):
+            return "reused"
+        server = _ensure_installed()
+        ports = [(parts.port or 6379) + n for n in range(nodes)]
+        for port in ports:
+            node = root / str(port)
+            node.mkdir(exist_ok=True)
+            conf = _write_config(node, parts.username, parts.password)
+            if not _our_pid(node / "redis.pid"):
+                _launch(server, node, port, conf, "--cluster-enabled", "yes",
+                        "--cluster-config-file", str(node / "nodes.conf"))
+            _wait(_node_url(parts, port), f"127.0.0.1:{port}", node / "redis.log", timeout)
+        if not cluster_is_up(settings):
+            _create_cluster(parts, ports, timeout)
+    return "started"
+
+
+def _node_url(parts: SplitResult, port: int) -> str:
+    """The URL's credentials and host, another node's port."""
+    credentials = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=f"{credentials + '@' if credentials else ''}{parts.hostname}:{port}").geturl()
+
+
+def _create_cluster(parts: SplitResult, ports: list[int], timeout: float) -> None:
+    """Slots spread over the nodes, then wait until every node agrees the cluster is ok.
+    Nodes that already know each other (restarted from their nodes.conf) need no create."""
+    env = dict(os.environ)
+    if parts.password is not None:
+        env["REDISCLI_AUTH"] = unquote(parts.password)  # never on the command line
+    first = redis.Redis.from_url(_node_url(parts, ports[0]), decode_responses=True)
+    try:
+        if int(first.cluster("info").get("cluster_known_nodes", 1)) < len(ports):
+            user = ["--user", unquote(parts.username)] if parts.username else []
+            result = subprocess.run(
+                ["redis-cli", *user, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL, env=env,
+            )
+            if result.returncode != 0:
+                raise ServiceError(f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
+    finally:
+        first.close()
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        client = redis.Redis.from_url(_node_url(parts, port), decode_responses=True)
+        try:
+            while client.cluster("info").get("cluster_state") != "ok":
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"the Redis Cluster node on port {port} did not reach cluster_state:ok")
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+
+def _launch(server: str, root: Path, port: int, conf: Path, *extra: str) -> None:
+    """Start a daemonized redis-server with its files under `root`."""
+    # --daemonize makes redis-server fork and write the pid file itself; the command
+    # returns once the daemon has been spawned, so a non-zero exit is a config error.
+    result = subprocess.run(
+        [
+            server,
+            str(conf),
+            "--daemonize", "yes",
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(root),
+            "--pidfile", str(root / "redis.pid"),
+            "--logfile", str(root / "redis.log"),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            *extra,
+        ],
+        capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ServiceError(f"redis-server failed to start:\n{result.stdout}{result.stderr}")
+
+
+def _wait(url: str, display: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _answers(url):
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"Redis did not answer PING at {display} within {timeout:.0f} s; log tail ({log}):\n{_log_tail(log)}"
+            )
+        time.sleep(0.2)
+
+
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def _write_config(root: Path, username: str | None, password: str | None) -> Path:

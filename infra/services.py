@@ -17,12 +17,13 @@ from tierflow.pipeline.config.settings import Settings
 Row = tuple[str, str, str]  # (service, address, state)
 
 
-def up(settings: Settings, kafka_brokers: int = 1) -> list[Row]:
-    """Start or reuse Kafka (`kafka_brokers` local nodes), then Redis; safe to call again
-    (everything is then "reused")."""
+def up(settings: Settings, kafka_brokers: int = 1, redis_cluster: bool = False) -> list[Row]:
+    """Start or reuse Kafka (`kafka_brokers` local nodes), then Redis (a local Redis Cluster
+    from REDIS_URL's port on with `redis_cluster`); safe to call again (everything is then
+    "reused")."""
     return [
         ("kafka", settings.kafka.bootstrap, kafka.start(settings, brokers=kafka_brokers)),
-        ("redis", settings.redis_display(), redis.start(settings)),
+        ("redis", settings.redis_display(), redis.start_cluster(settings) if redis_cluster else redis.start(settings)),
     ]
 
 

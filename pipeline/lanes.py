@@ -30,11 +30,12 @@ from collections.abc import Collection, Iterable, Mapping
 
 import redis
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.state.summary import user_tag
 
 
 def _tag(lane: int) -> str:
-    return "{tf:lane:" + str(lane) + "}"
+    return keyspace.key("{tf:lane:" + str(lane) + "}")
 
 
 class Lanes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -99,6 +100,20 @@ class KafkaSettings:
         return conf
 
 
+# A namespace may not hold braces (they would move the keys' hash tags) nor glob characters.
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]*")
+
+
+def redis_namespace_from_env() -> str:
+    """TIERFLOW_REDIS_NAMESPACE when set (even empty), else the topic prefix: with no
+    prefix, no namespace, so the keys of a deployment that had none stay where they were."""
+    namespace = os.environ.get("TIERFLOW_REDIS_NAMESPACE", os.environ.get("TIERFLOW_TOPIC_PREFIX", ""))
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(f"TIERFLOW_REDIS_NAMESPACE={namespace!r}: letters, digits, '.', '_', ':' and '-' only"
+                          " (the topic prefix is the default)")
+    return namespace
+
+
 @dataclass(frozen=True)
 class Topics:
     prefix: str = ""
@@ -157,6 +172,8 @@ class Settings:
     clock: str = "wall"
     # The worker's log lines: "text" for people, "json" (one object per line) for machines.
     log_format: str = "text"
+    # Prepended to every Redis key, so deployments sharing a Redis never meet (pipeline/keyspace.py).
+    redis_namespace: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +195,7 @@ class Settings:
             dashboard_token=os.environ.get("TIERFLOW_DASHBOARD_TOKEN") or None,
             clock=_env("TIERFLOW_CLOCK", cls.clock),
             log_format=_choice_env("TIERFLOW_LOG_FORMAT", cls.log_format, LOG_FORMATS),
+            redis_namespace=redis_namespace_from_env(),
         )
 
     @property

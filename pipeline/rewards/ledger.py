@@ -60,21 +60,19 @@ from typing import Any
 
 import msgspec
 import orjson
-import redis
-from redis.client import Pipeline
-from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from tierflow.pipeline import lua
+from tierflow.pipeline import keyspace, lua
+from tierflow.pipeline.lua import Pipeline, Redis
 from tierflow.pipeline.rewards.catalogue import initial_status
 from tierflow.pipeline.rewards.report import RawCampaign
 from tierflow.pipeline.rewards.wallet import RawWallet, RewardError, encode_item
 from tierflow.pipeline.state.summary import UserKeys, user_tag
 from tierflow.schemas.reward_grants import RewardItem, RewardRecord, decode, encode
 
-USERS = "{rw}:users"
-OUTBOX_INDEX = "{rw}:outbox"
-EXPIRY_INDEX = "{rw}:expiry"
+USERS = keyspace.key("{rw}:users")
+OUTBOX_INDEX = keyspace.key("{rw}:outbox")
+EXPIRY_INDEX = keyspace.key("{rw}:expiry")
 # Compare-and-set commits retry on a concurrent change to the same wallet;
 # events of one user arrive on one partition, so more than one retry is rare.
 CAS_ATTEMPTS = 5
@@ -125,7 +123,7 @@ class CampaignKeys:
 
     @classmethod
     def of(cls, campaign_id: str) -> CampaignKeys:
-        tag = "{rw:c:" + campaign_id + "}"
+        tag = keyspace.key("{rw:c:" + campaign_id + "}")
         return cls(tag, f"{tag}:res", f"{tag}:stock", tag)
 
     def pool(self, prize_id: str) -> str:
@@ -279,7 +277,7 @@ class Ledger:
     caller decides (`commit` runs the caller's `decide` on the wallet it read).
     Every user-side write indexes the user before and after itself."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Redis) -> None:
         self.client = client
         self._reserve = lua.register(client, __file__, "reserve")
         self._release = lua.register(client, __file__, "release")
@@ -291,15 +289,15 @@ class Ledger:
 
     def _scripted(self, queue: Callable[[Pipeline], None]) -> list[Any]:
         """Run the commands `queue` adds, scripts called by hash (no SCRIPT EXISTS round
-        trip). When Redis has lost the scripts (a restart) it ran none of them: load them
+        trip). When Redis has lost the scripts (a restart) it ran none of them (on a cluster,
+        the nodes that had them ran theirs, and every script here is idempotent): load them
         and run the whole pipeline again. Raises the first error a command met."""
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             queue(pipe)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                for script in self._scripts:
-                    self.client.script_load(script.script)
+                lua.load(self.client, self._scripts)
                 continue
             for reply in replies:
                 if isinstance(reply, Exception):
@@ -372,7 +370,7 @@ class Ledger:
                 ck = CampaignKeys.of(call.campaign_id)
                 needs = {"stock": [list(s) for s in call.stock],
                          "pools": [[p.prize_id, p.count, p.code, p.size] for p in call.pools]}
-                _eval(pipe, self._reserve, [ck.hash, ck.reservations, ck.stock,
+                lua.call(pipe, self._reserve, [ck.hash, ck.reservations, ck.stock,
                                             *(ck.pool(p.prize_id) for p in call.pools)],
                       [call.key, call.cost_cents, -1 if call.budget_cents is None else call.budget_cents,
                        orjson.dumps(needs)])
@@ -393,7 +391,7 @@ class Ledger:
             _index(pipe, touches)
             for call, call_args in zip(calls, args, strict=True):
                 script = self._grant if isinstance(call, GrantCall) else self._redeem
-                _eval(pipe, script, RewardKeys.of(call.user_id).as_list(), call_args)
+                lua.call(pipe, script, RewardKeys.of(call.user_id).as_list(), call_args)
 
         replies = self._scripted(queue)
         return [_grant_reply(reply) if isinstance(call, GrantCall) else [decode(r) for r in reply]
@@ -406,7 +404,7 @@ class Ledger:
         def queue(pipe: Pipeline) -> None:
             for campaign_id, key, pool_prizes in releases:
                 ck = CampaignKeys.of(campaign_id)
-                _eval(pipe, self._release, [ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)],
+                lua.call(pipe, self._release, [ck.hash, ck.reservations, ck.stock, *(ck.pool(p) for p in pool_prizes)],
                       [key, orjson.dumps(list(pool_prizes))])
             _index(pipe, touches)
 
@@ -437,7 +435,7 @@ class Ledger:
 
         def queue(pipe: Pipeline) -> None:
             for user, dedupe, update in updates:
-                _eval(pipe, self._update, RewardKeys.of(user).as_list(), [_update_payload(dedupe, update)])
+                lua.call(pipe, self._update, RewardKeys.of(user).as_list(), [_update_payload(dedupe, update)])
 
         results = [int(r) for r in self._scripted(queue)]
         self.touch_all(users)
@@ -528,7 +526,7 @@ class Ledger:
 
         def queue(pipe: Pipeline) -> None:
             for user_id in users:
-                _eval(pipe, self._ack, [RewardKeys.of(user_id).outbox], list(delivered[user_id]))
+                lua.call(pipe, self._ack, [RewardKeys.of(user_id).outbox], list(delivered[user_id]))
 
         self._unindex_outbox([u for u, left in zip(users, self._scripted(queue), strict=True) if int(left) == 0])
 
@@ -558,10 +556,6 @@ class Ledger:
             pipe.zadd(EXPIRY_INDEX, {user: score}, lt=True)
         if nxt:
             pipe.execute()
-
-
-def _eval(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _index(pipe: Pipeline, touches: Sequence[Touch]) -> None:

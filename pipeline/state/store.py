@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
-from tierflow.pipeline import lua
+from tierflow.pipeline import keyspace, lua
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.config import StateConfig
 from tierflow.pipeline.state.summary import MAX_TOTAL, RawState, UserKeys
 
-USERS_KEY = "tf:users"
+USERS_KEY = keyspace.key("tf:users")
 Group = tuple[str, str]
+# How often an idle connection is checked before use (a restarted server or node).
+HEALTH_CHECK_S = 30
 
 
 @dataclass
@@ -27,13 +33,31 @@ class Applied:
     refused: dict[tuple[Group, int], str] = field(default_factory=dict)
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def connect(url: str) -> Redis:
+    """A client for the server at `url`, or for the whole Redis Cluster when that server
+    is one of its nodes (REDIS_URL naming any node is enough)."""
+    client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=HEALTH_CHECK_S)
+    if not _cluster_enabled(client):
+        return client
+    client.close()
+    return RedisCluster.from_url(url, decode_responses=True, health_check_interval=HEALTH_CHECK_S)
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.exceptions.NoPermissionError:
+        # An ACL without INFO: CLUSTER INFO answers on a cluster node and fails elsewhere.
+        try:
+            client.cluster("info")
+        except redis.ResponseError:
+            return False
+        return True
 
 
 class StateStore:
     def __init__(
-        self, client: redis.Redis, retention_days: int, dedupe_window_hours: int | None = None,
+        self, client: Redis, retention_days: int, dedupe_window_hours: int | None = None,
         refund_window_days: int | None = None,
     ) -> None:
         """dedupe_window_hours: how long an event id is remembered (state.dedupe_window_hours);
@@ -47,7 +71,7 @@ class StateStore:
         self._apply = lua.register(client, __file__, "apply")
 
     @classmethod
-    def of(cls, client: redis.Redis, config: StateConfig) -> StateStore:
+    def of(cls, client: Redis, config: StateConfig) -> StateStore:
         return cls(client, config.retention_days, config.dedupe_window_hours, config.refund_window_days)
 
     def apply(self, groups: Mapping[Group, Iterable[list[object]]]) -> Applied:
@@ -56,15 +80,17 @@ class StateStore:
         applied = Applied()
         if not groups:
             return applied
-        pipe = self.client.pipeline(transaction=False)
-        for (user_id, source), events in groups.items():
-            self._apply(
-                keys=UserKeys.of(user_id).as_list(),
-                args=[source, self.retention_days, MAX_TOTAL, self.dedupe_window_min, orjson.dumps(list(events)),
-                      self.refund_window_days],
-                client=pipe,
-            )
-        results = pipe.execute(raise_on_error=False)
+        calls = [(UserKeys.of(user_id).as_list(),
+                  [source, self.retention_days, MAX_TOTAL, self.dedupe_window_min, orjson.dumps(list(events)),
+                   self.refund_window_days])
+                 for (user_id, source), events in groups.items()]
+        results = self._send(calls)
+        lost = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if lost:
+            # Redis lost the script (a restart, a failover): those calls did not run.
+            lua.load(self.client, [self._apply])
+            for i, result in zip(lost, self._send([calls[i] for i in lost]), strict=True):
+                results[i] = result
         done = [(group, result) for group, result in zip(groups, results, strict=True)
                 if not isinstance(result, Exception)]
         for group, (count, refused) in done:
@@ -77,6 +103,13 @@ class StateStore:
         if len(done) < len(results):
             raise next(result for result in results if isinstance(result, Exception))
         return applied
+
+    def _send(self, calls: list[tuple[list[str], list[object]]]) -> list[Any]:
+        """The apply calls in one pipelined round trip (per node of a cluster); errors as replies."""
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            lua.call(pipe, self._apply, keys, args)
+        return pipe.execute(raise_on_error=False)
 
     def read(self, user_id: str) -> RawState | None:
         return self.read_many([user_id])[user_id]

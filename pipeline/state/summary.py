@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.errors import TierflowError
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase, Refund
 
@@ -41,8 +42,9 @@ def iso(ts_ms: int) -> str:
 
 
 def user_tag(user_id: str) -> str:
-    """Hash tag shared by all of a user's keys, so one Lua call may touch them all on a cluster."""
-    return "{u:" + user_id + "}"
+    """Hash tag shared by all of a user's keys, so one Lua call may touch them all on a
+    cluster; in this deployment's namespace."""
+    return keyspace.key("{u:" + user_id + "}")
 
 
 @dataclass(frozen=True, slots=True)

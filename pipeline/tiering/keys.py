@@ -33,10 +33,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.state.summary import user_tag
 from tierflow.pipeline.tiering.rfm import DIMENSIONS, SCORES
 
-SNAPSHOT_KEY = "tf:tier:pop"
+SNAPSHOT_KEY = keyspace.key("tf:tier:pop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class ShardKeys:
 
     @classmethod
     def of(cls, shard: int) -> ShardKeys:
-        tag = "{tf:t:" + str(shard) + "}"
+        tag = keyspace.key("{tf:t:" + str(shard) + "}")
         return cls(
             f"{tag}:counts", f"{tag}:applied", f"{tag}:due", f"{tag}:outbox",
             tuple(f"{tag}:s:{dim}:{s}" for dim in DIMENSIONS for s in SCORES),

@@ -39,6 +39,7 @@ import msgspec
 import redis
 from confluent_kafka import Message
 
+from tierflow.pipeline import keyspace
 from tierflow.pipeline.cli.confirm import confirm as ask
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.cli.progress import progress
@@ -67,7 +68,7 @@ MEMBERS_POLL_S = 1.0
 # Every key tierflow writes starts with one of these: a customer's keys ({u:<id>}...),
 # the reward indexes and campaigns ({rw}..., {rw:c:<id>}...), the population shards and
 # output lanes ({tf:...}), and the global keys (tf:users, tf:tier:pop, tf:clock).
-KEY_PATTERNS = ("{u:*", "{rw}*", "{rw:c:*", "{tf:*", "tf:*")
+KEY_PATTERNS = tuple(keyspace.key(p) for p in ("{u:*", "{rw}*", "{rw:c:*", "{tf:*", "tf:*"))
 # Keys per SCAN step and UNLINK call; users per write round trip.
 WIPE_CHUNK = 1000
 USER_CHUNK = 500

@@ -70,7 +70,7 @@ def upgrade(user: str, version: int = 1) -> dict[str, Any]:
 
 
 def campaign_hash(url: str, campaign: str) -> dict[str, str]:
-    return redis.Redis.from_url(url, decode_responses=True).hgetall(CampaignKeys.of(campaign).hash)
+    return connect(url).hgetall(CampaignKeys.of(campaign).hash)
 
 
 def validate_outbox(engine: RewardEngine) -> list[RewardRecord]:
