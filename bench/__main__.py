@@ -167,6 +167,7 @@ class Workers:
             env = {
                 **os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": self.settings.redis_url,
                 "TIERFLOW_TOPIC_PREFIX": self.settings.topics.prefix, "TIERFLOW_GROUP": self.settings.group_id,
+                "TIERFLOW_REDIS_NAMESPACE": self.settings.redis_namespace,
                 "TIERFLOW_PARTITIONS": str(self.settings.partitions), "TIERFLOW_HOME": str(home),
                 "TIERFLOW_WEB_PORT": str(free_port()),
             }
