@@ -8,9 +8,10 @@ way (agents/archive.py). Tier-triggered rewards are granted by the publisher of
 
 One worker process has one Redis client, one clock, one Kafka publisher, and
 the stages in data-flow order: state (inside the ingest loop) -> tiers ->
-rewards -> outputs (publishing the output lanes this worker owns, with one
-transactional producer per lane: agents/outputs.py), then the archive as its own
-consumer group.
+rewards, and beside them the outputs (publishing the output lanes this worker
+owns from their outboxes, on a thread of their own, with one transactional
+producer per lane: agents/outputs.py), then the archive as its own consumer
+group.
 """
 
 from __future__ import annotations
@@ -90,10 +91,13 @@ def create_app(ctx: Context) -> faust.App:
     tiers = TierStage(ctx, client, clock, written.add)
     rewards = RewardStage(ctx, client, clock, written.add)
     outputs = MeteredOutputs(metrics, ctx, client, written, rewards.on_published)
-    stages = metrics.stages({"tiers": tiers, "rewards": rewards, "outputs": outputs})
+    # Outputs first: it gives the batch's new users their lane before the other stages
+    # note them for the publisher thread, which routes them.
+    stages = metrics.stages({"outputs": outputs, "tiers": tiers, "rewards": rewards})
 
     def ingest(stop: threading.Event) -> None:
         outputs.start()
+        outputs.publish_in_background()
         loop = IngestLoop(ctx, store, publisher, stages=stages, owner=outputs)
         metrics.ingest.watch(loop)
         with consuming.running():

@@ -3,11 +3,17 @@
 Tier changes and reward records wait in their user's Redis outbox until they are
 on `tier.changes` / `reward.grants`, in partition `lane`: the user's lane
 (pipeline/lanes.py). The worker whose ingest consumer holds partition `lane` of the
-first input topic owns the lane, and its ingest thread alone publishes it, after
-every batch and whenever it is idle. The stages and the timer only write outboxes
-and note the users they wrote to (`Written`). The range assignor gives a worker
-the same partition of every input topic, so the owner of a lane also reads most
-of its users' events.
+first input topic owns the lane, and its publisher thread alone publishes it,
+woken whenever a stage or the timer notes the users it wrote outboxes for
+(`Written`). The stages only write outboxes, so the ingest thread goes on with
+the next batch while the last one's records are published: the input offsets
+never wait for the output topics (the outboxes in Redis are what makes the
+records durable). The consumer's rebalance listeners take the same lock as a
+publishing round, so a lane changes hands between rounds, never within one. A
+round that fails stops the thread, and the ingest loop raises that failure on
+its next batch (the supervisor then starts both again). The range assignor
+gives a worker the same partition of every input topic, so the owner of a lane
+also reads most of its users' events.
 
 Each lane has a transactional producer with a transactional.id of its own. One
 round sends the records of a page of the lane's users in one transaction, then
@@ -85,20 +91,62 @@ OnPublished = Callable[[list[TierChange]], Iterable[str]]
 
 class Written:
     """Users given output records since the publisher last looked: added to by the
-    stages and the timer, from any thread; taken by the publisher."""
+    stages and the timer, from any thread; taken by the publisher, whom `ready` wakes."""
 
     def __init__(self) -> None:
         self._users: set[str] = set()
         self._lock = threading.Lock()
+        self.ready = threading.Event()
 
     def add(self, users: Iterable[str]) -> None:
         with self._lock:
+            before = len(self._users)
             self._users.update(users)
+            grew = len(self._users) > before
+        if grew:
+            self.ready.set()
 
     def take(self) -> list[str]:
         with self._lock:
             users, self._users = list(self._users), set()
         return users
+
+
+class KnownLanes(Lanes):
+    """Lanes with the users' lanes remembered in this process: a lane is written once
+    and never changed while workers run (erasure and rebuild stop them first), so each
+    user costs one Redis reply per process instead of one per batch and per round.
+    Forgets everything past `limit` users, which bounds the memory."""
+
+    def __init__(self, client: redis.Redis, count: int, limit: int) -> None:
+        super().__init__(client, count)
+        self.limit = limit
+        self._known: dict[str, int] = {}
+
+    def _remember(self, lanes: Mapping[str, int]) -> None:
+        if len(self._known) + len(lanes) > self.limit:
+            self._known = {}
+        self._known.update(lanes)
+
+    def assign(self, first_partition: Mapping[str, int]) -> None:
+        new = {user: partition % self.count for user, partition in first_partition.items()
+               if user not in self._known}
+        if not new:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for user, lane in new.items():
+            # NX and GET together: the lane already held, or None when this one was set.
+            pipe.set(self.key(user), lane, nx=True, get=True)
+        held = pipe.execute()
+        self._remember({user: lane if old is None else int(old)
+                        for (user, lane), old in zip(new.items(), held, strict=True)})
+
+    def of(self, users: Collection[str]) -> dict[str, int]:
+        known = self._known
+        missing = [user for user in users if user not in known]
+        fetched = super().of(missing) if missing else {}
+        self._remember(fetched)
+        return {user: fetched[user] if user in fetched else known[user] for user in users}
 
 
 class LaneProducer:
@@ -154,8 +202,9 @@ def last_seqs(changes: Iterable[TierChange]) -> dict[str, int]:
 
 
 class Outputs:
-    """Publishes the outboxes of the lanes this worker owns. The last stage of every
-    ingest batch, and the ingest consumer's rebalance listener."""
+    """Publishes the outboxes of the lanes this worker owns, on its own thread. The last
+    stage of every ingest batch (it gives new users their lane), and the ingest
+    consumer's rebalance listener."""
 
     def __init__(self, ctx: Context, client: redis.Redis, written: Written, on_published: OnPublished) -> None:
         self.ctx = ctx
@@ -168,7 +217,7 @@ class Outputs:
         self.tier_topic, self.grant_topic = topics.tier_changes, topics.reward_grants
         self.changes = ChangeOutbox(client, Shards.of(ctx.config.tiering.population.shards))
         self.engine = RewardEngine(client, ctx.config.rewards)
-        self.lanes: Lanes | None = None
+        self.lanes: KnownLanes | None = None
         self.producers: dict[int, LaneProducer] = {}  # the lanes owned
         self.parked: dict[int, LaneProducer] = {}  # revoked, kept in case they come straight back
         self._tier_cursors = [0] * len(self.changes.shards.all)
@@ -177,11 +226,23 @@ class Outputs:
         self._next_publish = 0.0
         # Commits wait on the broker with the GIL released: one thread per lane overlaps them.
         self._committers = ThreadPoolExecutor(thread_name_prefix="lane-commit")
+        # Held by a publishing round and by the rebalance listeners: the lanes owned
+        # change between rounds. Reentrant: a listener may run a read-back's grants.
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: Exception | None = None
 
     def close(self) -> None:
-        for producer in [*self.producers.values(), *self.parked.values()]:
-            producer.close()
-        self.producers, self.parked = {}, {}
+        self._stop.set()
+        if self._thread is not None:
+            # A round under way ends within the delivery timeout; shutdown is bounded anyway.
+            self._thread.join(self.worker.delivery_timeout_s)
+            self._thread = None
+        with self._lock:
+            for producer in [*self.producers.values(), *self.parked.values()]:
+                producer.close()
+            self.producers, self.parked = {}, {}
 
     # --- the ingest thread ------------------------------------------------------------
 
@@ -199,27 +260,53 @@ class Outputs:
             if have < count:
                 raise ConfigError(f"{topic} has {have} partitions, fewer than {self.lane_topic}'s {count}: "
                                   "each input partition is a lane of the output topics; add partitions")
-        self.lanes = Lanes(self.client, count)
+        self.lanes = KnownLanes(self.client, count, self.worker.lane_cache_users)
+
+    def publish_in_background(self) -> None:
+        """After `start`: the publisher thread (the worker's; tests run `cycle` by hand)."""
+        self._stop, self._failure = threading.Event(), None
+        self._next_publish = 0.0
+        self._thread = threading.Thread(target=self._publish_loop, args=(self._stop,),
+                                        name="tierflow-publish", daemon=True)
+        self._thread.start()
 
     def run(self, batch: AppliedBatch) -> None:
+        """Give the batch's new users their lane (before anything routes them), and
+        raise what stopped the publisher thread."""
         assert self.lanes is not None
+        self.idle()
         self.lanes.assign(batch.partitions)
-        self._cycle_when_due()
 
     def idle(self) -> None:
-        self._cycle_when_due()
+        if self._failure is not None:
+            raise self._failure
 
-    def _cycle_when_due(self) -> None:
-        """A cycle at most every publish_interval_ms: what the batches between wrote waits
-        in the outboxes (nothing is lost) and goes out in the same transactions."""
-        now = time.monotonic()
-        if now >= self._next_publish:
-            self._next_publish = now + self.worker.publish_interval_ms / 1000
-            self.cycle()
+    def _publish_loop(self, stop: threading.Event) -> None:
+        """A cycle at most every publish_interval_ms once something was written, and at
+        least every outbox_sweep_ms (the sweep): what the batches between wrote waits in
+        the outboxes (nothing is lost) and goes out in the same transactions."""
+        ready = self.written.ready
+        while not stop.is_set():
+            ready.wait(self.worker.outbox_sweep_ms / 1000)
+            wait_s = self._next_publish - time.monotonic()
+            if (wait_s > 0 and stop.wait(wait_s)) or stop.is_set():
+                return
+            self._next_publish = time.monotonic() + self.worker.publish_interval_ms / 1000
+            ready.clear()  # before the take: a write after it wakes the next round
+            try:
+                self.cycle()
+            except Exception as exc:
+                self._failure = exc
+                log.warning("publishing stopped; the ingest loop restarts it (%s: %s)", type(exc).__name__, exc)
+                return
 
     def cycle(self) -> None:
         """Point lane owners at what was written since the last cycle (and, now and then,
         at a page of everything waiting), then publish the lanes owned here."""
+        with self._lock:
+            self._cycle()
+
+    def _cycle(self) -> None:
         assert self.lanes is not None
         users = self.written.take()
         if time.monotonic() >= self._next_sweep:
@@ -232,7 +319,11 @@ class Outputs:
         if self.producers:
             self._drain()
 
-    def on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._on_assign(consumer, partitions)
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lanes = sorted({tp.partition for tp in partitions if tp.topic == self.lane_topic})
         for lane in lanes:
             producer = self.parked.pop(lane, None)
@@ -247,17 +338,19 @@ class Outputs:
         log.info("publishing output lanes %s", lanes)
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
-            if producer is not None:
-                self.parked[tp.partition] = producer
+        with self._lock:
+            for tp in partitions:
+                producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
+                if producer is not None:
+                    self.parked[tp.partition] = producer
 
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Others may hold these lanes already: this process's producers must go."""
-        for tp in partitions:
-            producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
-            if producer is not None:
-                producer.close()
+        with self._lock:
+            for tp in partitions:
+                producer = self.producers.pop(tp.partition, None) if tp.topic == self.lane_topic else None
+                if producer is not None:
+                    producer.close()
 
     # --- taking a lane over -------------------------------------------------------------
 

@@ -41,6 +41,9 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Each lane owner publishes at most this often: one transaction per lane carries what
     # the ingest batches wrote meanwhile. Adds up to this much latency to the output topics.
     publish_interval_ms: Annotated[int, msgspec.Meta(ge=0)]
+    # Users whose output lane the publisher remembers (lanes never change); past this many
+    # it starts over, which bounds its memory (about 100 bytes a user).
+    lane_cache_users: Annotated[int, msgspec.Meta(ge=1)]
     # Users whose points lots are expired per timer tick.
     points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
     # A worker that stops answering the group (killed, hung) loses its input partitions

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from tests.fixtures.worker import read_committed
 from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import AppliedBatch
-from tierflow.agents.outputs import Outputs, Written
+from tierflow.agents.outputs import KnownLanes, Outputs, Written
 from tierflow.agents.rewards import RewardStage
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
@@ -158,17 +158,39 @@ def test_records_written_outside_a_worker_reach_their_lane_and_only_it(world: Wo
     once(*world.published())
 
 
+def published_users(world: World) -> set[str]:
+    return {c["user_id"] for c in world.published()[0]}
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.05)
+
+
 def test_batches_within_the_publish_interval_share_one_transaction_per_lane(settings: Settings,
                                                                            tmp_path: Path) -> None:
     world = make_world(settings, tmp_path, RULE + "[worker]\npublish_interval_ms = 600000\n")
     publisher = world.publisher(0)
-    for users in (["a1", "a2"], ["b1"], ["c1", "c2"]):  # three ingest batches
+    publisher.publish_in_background()
+
+    def ingest_batch(users: list[str]) -> None:
+        publisher.run(AppliedBatch([], len(users), int(time.time() * 1000), {user: 0 for user in users}))
         world.first_purchases(users, lane=0)
         publisher.written.add(users)
-        publisher.run(AppliedBatch([], len(users), int(time.time() * 1000), {user: 0 for user in users}))
-    # The first batch found a cycle due; the next two wait in their outboxes.
-    assert {c["user_id"] for c in world.published()[0]} == {"a1", "a2"}
-    publisher.cycle()
+
+    try:
+        ingest_batch(["a1", "a2"])  # the first write finds a round due: the publisher thread sends it
+        wait_for(lambda: published_users(world) == {"a1", "a2"})
+        ingest_batch(["b1"])
+        ingest_batch(["c1", "c2"])
+        # The next round is not due for the interval: they wait in their outboxes.
+        assert set(world.tiers.outbox.users(100)) >= {"b1", "c1", "c2"}
+        assert published_users(world) == {"a1", "a2"}
+        publisher.cycle()
+    finally:
+        publisher.close()
     later = [(offset, value["user_id"]) for _, offset, value in read_committed(
         world.ctx.settings, world.ctx.settings.topics.tier_changes) if value["user_id"][0] in "bc"]
     assert {user for _, user in later} == {"b1", "c1", "c2"}
@@ -176,3 +198,35 @@ def test_batches_within_the_publish_interval_share_one_transaction_per_lane(sett
     offsets = sorted(offset for offset, _ in later)
     assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
     once(*world.published())
+
+
+def test_the_ingest_loop_raises_what_stopped_the_publisher_thread(world: World) -> None:
+    old = world.publisher(0)
+    old.publish_in_background()
+    world.publisher(0)  # the group gave lane 0 to another worker: the old producer is fenced
+    users = [f"f{n}" for n in range(3)]
+    world.first_purchases(users, lane=0)
+    old.written.add(users)
+    batch = AppliedBatch([], 0, int(time.time() * 1000), {})
+    try:
+        def raised() -> bool:
+            try:
+                old.run(batch)
+            except KafkaException:
+                return True
+            return False
+
+        wait_for(raised)
+    finally:
+        old.close()
+    assert world.published() == ([], [])
+
+
+def test_a_users_lane_is_the_partition_of_their_first_batch_and_is_remembered(world: World) -> None:
+    lanes = KnownLanes(world.client, world.ctx.settings.partitions, limit=2)
+    lanes.assign({"k1": 1, "k2": 0})
+    lanes.assign({"k1": 0})  # a later batch on another partition moves nothing
+    assert lanes.of(["k1", "k2"]) == {"k1": 1, "k2": 0}
+    world.lanes.assign({"k3": 1})  # another worker placed k3
+    assert lanes.of(["k3", "k1"]) == {"k3": 1, "k1": 1}  # past the limit it starts over, from Redis
+    assert world.lanes.of(["k1", "k2", "k3"]) == {"k1": 1, "k2": 0, "k3": 1}
