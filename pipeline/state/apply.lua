@@ -202,6 +202,15 @@ end
 
 local newest_offset = watermark
 local newest_arrival = -1
+for _, e in ipairs(events) do
+  if e[4] > newest_arrival then newest_arrival = e[4] end
+end
+-- When this call ends with a pruning pass, an id that arrived a window or more before its newest
+-- arrival would be written and pruned again: it is remembered in `fleeting` for the call instead.
+-- So a burst of a customer's history (a backlog, a backfill) does not grow the hash past Redis's
+-- compact encoding, which a hash keeps for good once it left it.
+local pruning = newest_arrival >= prune_at
+local fleeting = {}
 local applied = 0
 local refused = {}
 
@@ -246,8 +255,7 @@ end
 
 for position, e in ipairs(events) do
   local id_key, offset, digest, arrival, kind, day, ts = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
-  if arrival > newest_arrival then newest_arrival = arrival end
-  local content = remembered(redis.call('HGET', seen, id_key), arrival)
+  local content = remembered(fleeting[id_key] or redis.call('HGET', seen, id_key), arrival)
   local new = offset > watermark and not content
   if content then seen_again(position, content, digest) end
   local lines = new and kind == 'p' and order_lines(e[12])
@@ -255,7 +263,12 @@ for position, e in ipairs(events) do
   local over = lines and over_limit(e[11], lines[5], lines[6])
   if kind == 'r' and order and order.known and order.refunded + e[11] > order.cents then over = 'r' end
   if new then
-    redis.call('HSET', seen, id_key, int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest)
+    local entry = int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest
+    if pruning and newest_arrival - arrival >= window then
+      fleeting[id_key] = entry
+    else
+      redis.call('HSET', seen, id_key, entry)
+    end
   end
   if over then
     refuse(position, REFUSED[over])
@@ -349,13 +362,23 @@ if newest_offset > watermark then redis.call('HSET', seen, WATERMARK, int(newest
 -- Forget the ids that arrived a window or more before the newest arrival. A pass reads the
 -- whole hash, so it runs at most PRUNE_SLICES times a window per user: an id stays in the
 -- hash for less than 1 + 1 / PRUNE_SLICES windows.
-if newest_arrival >= prune_at then
+if pruning then
   local entries = redis.call('HGETALL', seen)
+  local kept = {}
   for i = 1, #entries, 2 do
     local name = entries[i]
     if name ~= PRUNE_AT and string.sub(name, 1, 1) ~= '@' and not remembered(entries[i + 1], newest_arrival) then
       redis.call('HDEL', seen, name)
+    else
+      kept[#kept + 1] = i
     end
+  end
+  -- A hash that once left the compact encoding (a burst of ids within the window) keeps the
+  -- larger one after pruning: written afresh once the pass dropped at least half of it (so
+  -- the rewrite costs no more than the deletes), Redis encodes it compactly again if it fits.
+  if #kept <= #entries / 4 and redis.call('OBJECT', 'ENCODING', seen) == 'hashtable' then
+    redis.call('DEL', seen)
+    for _, i in ipairs(kept) do redis.call('HSET', seen, entries[i], entries[i + 1]) end
   end
   redis.call('HSET', seen, PRUNE_AT, int(newest_arrival + math.ceil(window / PRUNE_SLICES)))
 end
