@@ -35,6 +35,52 @@ class ChangeScores(msgspec.Struct, frozen=True):
     m: Score
 
 
+Amount = int | float
+
+
+class Factor(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One RFM input behind a segment: the value, the score it earned, the bound that decided
+    the score, and high/low against the population mean of that score."""
+
+    value: Annotated[Amount, msgspec.Meta(description=(
+        "r: days since the last purchase; f: purchases in the window; m: spend in the window (yuan)."
+    ))]
+    score: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    high: Annotated[bool, msgspec.Meta(description="The score is strictly above the population mean.")]
+    bound: Annotated[Amount | None, msgspec.Meta(description=(
+        "The threshold (or quantile cut) the value reached for this score, in the value's unit: r at most that"
+        " many days, f and m at least that much; absent for score 1 (none reached)."
+    ))] = None
+    mean: Annotated[float | None, msgspec.Meta(description="Population mean of the score; absent before any.")] = None
+
+
+class Why(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What decided the new value: the rule and its inputs. Only the fields of the rule are present."""
+
+    rule: Annotated[str, msgspec.Meta(min_length=1, max_length=64, description=(
+        "segment: rfm (high/low of R, F, M), no_purchase; lifecycle: no_purchase, first_purchase, repurchases,"
+        " vip_tier, vip_spend; membership: points_tier, paid_term; aipl: no_event, aware, interest, purchase,"
+        " loyalty_purchases, loyalty_advocacy. Open: a newer producer may add rules."
+    ))]
+    r: Factor | None = None
+    f: Factor | None = None
+    m: Factor | None = None
+    prev: Annotated[ChangeScores | None, msgspec.Meta(description="segment: the RFM scores before.")] = None
+    points: Annotated[int | None, msgspec.Meta(description="Membership points score.")] = None
+    purchases: Annotated[int | None, msgspec.Meta(description="Lifetime purchases.")] = None
+    spend: Annotated[float | None, msgspec.Meta(description="Lifetime spend (yuan).")] = None
+    paid_until: Annotated[str, msgspec.Meta(
+        pattern=RFC3339, description="membership: end of the paid term (RFC 3339), when ever bought."
+    )] | None = None
+    bounds: Annotated[dict[str, Amount] | None, msgspec.Meta(description=(
+        "The rule's thresholds that were reached, e.g. min_points, or min_repurchases and min_spend (yuan)."
+    ))] = None
+    event_id: Annotated[str | None, msgspec.Meta(description=(
+        "reason event: the newest event of the batch that triggered the evaluation."
+    ))] = None
+    event_type: Annotated[str | None, msgspec.Meta(description="reason event: that event's type.")] = None
+
+
 class TierChange(msgspec.Struct, frozen=True):
     """Value of a record on topic tier.changes (key: the user id): one real change of a
     user's segment, lifecycle stage, membership tier or AIPL stage. Consumers drop
@@ -67,6 +113,9 @@ class TierChange(msgspec.Struct, frozen=True):
         "RFC 3339: the newest event's time (event), the boundary that passed (time_decay), or the evaluation"
         " instant (means_shift, config_change)."
     ))]
+    why: Annotated[Why | None, msgspec.Meta(description=(
+        "Why the new value: the rule and the inputs that decided it. Absent on records written before it existed."
+    ))] = None
 
     @property
     def key(self) -> tuple[str, str, int]:

@@ -14,6 +14,8 @@ class Lifecycle(msgspec.Struct, frozen=True):
     stage: str
     # Purchases after the first (F3 = third repurchase); 0 before a repeat purchase.
     repurchases: int
+    # Lifetime spend behind the stage (explanations quote it); 0 in documents stored before it.
+    spend_cents: int = 0
 
 
 def lifecycle(
@@ -31,4 +33,4 @@ def lifecycle(
         stage = "first_purchase"
     else:
         stage = "repeat"
-    return Lifecycle(stage, repurchases)
+    return Lifecycle(stage, repurchases, lifetime_cents)

@@ -115,7 +115,8 @@ def cuts_from_ranked(ranked: Sequence[int]) -> list[int]:
     return [v + 1 for v in ranked]
 
 
-def _quantile(config: TieringConfig, population: Population, dim: str) -> list[int] | None:
+def cuts_in_use(config: TieringConfig, population: Population, dim: str) -> list[int] | None:
+    """The dimension's quantile cut points when it is scored by quantiles and has them."""
     mode = {"r": config.recency.mode, "f": config.frequency.mode, "m": config.monetary.mode}[dim]
     if mode != "quantiles":
         return None
@@ -124,9 +125,9 @@ def _quantile(config: TieringConfig, population: Population, dim: str) -> list[i
 
 def score(raw: RawRfm, as_of_day: int, population: Population, config: TieringConfig) -> Scores:
     """R, F and M scores; a dimension in quantile mode without cut points yet uses its table."""
-    cuts_r = _quantile(config, population, "r")
-    cuts_f = _quantile(config, population, "f")
-    cuts_m = _quantile(config, population, "m")
+    cuts_r = cuts_in_use(config, population, "r")
+    cuts_f = cuts_in_use(config, population, "f")
+    cuts_m = cuts_in_use(config, population, "m")
     days = as_of_day - raw.last_purchase_day
     return Scores(
         r=(
@@ -156,7 +157,7 @@ def next_recency_change_ms(
 ) -> int | None:
     """When R drops with no new purchase: the first day past the smallest
     threshold still reached. In quantile mode R moves only with the cut points."""
-    if _quantile(config, population, "r"):
+    if cuts_in_use(config, population, "r"):
         return None
     days = as_of_day - raw.last_purchase_day
     reached = [b for b in config.recency.thresholds if days <= b]

@@ -62,6 +62,7 @@ from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, 
 from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.config import check_against
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
+from tierflow.pipeline.tiering.explain import changing, explain
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, ShardKeys, Shards, TierKeys
 from tierflow.pipeline.tiering.membership import PaidPurchase
 from tierflow.pipeline.tiering.outbox import ChangeOutbox, decode_changes
@@ -179,11 +180,17 @@ class TierStore:
         recording their paid-membership orders. Safe to call again for a replayed
         batch. The changes wait in the users' outboxes (`self.outbox`) for the publisher."""
         event_times: dict[str, int] = {}
+        # Each user's newest event: what the records' explanations name as the trigger.
+        triggers: dict[str, tuple[str, str]] = {}
         for item in events:
             user = item.event.user_id
+            if item.ts_ms >= event_times.get(user, item.ts_ms):
+                triggers[user] = (item.event.event_id, item.event.__struct_config__.tag)
             event_times[user] = max(event_times.get(user, item.ts_ms), item.ts_ms)
         paid = membership_orders(events, self.tiering.membership.paid.sku)
-        return self.evaluate_users(event_times, now_ms, "event", event_times=event_times, paid=paid)
+        return self.evaluate_users(
+            event_times, now_ms, "event", event_times=event_times, paid=paid, triggers=triggers
+        )
 
     def evaluate_users(
         self,
@@ -193,6 +200,7 @@ class TierStore:
         *,
         event_times: Mapping[str, int] | None = None,
         paid: Mapping[str, list[list[object]]] | None = None,
+        triggers: Mapping[str, tuple[str, str]] | None = None,
     ) -> Result:
         """Evaluate users as of now_ms (or their stored instant, if later), commit
         the changes and apply the population deltas. Users without state are skipped.
@@ -206,7 +214,9 @@ class TierStore:
         for _ in range(MAX_ATTEMPTS):
             if not todo:
                 break
-            todo = self._round(todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, clears)
+            todo = self._round(
+                todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, clears, triggers or {}
+            )
             clears = {}
         if todo:
             raise ConcurrentEvaluation(f"state kept moving for {len(todo)} users, e.g. {todo[0]!r}")
@@ -223,6 +233,7 @@ class TierStore:
         result: Result,
         deltas: list[Delta],
         clears: Mapping[str, int] | None = None,
+        triggers: Mapping[str, tuple[str, str]] | None = None,
     ) -> list[str]:
         loaded, snapshot = self._load(users, paid, clears or {})
         evaluated: list[tuple[str, Loaded, Evaluation, int]] = []
@@ -244,7 +255,8 @@ class TierStore:
 
         def commit_all(pipe: Pipeline) -> None:
             for user, state, evaluation, event_time in evaluated:
-                self._commit(pipe, user, state, evaluation, snapshot.taken_ms, reason, event_time)
+                self._commit(pipe, user, state, evaluation, snapshot, reason, event_time,
+                             (triggers or {}).get(user))
 
         retry: list[str] = []
         replies = calls.run(self.client, self._scripts, commit_all)
@@ -318,7 +330,7 @@ class TierStore:
 
     def _commit(
         self, pipe: Pipeline, user: str, state: Loaded, e: Evaluation,
-        snapshot_ms: int, reason: Reason, event_time_ms: int,
+        snapshot: Snapshot, reason: Reason, event_time_ms: int, trigger: tuple[str, str] | None,
     ) -> None:
         keys = TierKeys.of(user)
         scores = {"r": e.scores.r, "f": e.scores.f, "m": e.scores.m} if e.scores else None
@@ -330,8 +342,10 @@ class TierStore:
                 orjson.dumps(e.values()), orjson.dumps(scores), orjson.dumps(raw),
                 "" if e.next_boundary_ms is None else str(e.next_boundary_ms),
                 msgspec.json.encode(e),
-                orjson.dumps({"points": e.membership.points, "repurchases": e.lifecycle.repurchases}),
-                snapshot_ms,
+                msgspec.json.encode({"points": e.membership.points, "repurchases": e.lifecycle.repurchases,
+                                     "why": explain(e, snapshot.population, self.tiering,
+                                                    changing(state.tier, e), trigger)}),
+                snapshot.taken_ms,
             ],
         )
 

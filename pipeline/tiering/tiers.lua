@@ -31,9 +31,16 @@ if op == 'load' then
   end
   local out = {}
   for i = 1, 5 do out[i] = redis.call('HGETALL', KEYS[i]) end
-  -- Of the stored tiers only what the evaluation needs (the document is large).
-  local tier = redis.call('HMGET', KEYS[6], 'asof', 'nb')
+  -- Of the stored tiers only what the evaluation needs (the document is large), and the
+  -- values, so that only the dimensions that change are explained.
+  local tier = redis.call('HMGET', KEYS[6], 'asof', 'nb', 'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl')
   out[6] = {'asof', tier[1] or '-1', 'nb', tier[2] or ''}
+  for i, dim in ipairs(DIMS) do
+    if tier[2 + i] then
+      out[6][#out[6] + 1] = 'v:' .. dim
+      out[6][#out[6] + 1] = tier[2 + i]
+    end
+  end
   out[7] = redis.call('HGETALL', KEYS[7])
   return out
 
@@ -42,7 +49,8 @@ elseif op == 'commit' then
   -- ARGV: 2 user id, 3 basis (event count read with the state), 4 as_of_ms, 5 reason,
   --   6 event time (RFC 3339), 7 JSON {segment, lifecycle, membership, aipl} (null = none),
   --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
-  --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases},
+  --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases,
+--   why: {dimension: explanation} of the dimensions expected to change},
   --   13 when the population snapshot evaluated against was taken
   -- Returns {status, how many records it appended, pending deltas {seq, JSON, ...}, the
   -- user's unacknowledged records (JSON, oldest first)}.
@@ -69,6 +77,15 @@ elseif op == 'commit' then
   local delta = {user = user, dims = {}, scores = {}}
   local dirty = stored_as_of < 0
   local appended = 0
+  -- The caller's explanation of a dimension (nil if it did not expect that one to change),
+  -- with the scores before for a segment.
+  local function explanation(dim)
+    local why = extra.why and extra.why[dim]
+    if why and dim == 'segment' and stored[9] then
+      why.prev = {r = tonumber(stored[9]), f = tonumber(stored[10]), m = tonumber(stored[11])}
+    end
+    return why
+  end
 
   for i, dim in ipairs(DIMS) do
     local old = present(stored[4 + i])
@@ -82,6 +99,7 @@ elseif op == 'commit' then
         user_id = user, dimension = dim, old = json_or_null(old), new = json_or_null(new),
         version = version, seq = seq, reason = ARGV[5], scores = record_scores,
         points = extra.points, repurchases = extra.repurchases, event_time = ARGV[6],
+        why = explanation(dim),
       })
       redis.call('RPUSH', outbox, record)
       appended = appended + 1
