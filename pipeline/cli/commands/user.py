@@ -7,6 +7,7 @@ import time
 from datetime import datetime
 
 import orjson
+from redis import Redis
 
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
@@ -56,8 +57,10 @@ def render_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def user_document(ctx: Context, user_id: str, as_of_ms: int) -> dict:
-    client = connect(ctx.settings.redis_url)
+def user_document(ctx: Context, user_id: str, as_of_ms: int, client: Redis | None = None) -> dict:
+    """Raises CliError: 4 for an unknown user, 2 for an as-of time the state cannot answer.
+    `client`: a connection the caller keeps (the app API's), else a new one."""
+    client = client or connect(ctx.settings.redis_url)
     store = StateStore(client, ctx.config.state.retention_days)
     raw = store.read(user_id)
     if raw is None:
