@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import orjson
-import redis
 
-# Scoped per caller: two apps with different tokens never share a key.
-KEY_PREFIX = "tf:api:idem:"
+from tierflow.pipeline import keyspace
+from tierflow.pipeline.lua import Redis
+
+# In this deployment's Redis namespace; the scope (caller, customer) is hashed into the name.
+KEY_PREFIX = keyspace.key("tf:api:idem:")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def fingerprint(method: str, path: str, body: object) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, client: redis.Redis, ttl_s: int, lock_s: int) -> None:
+    def __init__(self, client: Redis, ttl_s: int, lock_s: int) -> None:
         self.client, self.ttl_s, self.lock_s = client, ttl_s, lock_s
 
     def _key(self, scope: str, key: str) -> str:

@@ -42,6 +42,7 @@ from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.dashboard.server import is_loopback
 from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.pipeline.rewards.wallet import RewardError
 
@@ -160,7 +161,7 @@ def caller(request: web.Request) -> str:
 
 
 class Api:
-    def __init__(self, ctx: Context, client: redis.Redis, api: ApiSettings, clock: Clock) -> None:
+    def __init__(self, ctx: Context, client: Redis, api: ApiSettings, clock: Clock) -> None:
         self.ctx, self.client, self.clock = ctx, client, clock
         self.engine = RewardEngine(client, ctx.config.rewards)
         self.keys = IdempotencyStore(client, api.idempotency_ttl_s, api.idempotency_lock_s)
@@ -279,7 +280,7 @@ def _guard(token: str | None, limiter: RateLimiter) -> Callable[..., Awaitable[w
     return guard
 
 
-def build_app(ctx: Context, client: redis.Redis, api: ApiSettings, *, host: str,
+def build_app(ctx: Context, client: Redis, api: ApiSettings, *, host: str,
               clock: Clock | None = None) -> web.Application:
     """Refuses a non-loopback `host` without TIERFLOW_DASHBOARD_TOKEN (ConfigError)."""
     token = ctx.settings.dashboard_token

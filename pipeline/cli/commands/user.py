@@ -7,11 +7,11 @@ import time
 from datetime import datetime
 
 import orjson
-from redis import Redis
 
 from tierflow.pipeline.cli.errors import CliError
 from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import AsOfOutOfRange, summarize
 from tierflow.pipeline.tiering.store import TierStore
