@@ -4,7 +4,7 @@ for the tools that look at a topic (`tierflow dlq`) rather than process it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from confluent_kafka import KafkaError, Message, TopicPartition
 
@@ -16,9 +16,11 @@ from tierflow.pipeline.kafka.errors import TopicReadError
 POLL_S = 10.0
 
 
-def read_topic(settings: Settings, topic: str, since_ms: int | None = None) -> Iterator[Message]:
-    """Every record of `topic` from `since_ms` (or the start) up to its end at the time
-    of the call, partition by partition in offset order."""
+def read_topic(
+    settings: Settings, topic: str, since_ms: int | None = None, partitions: Collection[int] | None = None
+) -> Iterator[Message]:
+    """Every record of `topic` (or of these of its partitions) from `since_ms` (or the start)
+    up to its end at the time of the call, partition by partition in offset order."""
     # End of partition events: the last offsets of a topic written in transactions are
     # commit markers, which are never delivered.
     consumer = clients.consumer(settings.kafka, f"{settings.group_id}-reader-{uuid.uuid4().hex[:8]}",
@@ -27,7 +29,7 @@ def read_topic(settings: Settings, topic: str, since_ms: int | None = None) -> I
         metadata = consumer.list_topics(topic, timeout=POLL_S).topics.get(topic)
         if metadata is None or metadata.error is not None:
             return
-        for partition in sorted(metadata.partitions):
+        for partition in sorted(p for p in metadata.partitions if partitions is None or p in partitions):
             low, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=POLL_S)
             start = low
             if since_ms is not None:
