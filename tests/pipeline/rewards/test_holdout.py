@@ -5,6 +5,9 @@ campaign, also after replays and a rebuild of the ledger."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,9 +16,13 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.worker import read_all, running_worker, send_events, wait_processed
 from tests.pipeline.rewards.test_ledger import NOW, buy, campaign_hash, engine_for, validate_outbox
+from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.rewards import holdout, restore
 from tierflow.pipeline.rewards.config import RewardsConfig
+from tierflow.pipeline.rewards.ledger import CampaignKeys
+from tierflow.pipeline.state.store import connect
 
 USERS = [f"u{n}" for n in range(400)]
 
@@ -124,3 +131,33 @@ def test_a_rebuilt_ledger_does_not_assign_again(redis_url: str) -> None:
     engine.on_events([(buy(u), NOW) for u in USERS[:40]], NOW + 1)  # replayed after the rebuild
     engine.on_events([(buy(u, 1), NOW + 2) for u in USERS[:40]], NOW + 2)  # new purchases: per_user 1
     assert validate_outbox(engine) == []  # no second arm, and the per-user limit holds
+
+
+# --- the worker --------------------------------------------------------------------------
+
+
+@pytest.mark.service
+def test_the_worker_grants_nothing_to_held_out_customers(settings: Settings, tmp_path: Path) -> None:
+    config = tmp_path / "holdout.toml"
+    config.write_text("[rewards.campaigns.first_purchase]\nholdout_percent = 40\n")
+    settings = replace(settings, config_path=config)
+    users = [f"w{n}" for n in range(60)]
+    control = {u for u in users if holdout.arm("first_purchase", u, 40) == "control"}
+    assert 10 < len(control) < 40
+    ts = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    events = [{"event_id": f"{u}-p", "type": "purchase", "user_id": u, "ts": ts, "channel": "app",
+               "order_id": f"{u}-o", "amount": 9.9, "currency": "CNY",
+               "items": [{"sku": "S1", "category": "snacks", "qty": 1, "price": 9.9}]} for u in users]
+    with running_worker(settings, tmp_path) as worker:
+        send_events(settings, events + events[:20])  # some delivered twice
+        wait_processed(settings, worker)
+        # Assignments and grants of the campaign: one arm per customer, points for the treated only.
+        records = [r for r in read_all(settings, settings.topics.reward_grants, expected=2 * len(users) - len(control))
+                   if r.get("campaign") == "first_purchase"]
+    arms = {r["user_id"]: r["reason"] for r in records if r["kind"] == "assignment"}
+    assert arms == {u: "control" if u in control else "treated" for u in users}
+    assert sum(1 for r in records if r["kind"] == "assignment") == len(users)
+    grants = [r["user_id"] for r in records if r["kind"] == "grant"]
+    assert sorted(grants) == sorted(set(users) - control)
+    spent = connect(settings.redis_url).hget(CampaignKeys.of("first_purchase").hash, "spent")
+    assert int(spent or 0) == 500 * len(grants)  # 500 points at 0.01: nothing reserved for the held out
