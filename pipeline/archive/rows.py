@@ -16,7 +16,7 @@ import msgspec
 
 from tierflow.pipeline.ingest.validate import ValidEvent, parse_ts
 from tierflow.pipeline.state.summary import cents
-from tierflow.schemas.events import Browse, Cart, Interaction, Purchase
+from tierflow.schemas.events import Browse, Cart, Interaction, Purchase, Refund
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
@@ -59,11 +59,16 @@ def touch_row(item: ValidEvent, source: Source) -> Row:
     qty = price = amount = 0
     coupons: list[str] = []
     lines: tuple[list[str], list[str], list[str], list[int], list[int]] = ([], [], [], [], [])
-    if isinstance(event, Purchase):
-        categories = sorted({line.category for line in event.items})
+    if isinstance(event, Purchase | Refund):
+        # A refund names its order, the money returned, the lines returned and why (in action);
+        # it names no category, so the AIPL category breakdown is the purchases'.
         order_id, amount, currency = event.order_id, cents(event.amount), event.currency
-        coupons = event.coupons
-        for line in event.items:
+        if isinstance(event, Purchase):
+            categories = sorted({line.category for line in event.items})
+            coupons = event.coupons
+        else:
+            action = event.reason or ""
+        for line in event.items or []:
             lines[0].append(line.sku)
             lines[1].append(line.category)
             lines[2].append(line.brand or "")

@@ -81,14 +81,16 @@ class EventSender:
         if event_type not in TOPIC_OF or not isinstance(user_id, str) or not user_id:
             self.report.skipped.append((line_no, "needs a known 'type' and a 'user_id' to route"))
             return
-        self.send(TOPIC_OF[event_type], user_id, raw)
+        self.send(event_type, user_id, raw)
 
     def send(self, event_type: str, user_id: str, raw: bytes) -> None:
+        """One event of `event_type`, to its type's input topic (a refund to its order's)."""
+        topic_type = TOPIC_OF[event_type]
         if self.batch <= 1:
-            self._send(event_type, user_id, raw, 1)
+            self._send(topic_type, user_id, raw, 1)
             return
         self.pending.setdefault(user_id, []).append(raw)
-        self.pending_type.setdefault(user_id, event_type)
+        self.pending_type.setdefault(user_id, topic_type)
         if len(self.pending[user_id]) >= self.batch:
             self._flush_user(user_id)
 

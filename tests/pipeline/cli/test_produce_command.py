@@ -24,17 +24,19 @@ def records(settings: Settings, kind: str) -> list[tuple[bytes, object]]:
 
 
 def test_events_are_routed_by_type_and_keyed_by_user(tmp_path: Path, settings: Settings) -> None:
-    events = [event(1, "browse", "u1"), event(2, "cart", "u2"), event(3, "browse", "u2")]
+    events = [event(1, "browse", "u1"), event(2, "cart", "u2"), event(3, "browse", "u2"), event(4, "refund", "u2")]
     lines = [orjson.dumps(e) for e in events] + [b"", b"not json", b'{"type": "teleport", "user_id": "u9"}']
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
 
     result = cli(settings, "produce", str(path))
     assert result.returncode == 3, result.stderr  # some lines could not be routed
-    assert b"events 3  records 3  delivered 3  failed 0  skipped 2" in result.stdout
-    assert b"line 5: skipped: not JSON" in result.stderr
+    assert b"events 4  records 4  delivered 4  failed 0  skipped 2" in result.stdout
+    assert b"line 6: skipped: not JSON" in result.stderr
     assert sorted(records(settings, "browse"), key=str) == sorted([(b"u1", events[0]), (b"u2", events[2])], key=str)
     assert records(settings, "cart") == [(b"u2", events[1])]
+    # A refund travels with its order, on the purchase topic.
+    assert records(settings, "purchase") == [(b"u2", events[3])]
 
 
 def test_batch_groups_a_users_events_into_one_record(tmp_path: Path, settings: Settings) -> None:
