@@ -20,8 +20,10 @@ import msgspec
 from tierflow.schemas.events import RFC3339
 
 Dimension = Literal["segment", "lifecycle", "membership", "aipl"]
-Reason = Literal["event", "time_decay", "means_shift", "config_change"]
+Reason = Literal["event", "refund", "time_decay", "means_shift", "config_change", "will_downgrade"]
 REASONS: tuple[Reason, ...] = get_args(Reason)
+# The reasons an input event caused: event_time is that event's time.
+EVENT_REASONS: tuple[Reason, ...] = ("event", "refund")
 Score = Annotated[int, msgspec.Meta(ge=1, le=5)] | None
 Value = Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None
 Counter = Annotated[int, msgspec.Meta(ge=1)]
@@ -79,6 +81,13 @@ class Why(msgspec.Struct, frozen=True, omit_defaults=True):
         "reason event: the newest event of the batch that triggered the evaluation."
     ))] = None
     event_type: Annotated[str | None, msgspec.Meta(description="reason event: that event's type.")] = None
+    held_since: Annotated[str, msgspec.Meta(pattern=RFC3339, description=(
+        "A downgrade held for its grace period: when it was first due (RFC 3339)."
+    ))] | None = None
+    downgrade_to: Annotated[Value, msgspec.Meta(description="will_downgrade: the value the downgrade leads to.")] = None
+    downgrade_at: Annotated[str, msgspec.Meta(pattern=RFC3339, description=(
+        "will_downgrade: when the downgrade takes effect unless the customer recovers first (RFC 3339)."
+    ))] | None = None
 
 
 class TierChange(msgspec.Struct, frozen=True):
@@ -100,9 +109,11 @@ class TierChange(msgspec.Struct, frozen=True):
     version: Annotated[Counter, msgspec.Meta(description="Per user and dimension: 1, 2, 3, ... with no gap.")]
     seq: Annotated[Counter, msgspec.Meta(description="Per user over all dimensions: 1, 2, 3, ... with no gap.")]
     reason: Annotated[Reason, msgspec.Meta(description=(
-        "event: new events; time_decay: a boundary passed with no event (recency threshold, purchase leaving the"
+        "event: new events; refund: new events, a refund among them (it lowers spend and may take a purchase"
+        " away); time_decay: a boundary passed with no event (recency threshold, purchase leaving the"
         " window, paid term); means_shift: the population means or quantile cut points moved; config_change:"
-        " re-evaluation under a new configuration."
+        " re-evaluation under a new configuration; will_downgrade: not a change but a notice that a held"
+        " downgrade takes effect at why.downgrade_at (old = new = the value held, version unchanged)."
     ))]
     scores: ChangeScores
     points: Annotated[int, msgspec.Meta(ge=0, description="Membership points score after the change.")]

@@ -177,6 +177,19 @@ class PopulationConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shards: Annotated[int, msgspec.Meta(ge=1, le=1024)]
 
 
+class DowngradeConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Days a downgrade (to a lower membership tier, or a worse RFM segment) is held before it
+    # is published; a recovery within them cancels it. 0: published at once.
+    membership_grace_days: Annotated[int, msgspec.Meta(ge=0)] = 0
+    segment_grace_days: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # A `will_downgrade` notice goes out this many days before a held downgrade takes
+    # effect (at once if the grace is shorter); 0: no notice.
+    notice_days: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def grace_days(self, dimension: str) -> int:
+        return {"membership": self.membership_grace_days, "segment": self.segment_grace_days}.get(dimension, 0)
+
+
 class TieringConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Rolling window (days) behind F and M; must be one of state.windows_days.
     window_days: Annotated[int, msgspec.Meta(ge=1)]
@@ -190,6 +203,7 @@ class TieringConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tags: TagsConfig
     decay: DecayConfig
     population: PopulationConfig
+    downgrade: DowngradeConfig = msgspec.field(default_factory=DowngradeConfig)
 
     def __post_init__(self) -> None:
         known = {t.name for t in self.membership.tiers} | {self.membership.paid.name}

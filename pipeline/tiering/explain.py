@@ -12,6 +12,7 @@ import msgspec
 from tierflow.pipeline.state.summary import day_of, iso
 from tierflow.pipeline.tiering.config import TieringConfig
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation
+from tierflow.pipeline.tiering.grace import Graced
 from tierflow.pipeline.tiering.rfm import Population, cuts_in_use
 from tierflow.schemas.tier_changes import Factor, Why
 
@@ -121,3 +122,24 @@ def explain(
             why = msgspec.structs.replace(why, event_id=trigger[0], event_type=trigger[1])
         out[dim] = why
     return out
+
+
+def explain_graced(
+    g: Graced, stored: Mapping[str, str], population: Population, config: TieringConfig,
+    trigger: tuple[str, str] | None = None,
+) -> tuple[dict[str, Why], list[dict[str, object]]]:
+    """The explanations of the dimensions about to change (a released downgrade says since
+    when it was held), and the notices to publish, each with its explanation."""
+    why = explain(g.actual, population, config, changing(stored, g.evaluation), trigger)
+    for dim, since in g.released.items():
+        if dim in why:
+            why[dim] = msgspec.structs.replace(why[dim], held_since=iso(since))
+    notices: list[dict[str, object]] = []
+    for n in g.notices:
+        reason = explain(g.actual, population, config, [n.dimension], trigger)[n.dimension]
+        notices.append({
+            "dimension": n.dimension, "held": n.held, "at": iso(n.at_ms),
+            "why": msgspec.structs.replace(reason, held_since=iso(n.since_ms), downgrade_to=n.to,
+                                           downgrade_at=iso(n.downgrade_ms)),
+        })
+    return why, notices

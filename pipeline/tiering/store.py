@@ -47,6 +47,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import msgspec
@@ -62,15 +63,16 @@ from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, 
 from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.config import check_against
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation, evaluate
-from tierflow.pipeline.tiering.explain import changing, explain
+from tierflow.pipeline.tiering.explain import explain_graced
+from tierflow.pipeline.tiering.grace import Graced, apply_grace, encode_holds
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, ShardKeys, Shards, TierKeys
 from tierflow.pipeline.tiering.membership import PaidPurchase
 from tierflow.pipeline.tiering.outbox import ChangeOutbox, decode_changes
 from tierflow.pipeline.tiering.population import PopulationShift, PopulationStats, Snapshot
 from tierflow.pipeline.tiering.rfm import DIMENSIONS, Population
 from tierflow.pipeline.tiering.schedule import DecaySchedule
-from tierflow.schemas.events import Purchase
-from tierflow.schemas.tier_changes import REASONS, Reason, TierChange
+from tierflow.schemas.events import Purchase, Refund
+from tierflow.schemas.tier_changes import EVENT_REASONS, REASONS, Reason, TierChange
 
 # A committed user's pending population delta: user, delta seq, the delta (JSON).
 Delta = tuple[str, int, str]
@@ -84,9 +86,9 @@ class ConcurrentEvaluation(TierflowError, RuntimeError):
 
 
 def basis_of(profile: Mapping[str, str]) -> int:
-    """Events applied to the user (pipeline/state/apply.lua's counters); tiers.lua counts
-    the same way."""
-    return sum(int(profile.get(f, "0")) for f in ("nb", "nc", "ni", "pc"))
+    """Events applied to the user (pipeline/state/apply.lua's counters; rv: refunds applied and
+    orders they took out); tiers.lua counts the same way."""
+    return sum(int(profile.get(f, "0")) for f in ("nb", "nc", "ni", "pc", "rv"))
 
 
 def membership_orders(events: Iterable[ValidEvent], sku: str) -> dict[str, list[list[object]]]:
@@ -177,20 +179,35 @@ class TierStore:
     def on_batch(self, events: Sequence[ValidEvent], now_ms: int) -> Result:
         """Ingest hook, after the batch's events are applied to the state (and before
         the offsets are committed): re-evaluate every user in it (reason event),
-        recording their paid-membership orders. Safe to call again for a replayed
-        batch. The changes wait in the users' outboxes (`self.outbox`) for the publisher."""
+        recording their paid-membership orders. Users with a refund in the batch are
+        evaluated with reason refund, their newest refund named as the trigger. Safe to call
+        again for a replayed batch. The changes wait in the users' outboxes (`self.outbox`)
+        for the publisher."""
         event_times: dict[str, int] = {}
-        # Each user's newest event: what the records' explanations name as the trigger.
+        # Each user's newest event, or newest refund: what the records' explanations name as the trigger.
         triggers: dict[str, tuple[str, str]] = {}
+        refunds: dict[str, int] = {}
         for item in events:
             user = item.event.user_id
-            if item.ts_ms >= event_times.get(user, item.ts_ms):
-                triggers[user] = (item.event.event_id, item.event.__struct_config__.tag)
+            trigger = (item.event.event_id, item.event.__struct_config__.tag)
+            if isinstance(item.event, Refund):
+                if item.ts_ms >= refunds.get(user, item.ts_ms):
+                    triggers[user] = trigger
+                refunds[user] = max(refunds.get(user, item.ts_ms), item.ts_ms)
+            elif user not in refunds and item.ts_ms >= event_times.get(user, item.ts_ms):
+                triggers[user] = trigger
             event_times[user] = max(event_times.get(user, item.ts_ms), item.ts_ms)
         paid = membership_orders(events, self.tiering.membership.paid.sku)
-        return self.evaluate_users(
-            event_times, now_ms, "event", event_times=event_times, paid=paid, triggers=triggers
-        )
+        result = Result()
+        by_reason: dict[Reason, list[str]] = {
+            "event": [u for u in event_times if u not in refunds], "refund": [*refunds]
+        }
+        for reason, users in by_reason.items():
+            if users:
+                part = self.evaluate_users(users, now_ms, reason, event_times=event_times, paid=paid, triggers=triggers)
+                result.merge(part)
+                result.evaluations.update(part.evaluations)
+        return result
 
     def evaluate_users(
         self,
@@ -214,7 +231,7 @@ class TierStore:
         for _ in range(MAX_ATTEMPTS):
             if not todo:
                 break
-            todo = self._round(
+            todo = self._rounds(
                 todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, clears, triggers or {}
             )
             clears = {}
@@ -222,6 +239,37 @@ class TierStore:
             raise ConcurrentEvaluation(f"state kept moving for {len(todo)} users, e.g. {todo[0]!r}")
         self._flush(deltas)
         return result
+
+    def _rounds(
+        self,
+        users: list[str],
+        now_ms: int,
+        reason: Reason,
+        event_times: Mapping[str, int],
+        paid: Mapping[str, list[list[object]]],
+        result: Result,
+        deltas: list[Delta],
+        clears: Mapping[str, int],
+        triggers: Mapping[str, tuple[str, str]],
+    ) -> list[str]:
+        """One round over the users; more than `worker.tier_slice_users` go in slices, two
+        at a time on two threads, so one evaluates while Redis reads or commits the other's
+        (the slices are distinct users, each committed on its own). Returns the users to
+        evaluate again (stale)."""
+        slices = list(chunks(users, self.config.worker.tier_slice_users))
+        if len(slices) == 1:
+            return self._round(users, now_ms, reason, event_times, paid, result, deltas, clears, triggers)
+        parts = [(Result(), list[Delta]()) for _ in slices]
+        with ThreadPoolExecutor(2, thread_name_prefix="tier-slice") as pool:
+            rounds = [pool.submit(self._round, chunk, now_ms, reason, event_times, paid, part, part_deltas,
+                                  clears if n == 0 else {}, triggers)
+                      for n, (chunk, (part, part_deltas)) in enumerate(zip(slices, parts, strict=True))]
+            retry = [user for done in rounds for user in done.result()]
+        for part, part_deltas in parts:
+            result.merge(part)
+            result.evaluations.update(part.evaluations)
+            deltas += part_deltas
+        return retry
 
     def _round(
         self,
@@ -236,7 +284,7 @@ class TierStore:
         triggers: Mapping[str, tuple[str, str]] | None = None,
     ) -> list[str]:
         loaded, snapshot = self._load(users, paid, clears or {})
-        evaluated: list[tuple[str, Loaded, Evaluation, int]] = []
+        evaluated: list[tuple[str, Loaded, Graced, int]] = []
         for user in users:
             state = loaded.get(user)
             if state is None:
@@ -251,23 +299,22 @@ class TierStore:
                 as_of = max(as_of, int(state.raw.profile["ls"]))
                 evaluation = self._evaluate(user, state, snapshot.population, as_of)
             event_time = self._event_time(reason, state, evaluation, event_times.get(user))
-            evaluated.append((user, state, evaluation, event_time))
+            evaluated.append((user, state, apply_grace(evaluation, state.tier, event_time, self.tiering), event_time))
 
         def commit_all(pipe: Pipeline) -> None:
-            for user, state, evaluation, event_time in evaluated:
-                self._commit(pipe, user, state, evaluation, snapshot, reason, event_time,
-                             (triggers or {}).get(user))
+            for user, state, graced, event_time in evaluated:
+                self._commit(pipe, user, state, graced, snapshot, reason, event_time, (triggers or {}).get(user))
 
         retry: list[str] = []
         replies = calls.run(self.client, self._scripts, commit_all)
-        for (user, _state, evaluation, _time), (status, appended, pending, outbox) in zip(
+        for (user, _state, graced, _time), (status, appended, pending, outbox) in zip(
             evaluated, replies, strict=True
         ):
             if status == "stale":
                 retry.append(user)
                 continue
             result.evaluated += 1
-            result.evaluations[user] = evaluation
+            result.evaluations[user] = graced.evaluation
             deltas += ((user, int(seq), text) for seq, text in zip(pending[::2], pending[1::2], strict=True))
             if outbox:
                 records = decode_changes(outbox)
@@ -322,17 +369,21 @@ class TierStore:
     def _event_time(reason: Reason, state: Loaded, evaluation: Evaluation, given: int | None) -> int:
         if given is not None:
             return given
-        if reason == "event" and "ls" in state.raw.profile:
+        if reason in EVENT_REASONS and "ls" in state.raw.profile:
             return int(state.raw.profile["ls"])
         if reason == "time_decay" and state.tier["nb"]:
             return min(int(state.tier["nb"]), evaluation.as_of_ms)
         return evaluation.as_of_ms
 
     def _commit(
-        self, pipe: Pipeline, user: str, state: Loaded, e: Evaluation,
+        self, pipe: Pipeline, user: str, state: Loaded, graced: Graced,
         snapshot: Snapshot, reason: Reason, event_time_ms: int, trigger: tuple[str, str] | None,
     ) -> None:
+        """Commit the evaluation as graced (held downgrades kept), with the explanations of
+        what changes and the will_downgrade notices due."""
         keys = TierKeys.of(user)
+        e = graced.evaluation
+        why, notices = explain_graced(graced, state.tier, snapshot.population, self.tiering, trigger)
         scores = {"r": e.scores.r, "f": e.scores.f, "m": e.scores.m} if e.scores else None
         raw = {dim: str(e.raw.of(dim)) for dim in DIMENSIONS} if e.raw is not None else None
         calls.call(
@@ -343,9 +394,9 @@ class TierStore:
                 "" if e.next_boundary_ms is None else str(e.next_boundary_ms),
                 msgspec.json.encode(e),
                 msgspec.json.encode({"points": e.membership.points, "repurchases": e.lifecycle.repurchases,
-                                     "why": explain(e, snapshot.population, self.tiering,
-                                                    changing(state.tier, e), trigger)}),
-                snapshot.taken_ms,
+                                     "why": why}),
+                snapshot.taken_ms, state.tier.get("holds", ""), encode_holds(graced.holds),
+                msgspec.json.encode(notices),
             ],
         )
 

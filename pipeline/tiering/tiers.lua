@@ -16,7 +16,7 @@ local function json_or_null(x) if x == nil then return NULL end return x end
 -- pipeline/state/apply.lua).
 local function event_count(profile)
   local total = 0
-  for _, v in ipairs(redis.call('HMGET', profile, 'nb', 'nc', 'ni', 'pc')) do
+  for _, v in ipairs(redis.call('HMGET', profile, 'nb', 'nc', 'ni', 'pc', 'rv')) do
     total = total + (tonumber(v) or 0)
   end
   return total
@@ -33,8 +33,9 @@ if op == 'load' then
   for i = 1, 5 do out[i] = redis.call('HGETALL', KEYS[i]) end
   -- Of the stored tiers only what the evaluation needs (the document is large), and the
   -- values, so that only the dimensions that change are explained.
-  local tier = redis.call('HMGET', KEYS[6], 'asof', 'nb', 'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl')
-  out[6] = {'asof', tier[1] or '-1', 'nb', tier[2] or ''}
+  local tier = redis.call('HMGET', KEYS[6], 'asof', 'nb', 'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl',
+    'holds')
+  out[6] = {'asof', tier[1] or '-1', 'nb', tier[2] or '', 'holds', tier[7] or ''}
   for i, dim in ipairs(DIMS) do
     if tier[2 + i] then
       out[6][#out[6] + 1] = 'v:' .. dim
@@ -51,7 +52,9 @@ elseif op == 'commit' then
   --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
   --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases,
 --   why: {dimension: explanation} of the dimensions expected to change},
-  --   13 when the population snapshot evaluated against was taken
+  --   13 when the population snapshot evaluated against was taken, 14 the downgrade holds read
+--   with the state ('' = none), 15 the holds to store, 16 JSON [{dimension, held, at, why}]
+--   will_downgrade notices to append
   -- Returns {status, how many records it appended, pending deltas {seq, JSON, ...}, the
   -- user's unacknowledged records (JSON, oldest first)}.
   local tier, outbox, pending, profile = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -61,13 +64,15 @@ elseif op == 'commit' then
   if event_count(profile) ~= basis then return {'stale', 0, {}, {}} end
   -- Everything compared below, read in one call (all reads precede this call's writes).
   local stored = redis.call('HMGET', tier, 'asof', 'pop', 'raw', 'nb',
-    'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl', 's:r', 's:f', 's:m')
+    'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl', 's:r', 's:f', 's:m', 'holds')
   local stored_as_of = tonumber(stored[1] or '-1')
   if as_of < stored_as_of then return {'stale', 0, {}, {}} end
   -- Nor against an older population snapshot than the last commit (a sweep may have
   -- re-evaluated this user against the newer one meanwhile).
   local snapshot = tonumber(ARGV[13])
   if snapshot < tonumber(stored[2] or '-1') then return {'stale', 0, {}, {}} end
+  -- Nor from holds another commit has changed since they were read.
+  if (stored[12] or '') ~= ARGV[14] then return {'stale', 0, {}, {}} end
 
   local values, scores = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
   local raw, nb = cjson.decode(ARGV[9]), ARGV[10]
@@ -107,6 +112,20 @@ elseif op == 'commit' then
       delta.outbox = seq
     end
   end
+  -- Notices are no change: the value held on both sides, the dimension's version as it is.
+  for _, notice in ipairs(cjson.decode(ARGV[16])) do
+    dirty = true
+    local seq = redis.call('HINCRBY', tier, 'seq', 1)
+    redis.call('RPUSH', outbox, cjson.encode({
+      user_id = user, dimension = notice.dimension, old = notice.held, new = notice.held,
+      version = tonumber(redis.call('HGET', tier, 'n:' .. notice.dimension)), seq = seq,
+      reason = 'will_downgrade', scores = record_scores, points = extra.points,
+      repurchases = extra.repurchases, event_time = notice.at, why = notice.why,
+    }))
+    appended = appended + 1
+    delta.outbox = seq
+  end
+  if ARGV[15] == '' then redis.call('HDEL', tier, 'holds') else redis.call('HSET', tier, 'holds', ARGV[15]) end
   for i, dim in ipairs(SCORE_DIMS) do
     local old = tonumber(stored[8 + i] or '')
     local new = nil

@@ -22,6 +22,7 @@ from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.ingest.validate import ValidEvent
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import DAY_MS, UserKeys, encode
+from tierflow.pipeline.tiering.grace import apply_grace
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, TierKeys
 from tierflow.pipeline.tiering.rfm import DIMENSIONS, quantile_cuts
 from tierflow.pipeline.tiering.store import Delta, Result, TierStore
@@ -274,7 +275,8 @@ def test_an_evaluation_of_a_state_that_moved_on_is_refused_and_redone(world: Wor
     stale = world.tiers._evaluate("u1", loaded["u1"], snapshot.population, T0)
     world.apply([world.purchase("u1", T0 + 1), world.purchase("u1", T0 + 2)])
     pipe = world.client.pipeline(transaction=False)
-    world.tiers._commit(pipe, "u1", loaded["u1"], stale, snapshot, "event", T0, None)
+    world.tiers._commit(pipe, "u1", loaded["u1"], apply_grace(stale, {}, T0, world.config.tiering), snapshot, "event",
+                        T0, None)
     [(status, appended, _pending, _outbox)] = pipe.execute()
     assert (status, appended) == ("stale", 0)
     assert world.records("u1") == []
@@ -298,7 +300,8 @@ def test_an_evaluation_against_an_older_snapshot_than_the_users_last_is_refused(
     world.tiers.evaluate_users(["u1"], T0, "means_shift")  # committed against the new snapshot
     e = world.tiers._evaluate("u1", loaded["u1"], old_snapshot.population, T0 + 1)
     pipe = world.client.pipeline(transaction=False)
-    world.tiers._commit(pipe, "u1", loaded["u1"], e, old_snapshot, "event", T0 + 1, None)
+    world.tiers._commit(pipe, "u1", loaded["u1"], apply_grace(e, {}, T0 + 1, world.config.tiering), old_snapshot,
+                        "event", T0 + 1, None)
     [(status, *_)] = pipe.execute()
     assert status == "stale"
 
