@@ -49,7 +49,7 @@ from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.kafka.lag import PartitionLag
-from tierflow.schemas.tier_changes import TierChange
+from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
 
 log = logging.getLogger("tierflow.metrics")
 
@@ -92,7 +92,7 @@ def change_delays_s(changes: Iterable[TierChange], now_ms: int) -> list[float]:
     return [
         max(now_ms - int(datetime.fromisoformat(change.event_time).timestamp() * MS_PER_S), 0) / MS_PER_S
         for change in changes
-        if change.reason == "event"
+        if change.reason in EVENT_REASONS
     ]
 
 

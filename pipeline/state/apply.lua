@@ -28,7 +28,8 @@
 -- that completes a full refund also takes the order out of the purchase counts, and the first and
 -- last purchase fall back to the remaining orders. A refund before its order waits in 8 and is
 -- applied when the order arrives (capped at the order's amount), so the result does not depend
--- on the arrival order.
+-- on the arrival order. Profile 'rv' counts refunds applied and orders taken out, so that nb + nc + ni +
+-- pc + rv grows by one with every event applied (tiering reads it as the state's version).
 -- Each event once: an offset at or below its source partition's watermark (a replay) is skipped
 -- whatever its age; a new offset whose id arrived less than the window before is a resend: skipped
 -- silently with the same content, refused with other content. An id comes back later than that is new.
@@ -294,6 +295,8 @@ for position, e in ipairs(events) do
         totals.pc = totals.pc + 1
         earliest('fp', ts)
         latest('lp', ts)
+      else
+        incr(profile, 'rv', 1)
       end
       if not order.known then
         if order.n > 0 then
@@ -312,6 +315,7 @@ for position, e in ipairs(events) do
       totals.pa, totals.la, totals.lq = totals.pa + net, totals.la + line_cents, totals.lq + line_qty
     elseif kind == 'r' then
       local cents = e[11]
+      incr(profile, 'rv', 1)
       if order.known then
         local counted = live(order)
         order.refunded, order.n = order.refunded + cents, order.n + 1
@@ -324,6 +328,7 @@ for position, e in ipairs(events) do
         if order.day > times.maxday - retention then add(days, 'c' .. int(order.day), {ends and -1 or 0, -cents}) end
         if ends then
           incr(profile, 'pc', -1)
+          incr(profile, 'rv', 1)
           totals.pc = totals.pc - 1
           fall_back(order.ts)
         end

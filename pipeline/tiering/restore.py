@@ -33,7 +33,7 @@ from tierflow.pipeline.state.summary import UserKeys, iso
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation
 from tierflow.pipeline.tiering.keys import Shards, TierKeys
 from tierflow.pipeline.tiering.store import TierStore
-from tierflow.schemas.tier_changes import ChangeScores, Reason, TierChange
+from tierflow.schemas.tier_changes import EVENT_REASONS, ChangeScores, Reason, TierChange
 
 
 @dataclass
@@ -54,7 +54,7 @@ def fold(published: dict[str, Published], change: TierChange) -> None:
         p.versions[change.dimension] = change.version
         p.values[change.dimension] = change.new
     p.seq = max(p.seq, change.seq)
-    if change.reason == "event":
+    if change.reason in EVENT_REASONS:
         p.event_ms = max(p.event_ms, parse_ts(change.event_time))
 
 
