@@ -44,6 +44,9 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Users whose output lane the publisher remembers (lanes never change); past this many
     # it starts over, which bounds its memory (about 100 bytes a user).
     lane_cache_users: Annotated[int, msgspec.Meta(ge=1)]
+    # A batch's customers are evaluated in slices of this many, two slices at a time, so
+    # one is evaluated while Redis reads or commits the other.
+    tier_slice_users: Annotated[int, msgspec.Meta(ge=1)]
     # Users whose points lots are expired per timer tick.
     points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
     # A worker that stops answering the group (killed, hung) loses its input partitions
