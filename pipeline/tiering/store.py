@@ -29,7 +29,9 @@ A crash between 1 and 2 leaves the delta pending; whatever re-triggers the
 evaluation (the ingest replay, the still-due schedule entry, the unfinished
 sweep, re-running `reevaluate_all`) commits again, finds nothing new, and
 flushes it. A batch therefore costs three round trips: read (with the previous
-call's clears), commit, apply.
+call's clears), commit, apply. A large batch reads and commits in slices
+(`worker.tier_slice_users`), two at a time, so Redis works on one while Python
+evaluates the other.
 
 The state store does not keep when a SKU was bought, so `on_batch` records the
 paid-membership orders from the batch's events (`load` stores them).
