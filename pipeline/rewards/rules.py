@@ -74,6 +74,8 @@ def _intents(config: RewardsConfig, rules: Mapping[str, Rule], user_id: str, tri
 
 def match_tier_change(config: RewardsConfig, change: TierChange) -> list[GrantIntent]:
     """Rules on the tier entered. Raises ValueError if `event_time` is not a real time."""
+    if change.reason == "will_downgrade":  # a notice: nothing was entered
+        return []
     fired = {
         rid: rule for rid, rule in config.active_rules().items()
         if isinstance(rule.trigger, TierTrigger)

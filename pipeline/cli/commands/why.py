@@ -55,6 +55,10 @@ def describe(why: Why | None) -> str:
         parts.append(f"paid until {why.paid_until}")
     if why.event_id is not None:
         parts.append(f"after {why.event_type} {why.event_id}")
+    if why.downgrade_at is not None:
+        parts.append(f"down to {why.downgrade_to} at {why.downgrade_at} unless the customer recovers")
+    if why.held_since is not None:
+        parts.append(f"downgrade held since {why.held_since}")
     return "; ".join(parts)
 
 
@@ -62,7 +66,8 @@ def render_text(user_id: str, changes: list[TierChange], total: int) -> str:
     shown = f"last {len(changes)} of {total}" if len(changes) < total else f"{total}"
     lines = [f"{user_id}: {shown} tier changes, oldest first"]
     for c in changes:
-        lines.append(f"{c.event_time}  {c.dimension:<10} {c.old or '-'} -> {c.new or '-'}  [{c.reason}]")
+        move = f"{c.old} (held)" if c.reason == "will_downgrade" else f"{c.old or '-'} -> {c.new or '-'}"
+        lines.append(f"{c.event_time}  {c.dimension:<10} {move}  [{c.reason}]")
         lines.append(f"    {describe(c.why)}")
     return "\n".join(lines)
 

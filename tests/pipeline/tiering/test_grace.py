@@ -13,13 +13,14 @@ import redis
 from tests.pipeline.tiering.test_store import T0, World, config_with
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.rewards.rules import match_tier_change
 from tierflow.pipeline.state.summary import DAY_MS, iso
 from tierflow.pipeline.tiering.config import DowngradeConfig
 from tierflow.pipeline.tiering.evaluate import Evaluation
 from tierflow.pipeline.tiering.grace import Hold, apply_grace, decode_holds, encode_holds, is_downgrade
 from tierflow.pipeline.tiering.lifecycle import Lifecycle
 from tierflow.pipeline.tiering.membership import Membership
-from tierflow.schemas.tier_changes import TierChange
+from tierflow.schemas.tier_changes import ChangeScores, TierChange
 
 BASE = load_config().tiering
 
@@ -216,3 +217,13 @@ def test_held_downgrades_and_notices_equal_an_independent_recomputation(redis_ur
     lapse = T0 + 15 * DAY_MS
     assert (vip.why.held_since, vip.why.downgrade_at) == (iso(lapse), iso(lapse + 10 * DAY_MS))
     assert vip.event_time == iso(lapse + 7 * DAY_MS)
+
+
+def test_a_notice_fires_no_reward_rule() -> None:
+    rewards = load_config().rewards
+    entered = TierChange(user_id="u", dimension="membership", old="ordinary", new="super", version=2, seq=5,
+                         reason="event", scores=ChangeScores(None, None, None), points=1200, repurchases=0,
+                         event_time="2026-10-01T00:00:00Z")
+    assert match_tier_change(rewards, entered)  # "entered super" is a default rule
+    notice = msgspec.structs.replace(entered, old="super", reason="will_downgrade")
+    assert match_tier_change(rewards, notice) == []

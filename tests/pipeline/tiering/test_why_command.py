@@ -29,6 +29,10 @@ def test_an_explanation_reads_as_one_line() -> None:
     points = Why("points_tier", points=1200, bounds={"min_points": 1000}, event_id="p1", event_type="purchase")
     assert describe(points) == "points_tier; 1,200 points; reached min_points 1000; after purchase p1"
     assert describe(None).startswith("(no explanation")
+    notice = Why("points_tier", points=900, held_since="2026-10-01T00:00:00Z", downgrade_to="ordinary",
+                 downgrade_at="2026-10-11T00:00:00Z")
+    assert describe(notice) == ("points_tier; 900 points; down to ordinary at 2026-10-11T00:00:00Z unless the"
+                                " customer recovers; downgrade held since 2026-10-01T00:00:00Z")
 
 
 def test_why_prints_a_workers_changes_with_their_reasons(settings: Settings, tmp_path: Path) -> None:
