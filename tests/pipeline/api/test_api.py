@@ -9,12 +9,14 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.fixtures.paths import ROOT
+from tests.fixtures.worker import read_all, running_worker
 from tests.pipeline.rewards.test_ledger import NOW, accept, buy
 from tierflow.pipeline.api.limits import RateLimiter
 from tierflow.pipeline.api.server import OPENAPI_PATH, build_app
@@ -234,3 +236,19 @@ def test_concurrent_retries_of_one_write_take_effect_once(redis_url: str) -> Non
         assert [r.amount_cents for r in engine.outbox(1000).records if r.kind == "withdrawal"] == [1000]
 
     serve(redis_url, scenario)
+
+
+@pytest.mark.service
+def test_a_claim_through_the_api_is_published_once_by_the_worker(settings: Settings, tmp_path: Path) -> None:
+    path = "/api/v1/customers/k1/codes/claim"
+
+    async def scenario(http: TestClient, _engine: RewardEngine) -> None:
+        for _ in range(3):  # an app retrying: one effect
+            status, doc, _ = await call(http, "POST", path, {"code": "NEW666"}, key="once")
+            assert status == 200
+        published = read_all(settings, settings.topics.reward_grants, expected=1)
+        assert [(r["kind"], r["user_id"], r["trigger"]) for r in published] == [("grant", "k1", "code:NEW666")]
+        assert published[0]["record_id"] == doc["record_id"]
+
+    with running_worker(settings, tmp_path):
+        serve(settings.redis_url, scenario)
