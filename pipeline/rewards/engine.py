@@ -29,7 +29,7 @@ from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import Ledger
 from tierflow.pipeline.rewards.outbox import OutboxBatch
 from tierflow.pipeline.rewards.rules import EventRules
-from tierflow.schemas.events import Event, Purchase
+from tierflow.schemas.events import Event, Purchase, Refund
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
 
@@ -56,11 +56,17 @@ class RewardEngine:
 
     def on_events(self, events: Sequence[tuple[Event, int]], now_ms: int) -> list[RewardRecord]:
         """Valid input events (event, event time), after the state store applied them: the
-        coupons named on a purchase are redeemed, then the rules the event fires grant."""
+        coupons named on a purchase are redeemed, then the rules the event fires grant, then
+        refunds take back the points their orders earned (points.claw_back)."""
         buyers = list(dict.fromkeys(e.user_id for e, _ in events if type(e) is Purchase))
         first = self.ledger.first_purchases(buyers) if buyers and self.event_rules.wants_first_purchase else {}
         steps = granting.event_steps(self.config, self.event_rules, events, first)
-        return _new(granting.run(self.ledger, self.config, steps, now_ms)) if steps else []
+        records = _new(granting.run(self.ledger, self.config, steps, now_ms)) if steps else []
+        earned = points.earned_lots(self.config, self.event_rules, events, first)
+        refunded = [(e.user_id, e.order_id) for e, _ in events if type(e) is Refund]
+        if earned or refunded:
+            records += points.claw_back(self.ledger, earned, refunded, now_ms)
+        return records
 
     def claim_code(self, code: str, user_id: str, now_ms: int) -> ClaimResult:
         """A user typed a public code."""

@@ -1,20 +1,24 @@
 """Points after they are granted: the expiry sweep (a bounded slice of users per
-call), spending (soonest-expiring lots first) and manual adjustments. Each change
+call), spending (soonest-expiring lots first), manual adjustments and the clawback
+of the points a refunded order earned. Each change
 is decided on the wallet as read and committed with compare-and-set, once per
 reference, with its points-ledger lines and its reward.grants record in the same
 write."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 import msgspec
 
-from tierflow.pipeline.rewards import catalogue
+from tierflow.pipeline.rewards import catalogue, rules
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import Ledger, Update, dedupe_key, expiry_score, points_entry
 from tierflow.pipeline.rewards.ledger import RewardKeys as K
 from tierflow.pipeline.rewards.wallet import RawWallet, RewardError, encode_item, lots, plan_consume
+from tierflow.pipeline.state.summary import OrderStatus, UserKeys, order_key
+from tierflow.schemas.events import Event, Purchase
 from tierflow.schemas.reward_grants import RewardItem, RewardRecord, encode
 
 
@@ -105,3 +109,96 @@ def _take(ledger: Ledger, user_id: str, points: int, ref: str, now_ms: int,
                   [K.OUTBOX, encode(taken[0]).decode()]])
 
     return taken[0] if ledger.commit(user_id, dedupe_key(op, ref), decide) else None
+
+
+# Account fields tying an order to its points: the lots its purchase's rules grant (ids are
+# deterministic), and the points already clawed back (or forgiven).
+_ORDER_LOTS = "o:"
+_ORDER_CLAWED = "c:"
+Order = tuple[str, str]  # user id, order id
+
+
+def earned_lots(config: RewardsConfig, event_rules: rules.EventRules, events: Sequence[tuple[Event, int]],
+                first_purchase: Mapping[str, int]) -> dict[Order, list[str]]:
+    """The points lots each purchase's rules grant, by (user, order). Pure."""
+    out: dict[Order, list[str]] = {}
+    for event, ts_ms in events:
+        if type(event) is not Purchase:
+            continue
+        for intent in rules.match_event(config, event, ts_ms, first_purchase.get(event.user_id), event_rules):
+            components = catalogue.flatten(intent.prize_id, config.prizes)
+            out.setdefault((event.user_id, event.order_id), []).extend(
+                catalogue.item_id("P", intent.idempotency_key, index)
+                for index, component in enumerate(components) if isinstance(component.prize, catalogue.Points))
+    return {order: lots for order, lots in out.items() if lots}
+
+
+def clawback(user_id: str, order_id: str, order: OrderStatus, raw: RawWallet,
+             now_ms: int) -> tuple[Update, RewardRecord | None] | None:
+    """The points an order earned, taken back in proportion to the money refunded on it (all
+    of them for a full refund): from the order's own lots first, then the soonest-expiring.
+    Points already spent are not taken twice: the clawback is capped at the balance, and the
+    shortfall is forgiven. (write, record or None when nothing was left to take), or None
+    when nothing is due. Pure."""
+    own = [item for lot in raw.account.get(_ORDER_LOTS + order_id, "").split(",")
+           if (item := raw.item(lot)) is not None and item.points]
+    earned = sum(item.points or 0 for item in own)
+    target = earned if order.full else earned * order.refunded_cents // max(order.cents, 1)
+    clawed = raw.account.get(_ORDER_CLAWED + order_id)
+    due = target - int(clawed or "0")
+    if due <= 0:
+        return None
+    left = {item.item_id: n for item, n in lots(raw) if n > 0 and (item.expires_ms is None or item.expires_ms > now_ms)}
+    own_ids = {item.item_id for item in own}
+    first = [(item, left[item.item_id]) for item in own if item.item_id in left]
+    rest = [(item, n) for item, n in lots(raw) if item.item_id in left and item.item_id not in own_ids]
+    from_own = min(due, sum(n for _, n in first))
+    from_rest = min(due - from_own, sum(n for _, n in rest))
+    changes = plan_consume(first, from_own, now_ms) + plan_consume(rest, from_rest, now_ms)
+    taken = from_own + from_rest
+    ref = f"refund:{order_id}"
+    record = RewardRecord(
+        record_id=f"points_clawback:{order_id}:{target}", kind="points_adjust", user_id=user_id, at_ms=now_ms,
+        recorded_ms=now_ms, items=[c.item for c in changes], prize_type="points", points_delta=-taken,
+        order_id=order_id, reason="refund") if taken else None
+    update = Update(
+        checks=[[K.ACCOUNT, _ORDER_CLAWED + order_id, clawed],
+                *([K.REMAINING, c.item.item_id, str(c.before)] for c in changes)],
+        hset=[[K.ACCOUNT, _ORDER_CLAWED + order_id, str(target)],
+              *([K.REMAINING, c.item.item_id, str(c.after)] for c in changes)],
+        zrem=[[K.EXPIRY, c.item.item_id] for c in changes if c.after == 0],
+        push=[*([K.LEDGER, points_entry("clawback", c.item.item_id, c.after - c.before, now_ms, ref)]
+                for c in changes),
+              *([[K.OUTBOX, encode(record).decode()]] if record else [])])
+    return update, record
+
+
+def claw_back(ledger: Ledger, earned: Mapping[Order, list[str]], refunded: Collection[Order],
+              now_ms: int) -> list[RewardRecord]:
+    """After the state applied a batch and its grants were made: remember the points lots each
+    purchase earned (`earned_lots`: a replay writes the same), then take back the points of
+    the orders whose refunds call for it (refunded: orders named by the batch's refunds; a
+    purchase whose refund came first is among `earned`). One round trip, plus one per order
+    with refunds; each refunded amount once, whatever is replayed."""
+    orders = list(dict.fromkeys([*earned, *refunded]))
+    pipe = ledger.client.pipeline(transaction=False)
+    for (user, order_id), lot_ids in earned.items():
+        pipe.hset(K.of(user).account, _ORDER_LOTS + order_id, ",".join(lot_ids))
+    for user, order_id in orders:
+        pipe.hget(UserKeys.of(user).orders, order_key(order_id))
+    statuses = [OrderStatus.parse(entry) for entry in pipe.execute()[len(earned):]]
+    records = [_claw_back_one(ledger, user, order_id, status, now_ms)
+               for (user, order_id), status in zip(orders, statuses, strict=True) if status and status.refunds]
+    return [record for record in records if record is not None]
+
+
+def _claw_back_one(ledger: Ledger, user: str, order_id: str, status: OrderStatus, now_ms: int) -> RewardRecord | None:
+    decided: list[RewardRecord] = []
+
+    def decide(raw: RawWallet) -> Update:
+        planned = clawback(user, order_id, status, raw, now_ms)
+        decided[:] = [planned[1]] if planned and planned[1] else []
+        return planned[0] if planned else Update()
+
+    committed = ledger.commit(user, dedupe_key("clawback", order_id, status.refunded_cents), decide)
+    return decided[0] if committed and decided else None

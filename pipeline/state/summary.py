@@ -92,6 +92,30 @@ def order_key(order_id: str) -> str:
     return _short_hash(order_id.encode())[:8]
 
 
+@dataclass(frozen=True, slots=True)
+class OrderStatus:
+    """An order as apply.lua keeps it for its refunds: its amount, the refunds applied."""
+
+    cents: int
+    refunded_cents: int
+    refunds: int
+
+    @property
+    def full(self) -> bool:
+        """Refunded in full: no longer a purchase."""
+        return self.refunds > 0 and self.refunded_cents >= self.cents
+
+    @classmethod
+    def parse(cls, entry: str | None) -> OrderStatus | None:
+        """From the orders hash ("ts:cents[:refunded:refunds]", base 36); None for an order
+        not (or no longer) kept, or only refunded so far."""
+        if entry is None or entry.startswith("?"):
+            return None
+        parts = [int(part, 36) for part in entry.split(":")]
+        refunded, refunds = parts[2:4] if len(parts) == 4 else (0, 0)
+        return cls(parts[1], refunded, refunds)
+
+
 def digest(event: Purchase | Refund | Cart | Browse | Interaction, ts_ms: int) -> str:
     """A short fingerprint of an event's content, kept beside its id: the same id
     again with another fingerprint is a conflicting duplicate. The time counts as an

@@ -41,6 +41,10 @@ def dump(client: redis.Redis) -> dict[str, Any]:
                          for k, v in value.items()}
             if key.startswith("{rw:c:") and ":" not in key[len("{rw:c:"):].split("}", 1)[1]:
                 value = {f: v for f, v in value.items() if not f.startswith("denied:")}  # refusals are not records
+            if key.endswith(":rw:a"):  # the points each order earned, for its refunds: not on the topic
+                value = {f: v for f, v in value.items() if not f.startswith(("o:", "c:"))}
+                if not value:
+                    continue
         elif kind == "list":
             value = client.lrange(key, 0, -1)
         elif kind == "zset":
