@@ -83,6 +83,8 @@ def apply_grace(e: Evaluation, stored: Mapping[str, str], at_ms: int, config: Ti
     """`stored`: the user's tier fields as read with the state (`v:<dimension>` the value last
     published, `holds` the holds in force); `at_ms`: when what this evaluation found became due."""
     rules = config.downgrade
+    if not (rules.membership_grace_days or rules.segment_grace_days or stored.get("holds")):
+        return Graced(e, e, {}, [], {})  # no grace configured (the default): the hot path
     holds = decode_holds(stored.get("holds"))
     kept: dict[str, Hold] = {}
     notices: list[Notice] = []
