@@ -236,8 +236,9 @@ class Outputs:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            # A round under way ends within the delivery timeout; shutdown is bounded anyway.
-            self._thread.join(self.worker.delivery_timeout_s)
+            # A round under way gets what a stopping worker gives its stages; an unfinished
+            # one leaves its records in their outboxes for the lane's next owner.
+            self._thread.join(self.worker.stop_timeout_s)
             self._thread = None
         with self._lock:
             for producer in [*self.producers.values(), *self.parked.values()]:
