@@ -17,12 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.worker import read_all, running_worker, send_events, wait_processed
-from tests.pipeline.rewards.test_ledger import NOW, buy, campaign_hash, engine_for, validate_outbox
+from tests.pipeline.rewards.test_ledger import NOW, buy, campaign_hash, engine_for, upgrade, validate_outbox
 from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.preview.moves import Budget
 from tierflow.pipeline.rewards import holdout, restore
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import CampaignKeys
 from tierflow.pipeline.state.store import connect
+from tierflow.schemas.tier_changes import TierChange
 
 USERS = [f"u{n}" for n in range(400)]
 
@@ -161,3 +163,18 @@ def test_the_worker_grants_nothing_to_held_out_customers(settings: Settings, tmp
     assert sorted(grants) == sorted(set(users) - control)
     spent = connect(settings.redis_url).hget(CampaignKeys.of("first_purchase").hash, "spent")
     assert int(spent or 0) == 500 * len(grants)  # 500 points at 0.01: nothing reserved for the held out
+
+
+def test_preview_counts_no_spend_for_held_out_customers() -> None:
+    config = config_with(50, budget_cents=None)
+    tier_rule = {"campaign": "c", "prize": "seven",
+                 "trigger": {"on": "tier", "dimension": "membership", "entered": "super"}}
+    doc = msgspec.to_builtins(config)
+    doc["rules"] = {"up": tier_rule}
+    rewards = msgspec.convert(doc, RewardsConfig)
+    budget = Budget()
+    for user in USERS:
+        budget.add(rewards, msgspec.convert({**upgrade(user), "user_id": user}, TierChange), {})
+    treated = [u for u in USERS if holdout.arm("c", u, 50) == "treated"]
+    assert budget.campaigns["c"].grants == len(treated)
+    assert budget.campaigns["c"].cost_cents == 700 * len(treated)
