@@ -2,8 +2,9 @@
 
 Each customer counts from their assignment (the trigger that first put them in
 the campaign, campaign_assignments), in the arm recorded then. After it, over the
-whole archive or the `days` that follow: did they buy (purchase rate), and how much
-(revenue per customer, each order once at the total its purchase event carries).
+whole archive or the `days` that follow: did they buy (purchase rate; an order
+refunded in full is no purchase), and how much (revenue per customer: each order once,
+net of its refunds, order_refunds_v).
 SQL fetches each arm's sums (parameterised); `compare` does the arithmetic.
 
 Intervals are 95% normal-approximation (Wald) intervals of a difference between
@@ -36,15 +37,20 @@ WITH assigned AS (
     GROUP BY campaign, user_id
 ),
 orders AS (
-    SELECT user_id, order_id, min(ts) AS ts, any(amount_cents) AS amount_cents
-    FROM touch_events
-    WHERE type = 'purchase'
-    GROUP BY user_id, order_id
+    SELECT p.user_id AS user_id, p.ts AS ts, if(r.order_id = '', p.amount_cents, r.net_cents) AS amount_cents,
+           r.order_id != '' AND r.full_refund AS refunded
+    FROM (
+        SELECT user_id, order_id, min(ts) AS ts, any(amount_cents) AS amount_cents
+        FROM touch_events
+        WHERE type = 'purchase'
+        GROUP BY user_id, order_id
+    ) AS p
+    LEFT JOIN order_refunds_v AS r ON r.user_id = p.user_id AND r.order_id = p.order_id
 )
 SELECT campaign, arm, count(), countIf(bought > 0), sum(spent), sum(toFloat64(spent) * spent)
 FROM (
     SELECT a.campaign AS campaign, a.user_id AS user_id, a.arm AS arm,
-           countIf(o.ts >= a.at {window}) AS bought,
+           countIf(o.ts >= a.at AND NOT o.refunded {window}) AS bought,
            sumIf(o.amount_cents, o.ts >= a.at {window}) AS spent
     FROM assigned AS a
     LEFT JOIN orders AS o ON o.user_id = a.user_id

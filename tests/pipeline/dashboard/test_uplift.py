@@ -1,5 +1,5 @@
 """The uplift panel: campaign assignments archived from reward.grants (migration 007),
-purchases after them, and the 95% intervals, against an independent computation over
+purchases after them net of their refunds, and the 95% intervals, against an independent computation over
 the same known dataset (plain Python, the statistics module); the arithmetic alone
 on hand-checked numbers."""
 
@@ -56,9 +56,15 @@ def purchase(user: str, n: int, at_ms: int, cents: int) -> dict[str, Any]:
             "items": [{"sku": "S1", "category": "snacks", "qty": 1, "price": amount}]}
 
 
+def refund(order: dict[str, Any], n: int, cents: int) -> dict[str, Any]:
+    return {"event_id": f"{order['order_id']}-r{n}", "type": "refund", "user_id": order["user_id"],
+            "ts": order["ts"], "channel": "app", "order_id": order["order_id"], "amount": cents / 100,
+            "currency": "CNY"}
+
+
 def dataset() -> tuple[dict[tuple[str, str], int], list[dict[str, Any]]]:
-    """Assignments (campaign, user) -> time, and purchases before and after them; the
-    control group buys less."""
+    """Assignments (campaign, user) -> time, purchases before and after them, and refunds
+    (in full, in part, in two parts); the control group buys less."""
     rng = random.Random(15)
     assigned: dict[tuple[str, str], int] = {}
     purchases: list[dict[str, Any]] = []
@@ -69,20 +75,33 @@ def dataset() -> tuple[dict[tuple[str, str], int], list[dict[str, Any]]]:
         control = holdout.arm("spring", user, HOLDOUT) == "control"
         for n in range(rng.randint(0, 3 if control else 5)):
             purchases.append(purchase(user, n, ms(START) + rng.randint(-10, 40) * DAY_MS, rng.randint(500, 30000)))
+            order, cents, chance = purchases[-1], round(purchases[-1]["amount"] * 100), rng.random()
+            if chance < 0.1:
+                purchases.append(refund(order, 0, cents))  # returned in full
+            elif chance < 0.2:
+                purchases += [refund(order, 0, cents // 3), refund(order, 1, cents // 4)]
     return assigned, purchases
 
 
 def truth(assigned: dict[tuple[str, str], int], purchases: list[dict[str, Any]], campaign: str,
           days: int | None) -> dict[str, Any]:
     """Independently of the dashboard: per arm, each customer's orders and revenue after assignment."""
-    orders = {p["order_id"]: p for p in purchases}  # each order once
+    orders = {p["order_id"]: p for p in purchases if p["type"] == "purchase"}  # each order once
+    returned: dict[str, int] = {}
+    for r in {r["event_id"]: r for r in purchases if r["type"] == "refund"}.values():
+        returned[r["order_id"]] = returned.get(r["order_id"], 0) + round(r["amount"] * 100)
+
+    def net(order: dict[str, Any]) -> int:
+        return round(order["amount"] * 100) - returned.get(order["order_id"], 0)
+
     arms: dict[str, list[tuple[int, int]]] = {"treated": [], "control": []}
     for (cid, user), at in assigned.items():
         if cid != campaign:
             continue
         mine = [o for o in orders.values() if o["user_id"] == user
                 and at <= ms(datetime.fromisoformat(o["ts"])) < (at + days * DAY_MS if days else math.inf)]
-        arms[holdout.arm(campaign, user, HOLDOUT)].append((len(mine), sum(round(o["amount"] * 100) for o in mine)))
+        bought = sum(1 for o in mine if net(o) > 0)  # refunded in full: no purchase
+        arms[holdout.arm(campaign, user, HOLDOUT)].append((bought, sum(net(o) for o in mine)))
     out: dict[str, Any] = {}
     for arm, rows in arms.items():
         out[arm] = {"n": len(rows), "rate": sum(1 for k, _ in rows if k) / len(rows),
