@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-import redis
-
 from tierflow.pipeline import keyspace
 from tierflow.pipeline.errors import ConfigError
+from tierflow.pipeline.lua import Redis
 
 CLOCK_MODES = ("wall", "event")
 
@@ -25,7 +24,7 @@ def wall_ms() -> int:
 class Clock:
     KEY = keyspace.key("tf:clock")
 
-    def __init__(self, mode: str, client: redis.Redis) -> None:
+    def __init__(self, mode: str, client: Redis) -> None:
         if mode not in CLOCK_MODES:
             raise ConfigError(f"TIERFLOW_CLOCK must be 'wall' or 'event', not {mode!r}")
         self.mode = mode

@@ -28,9 +28,8 @@ import zlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 
-import redis
-
 from tierflow.pipeline import keyspace
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.summary import user_tag
 
 
@@ -39,7 +38,7 @@ def _tag(lane: int) -> str:
 
 
 class Lanes:
-    def __init__(self, client: redis.Redis, count: int) -> None:
+    def __init__(self, client: Redis, count: int) -> None:
         """`client` from `state.store.connect` (replies decoded); `count`: how many lanes
         there are (the partitions of the first input topic)."""
         self.client = client
