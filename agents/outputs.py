@@ -240,10 +240,15 @@ class Outputs:
             # one leaves its records in their outboxes for the lane's next owner.
             self._thread.join(self.worker.stop_timeout_s)
             self._thread = None
-        with self._lock:
+        if not self._lock.acquire(timeout=self.worker.stop_timeout_s):
+            log.warning("a publishing round is still under way; the lanes' next owners fence its producers")
+            return
+        try:
             for producer in [*self.producers.values(), *self.parked.values()]:
                 producer.close()
             self.producers, self.parked = {}, {}
+        finally:
+            self._lock.release()
 
     # --- the ingest thread ------------------------------------------------------------
 
