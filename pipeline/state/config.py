@@ -18,6 +18,7 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # resending an event within this many hours is deduplicated (a conflicting resend is
     # dead-lettered). Replays of applied offsets are skipped at any age (offset watermarks).
     dedupe_window_hours: Annotated[int, msgspec.Meta(ge=1, le=8760)]
-    # How long after an order's day a refund can still find it (orders are kept this long,
-    # ~25 bytes each): a refund of an older order changes nothing (docs/domain.md, Refunds).
-    refund_window_days: Annotated[int, msgspec.Meta(ge=1)] = 90
+    # How long orders are kept for their refunds (~25 bytes each), in days before the
+    # customer's newest event; None: the retention, which keeps refunds exact in any arrival
+    # order. A refund whose order was dropped changes nothing (docs/domain.md, Refunds).
+    refund_window_days: Annotated[int, msgspec.Meta(ge=1)] | None = None
