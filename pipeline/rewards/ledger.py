@@ -2,6 +2,8 @@
 
 Key layout
 ----------
+Every key is preceded by the deployment's namespace (pipeline/keyspace.py).
+
 Per user, under the user's hash tag (`{u:<id>}:rw:*`, see `RewardKeys`): grants by
 idempotency key, per-rule counts, wallet items (immutable JSON), item status,
 points lots (remaining, expiry), points ledger, referral state and invites,

@@ -2,7 +2,8 @@
 shard holds a user. Pure: names only, no I/O.
 
 Every Lua call touches keys of one hash tag only, so tiering runs unchanged on
-Redis Cluster.
+Redis Cluster. Every name below is preceded by the deployment's namespace
+(pipeline/keyspace.py).
 
 Per user (hash tag `{u:ID}`, beside the state store's keys):
   `{u:ID}:tier`    current value and version counter per dimension (v:<dim>,
