@@ -133,13 +133,19 @@ def earned_lots(config: RewardsConfig, event_rules: rules.EventRules, events: Se
     return {order: lots for order, lots in out.items() if lots}
 
 
+def clawback_ref(order_id: str, refunded_cents: int) -> str:
+    """The adjustment a refunded amount of an order makes: once each (a `points_adjust`
+    record, folded back by `tierflow rebuild` like any negative adjustment)."""
+    return f"clawback:{order_id}:{refunded_cents}"
+
+
 def clawback(user_id: str, order_id: str, order: OrderStatus, raw: RawWallet,
-             now_ms: int) -> tuple[Update, RewardRecord | None] | None:
+             now_ms: int) -> tuple[Update, RewardRecord] | None:
     """The points an order earned, taken back in proportion to the money refunded on it (all
     of them for a full refund): from the order's own lots first, then the soonest-expiring.
     Points already spent are not taken twice: the clawback is capped at the balance, and the
-    shortfall is forgiven. (write, record or None when nothing was left to take), or None
-    when nothing is due. Pure."""
+    shortfall is forgiven (the record says what was taken, possibly 0). None when nothing
+    is due. Pure."""
     own = [item for lot in raw.account.get(_ORDER_LOTS + order_id, "").split(",")
            if (item := raw.item(lot)) is not None and item.points]
     earned = sum(item.points or 0 for item in own)
@@ -148,28 +154,27 @@ def clawback(user_id: str, order_id: str, order: OrderStatus, raw: RawWallet,
     due = target - int(clawed or "0")
     if due <= 0:
         return None
-    left = {item.item_id: n for item, n in lots(raw) if n > 0 and (item.expires_ms is None or item.expires_ms > now_ms)}
+    usable = [(item, n) for item, n in lots(raw) if n > 0 and (item.expires_ms is None or item.expires_ms > now_ms)]
     own_ids = {item.item_id for item in own}
-    first = [(item, left[item.item_id]) for item in own if item.item_id in left]
-    rest = [(item, n) for item, n in lots(raw) if item.item_id in left and item.item_id not in own_ids]
+    first = [(item, n) for item, n in usable if item.item_id in own_ids]
+    rest = [(item, n) for item, n in usable if item.item_id not in own_ids]
     from_own = min(due, sum(n for _, n in first))
     from_rest = min(due - from_own, sum(n for _, n in rest))
     changes = plan_consume(first, from_own, now_ms) + plan_consume(rest, from_rest, now_ms)
-    taken = from_own + from_rest
-    ref = f"refund:{order_id}"
+    ref = clawback_ref(order_id, order.refunded_cents)
     record = RewardRecord(
-        record_id=f"points_clawback:{order_id}:{target}", kind="points_adjust", user_id=user_id, at_ms=now_ms,
-        recorded_ms=now_ms, items=[c.item for c in changes], prize_type="points", points_delta=-taken,
-        order_id=order_id, reason="refund") if taken else None
+        record_id=f"points_adjust:{ref}", kind="points_adjust", user_id=user_id, at_ms=now_ms, recorded_ms=now_ms,
+        items=[c.item for c in changes], prize_type="points", points_delta=-(from_own + from_rest),
+        order_id=order_id, reason="refund")
     update = Update(
         checks=[[K.ACCOUNT, _ORDER_CLAWED + order_id, clawed],
                 *([K.REMAINING, c.item.item_id, str(c.before)] for c in changes)],
         hset=[[K.ACCOUNT, _ORDER_CLAWED + order_id, str(target)],
               *([K.REMAINING, c.item.item_id, str(c.after)] for c in changes)],
         zrem=[[K.EXPIRY, c.item.item_id] for c in changes if c.after == 0],
-        push=[*([K.LEDGER, points_entry("clawback", c.item.item_id, c.after - c.before, now_ms, ref)]
+        push=[*([K.LEDGER, points_entry("adjust", c.item.item_id, c.after - c.before, now_ms, ref)]
                 for c in changes),
-              *([[K.OUTBOX, encode(record).decode()]] if record else [])])
+              [K.OUTBOX, encode(record).decode()]])
     return update, record
 
 
@@ -197,8 +202,8 @@ def _claw_back_one(ledger: Ledger, user: str, order_id: str, status: OrderStatus
 
     def decide(raw: RawWallet) -> Update:
         planned = clawback(user, order_id, status, raw, now_ms)
-        decided[:] = [planned[1]] if planned and planned[1] else []
+        decided[:] = [planned[1]] if planned else []
         return planned[0] if planned else Update()
 
-    committed = ledger.commit(user, dedupe_key("clawback", order_id, status.refunded_cents), decide)
+    committed = ledger.commit(user, dedupe_key("adjust", clawback_ref(order_id, status.refunded_cents)), decide)
     return decided[0] if committed and decided else None
