@@ -52,13 +52,15 @@ def _now_ms(as_of: str | None) -> int:
 @contextmanager
 def _engine(args: argparse.Namespace) -> Iterator[tuple[Context, RewardEngine]]:
     ctx = from_args(args)
-    client = connect(ctx.settings.redis_url)
     try:
-        yield ctx, RewardEngine(client, ctx.config.rewards)
+        # connect() already talks to Redis (is it a cluster?): inside the try too.
+        client = connect(ctx.settings.redis_url)
+        try:
+            yield ctx, RewardEngine(client, ctx.config.rewards)
+        finally:
+            client.close()
     except redis.ConnectionError as exc:
         raise CliError(f"cannot reach Redis at {ctx.settings.redis_display()}: {exc}", 1) from exc
-    finally:
-        client.close()
 
 
 def _money(cents: int | None) -> str:
