@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import msgspec
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.pipeline.tiering.test_store import T0, World, config_with
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.ingest.validate import parse_ts
 from tierflow.pipeline.rewards.rules import match_tier_change
 from tierflow.pipeline.state.summary import DAY_MS, iso
-from tierflow.pipeline.tiering.config import DowngradeConfig
+from tierflow.pipeline.tiering.config import DowngradeConfig, TieringConfig
 from tierflow.pipeline.tiering.evaluate import Evaluation
 from tierflow.pipeline.tiering.grace import Hold, apply_grace, decode_holds, encode_holds, is_downgrade
 from tierflow.pipeline.tiering.lifecycle import Lifecycle
@@ -25,7 +27,7 @@ from tierflow.schemas.tier_changes import ChangeScores, TierChange
 BASE = load_config().tiering
 
 
-def tiering(membership: int = 0, segment: int = 0, notice: int = 0):  # a TieringConfig
+def tiering(membership: int = 0, segment: int = 0, notice: int = 0) -> TieringConfig:
     return msgspec.structs.replace(BASE, downgrade=DowngradeConfig(membership, segment, notice))
 
 
@@ -78,6 +80,57 @@ def test_no_grace_changes_nothing_and_a_short_grace_notices_at_once() -> None:
     short = apply_grace(e, {"v:membership": "super"}, T0, tiering(membership=2, notice=5))
     assert [n.at_ms for n in short.notices] == [T0] and short.holds == {"membership": Hold(T0, True)}
     assert decode_holds(encode_holds(short.holds)) == short.holds
+
+
+def commit_like_the_store(changes: list[tuple[int, str]], config: TieringConfig, end_ms: int) -> list[Published]:
+    """The records apply_grace leads to when membership takes these values at these instants and
+    the timer fires at every boundary it asks for (event-time clock)."""
+    stored: dict[str, str] = {}
+    out: list[Published] = []
+    current = ""
+
+    def evaluate(at_ms: int, reason: str) -> int | None:
+        g = apply_grace(member(current, at_ms), stored, at_ms, config)
+        out.extend(Published("membership", n.held, n.held, "will_downgrade", n.at_ms) for n in g.notices)
+        new = g.evaluation.membership.tier
+        if new != stored.get("v:membership"):
+            out.append(Published("membership", stored.get("v:membership"), new, reason, at_ms))
+            stored["v:membership"] = new
+        stored["holds"] = encode_holds(g.holds)
+        return g.evaluation.next_boundary_ms
+
+    boundary: int | None = None
+    for at_ms, value in [*changes, (end_ms, "")]:
+        while boundary is not None and boundary < at_ms:
+            boundary = evaluate(boundary, "time_decay")
+        if not value:
+            break
+        current = value
+        boundary = evaluate(at_ms, "event")
+    return out
+
+
+timelines = st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["ordinary", "super", "88VIP"])),
+                     min_size=1, max_size=12, unique_by=lambda c: c[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(timelines, st.integers(1, 12), st.integers(0, 12))
+def test_the_pure_rule_equals_the_independent_model(timeline: list[tuple[int, str]], grace: int,
+                                                    notice: int) -> None:
+    # Day k at k ms past midnight: no hold ends or notice falls on another change's instant.
+    changes = [(day * DAY_MS + day, value) for day, value in sorted(timeline)]
+    end = 100 * DAY_MS
+    config = tiering(membership=grace, notice=notice)
+    raw: list[Published] = []
+    shown: str | None = None
+    for at_ms, value in changes:
+        if value != shown:
+            raw.append(Published("membership", shown, value, "event", at_ms))
+            shown = value
+    rules = DowngradeConfig(membership_grace_days=grace, notice_days=notice)
+    full = msgspec.structs.replace(load_config(), tiering=config)
+    assert commit_like_the_store(changes, config, end) == recompute(raw, rules, full, end)
 
 
 # --- against a real Redis: the same history with and without grace ------------------------------
