@@ -206,11 +206,12 @@ local newest_arrival = -1
 for _, e in ipairs(events) do
   if e[4] > newest_arrival then newest_arrival = e[4] end
 end
--- When this call ends with a pruning pass, an id that arrived a window or more before its newest
--- arrival would be written and pruned again: it is remembered in `fleeting` for the call instead.
--- So a burst of a customer's history (a backlog, a backfill) does not grow the hash past Redis's
--- compact encoding, which a hash keeps for good once it left it.
+-- An id that arrived a window or more before the newest arrival seen (this call's, or the last
+-- pruning's) is one the next pruning drops: it is remembered in `fleeting` for this call only,
+-- never written. So a burst of a customer's history (a backlog, a backfill, spread over the
+-- input topics) leaves only the window's ids, and the hash Redis's compact encoding.
 local pruning = newest_arrival >= prune_at
+local seen_newest = math.max(newest_arrival, prune_at - math.ceil(window / PRUNE_SLICES))
 local fleeting = {}
 local applied = 0
 local refused = {}
@@ -265,7 +266,7 @@ for position, e in ipairs(events) do
   if kind == 'r' and order and order.known and order.refunded + e[11] > order.cents then over = 'r' end
   if new then
     local entry = int(arrival) .. ':' .. (over and ('!' .. over) or '') .. digest
-    if pruning and newest_arrival - arrival >= window then
+    if seen_newest - arrival >= window then
       fleeting[id_key] = entry
     else
       redis.call('HSET', seen, id_key, entry)
