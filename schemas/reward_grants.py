@@ -28,7 +28,7 @@ PrizeType = Literal[
 ]
 RecordKind = Literal[
     "grant", "cancellation", "redemption", "redemption_rejected", "expiry",
-    "points_spend", "points_adjust", "withdrawal", "fulfilment", "assignment",
+    "points_spend", "points_adjust", "withdrawal", "fulfilment", "assignment", "redemption_returned",
 ]
 Discount = Literal["reduction", "percent", "shipping"]
 Scope = Literal["all", "sku", "brand", "category"]

@@ -57,13 +57,16 @@ class RewardEngine:
     def on_events(self, events: Sequence[tuple[Event, int]], now_ms: int) -> list[RewardRecord]:
         """Valid input events (event, event time), after the state store applied them: the
         coupons named on a purchase are redeemed, then the rules the event fires grant, then
-        refunds take back the points their orders earned (points.claw_back)."""
+        refunds take back the points their orders earned and give back the coupons redeemed on
+        orders refunded in full (points.claw_back)."""
         buyers = list(dict.fromkeys(e.user_id for e, _ in events if type(e) is Purchase))
         first = self.ledger.first_purchases(buyers) if buyers and self.event_rules.wants_first_purchase else {}
         steps = granting.event_steps(self.config, self.event_rules, events, first)
         records = _new(granting.run(self.ledger, self.config, steps, now_ms)) if steps else []
         earned = points.earned_lots(self.config, self.event_rules, events, first)
-        refunded = [(e.user_id, e.order_id) for e, _ in events if type(e) is Refund]
+        # Refunded orders, and orders with coupons (their refund may have come first).
+        refunded = [(e.user_id, e.order_id) for e, _ in events
+                    if type(e) is Refund or (type(e) is Purchase and e.coupons)]
         if earned or refunded:
             records += points.claw_back(self.ledger, earned, refunded, now_ms)
         return records

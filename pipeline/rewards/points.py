@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from tierflow.pipeline.rewards import catalogue, rules
+from tierflow.pipeline.rewards import catalogue, redemption, rules
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import Ledger, Update, dedupe_key, expiry_score, points_entry
 from tierflow.pipeline.rewards.ledger import RewardKeys as K
@@ -183,7 +183,8 @@ def claw_back(ledger: Ledger, earned: Mapping[Order, list[str]], refunded: Colle
     """After the state applied a batch and its grants were made: remember the points lots each
     purchase earned (`earned_lots`: a replay writes the same), then take back the points of
     the orders whose refunds call for it (refunded: orders named by the batch's refunds; a
-    purchase whose refund came first is among `earned`). One round trip, plus one per order
+    purchase whose refund came first is among `earned`). An order refunded in full also gets
+    its redeemed coupons back (redemption.give_back_all). One round trip, plus a few per order
     with refunds; each refunded amount once, whatever is replayed."""
     orders = list(dict.fromkeys([*earned, *refunded]))
     pipe = ledger.client.pipeline(transaction=False)
@@ -192,9 +193,15 @@ def claw_back(ledger: Ledger, earned: Mapping[Order, list[str]], refunded: Colle
     for user, order_id in orders:
         pipe.hget(UserKeys.of(user).orders, order_key(order_id))
     statuses = [OrderStatus.parse(entry) for entry in pipe.execute()[len(earned):]]
-    records = [_claw_back_one(ledger, user, order_id, status, now_ms)
-               for (user, order_id), status in zip(orders, statuses, strict=True) if status and status.refunds]
-    return [record for record in records if record is not None]
+    records: list[RewardRecord] = []
+    for (user, order_id), status in zip(orders, statuses, strict=True):
+        if status is None or not status.refunds:
+            continue
+        taken = _claw_back_one(ledger, user, order_id, status, now_ms)
+        records += [taken] if taken is not None else []
+        if status.full:
+            records += redemption.give_back_all(ledger, user, order_id, now_ms)
+    return records
 
 
 def _claw_back_one(ledger: Ledger, user: str, order_id: str, status: OrderStatus, now_ms: int) -> RewardRecord | None:

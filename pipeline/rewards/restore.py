@@ -156,6 +156,12 @@ class LedgerFold:
 
     _redemption_rejected = _redemption
 
+    def _redemption_returned(self, user: UserLedger, record: RewardRecord) -> None:
+        """A coupon given back when its order was refunded in full (redemption.give_back)."""
+        event_id, coupon_id = (record.trigger or "").removeprefix("event:"), record.items[0].item_id
+        user.dedupe.add(dedupe_key("give_back", event_id, coupon_id))
+        user.status[coupon_id] = "active"
+
     def _expiry(self, user: UserLedger, record: RewardRecord) -> None:
         item = record.items[0]
         user.remaining[item.item_id] = 0

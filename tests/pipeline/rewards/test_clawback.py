@@ -106,3 +106,51 @@ def test_a_rebuild_from_the_records_gives_back_the_same_points_and_takes_nothing
     assert [r for r in shop.engine.on_events([(order, NOW), (refund(order, 30.0), NOW)], NOW)
             if r.kind != "grant"] == []
     assert lots(shop.engine.ledger.read("u3")) == before
+
+
+@pytest.fixture
+def coupons(redis_url: str) -> Shop:
+    shop = Shop(redis_url)
+    doc = small_config(seven={"type": "coupon", "off_cents": 700, "validity": {"days": 7}})
+    shop.engine = engine_for(redis_url, msgspec.convert(doc, RewardsConfig))
+    return shop
+
+
+def coupon_of(records: list[RewardRecord]) -> str:
+    return next(item.item_id for r in records if r.kind == "grant" for item in r.items)
+
+
+def test_a_coupon_redeemed_on_an_order_refunded_in_full_is_given_back_while_valid(coupons: Shop) -> None:
+    coupon = coupon_of(coupons.send(buy("u4", amount=20.0)))
+    used = buy("u4", n=1, amount=100.0, coupons=(coupon,))
+    assert [r.kind for r in coupons.send(used)] == ["redemption"]
+    assert coupons.send(refund(used, 40.0)) == []  # in part: the coupon stays used
+    [returned] = coupons.send(refund(used, 60.0, n=1))
+    assert (returned.kind, returned.order_id, returned.reason) == ("redemption_returned", used.order_id, "refund")
+    assert coupons.engine.ledger.read("u4").status[coupon] == "active"
+    assert coupons.engine.on_events([(refund(used, 60.0, n=1), NOW)], NOW) == []  # once
+    # Used again, refunded again after it expired: it stays used.
+    again = buy("u4", n=2, amount=100.0, coupons=(coupon,))
+    assert [r.kind for r in coupons.send(again)] == ["redemption"]
+    late = msgspec.structs.replace(refund(again, 100.0), ts=NOW + 1000)
+    coupons.state.apply({("u4", "touch.purchase:0"): [encode(late, NOW + 1000, 99)]})
+    assert coupons.engine.on_events([(late, NOW + 1000)], NOW + 8 * 86_400_000) == []
+    assert coupons.engine.ledger.read("u4").status[coupon] == "redeemed"
+
+
+def test_a_rebuild_from_the_records_keeps_a_given_back_coupon_active(coupons: Shop) -> None:
+    records = coupons.send(buy("u5", amount=20.0))
+    coupon = coupon_of(records)
+    used = buy("u5", n=1, amount=100.0, coupons=(coupon,))
+    records += [*coupons.send(used), *coupons.send(refund(used, 100.0))]
+    assert records[-1].kind == "redemption_returned"
+    fold = LedgerFold(coupons.engine.config)
+    for record in records:
+        fold.add(record)
+    client = coupons.engine.ledger.client
+    client.flushdb()
+    write(client, fold, ["u5"])
+    assert coupons.engine.ledger.read("u5").status[coupon] == "active"
+    coupons.state.apply({("u5", "touch.purchase:0"): [encode(e, NOW, n) for n, e in enumerate(
+        [buy("u5", amount=20.0), used, refund(used, 100.0)])]})
+    assert coupons.engine.on_events([(refund(used, 100.0), NOW)], NOW) == []  # the replay gives nothing twice
