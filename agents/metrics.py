@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 
 import msgspec
-import redis
 from aiohttp import web
 from confluent_kafka import KafkaException
 from prometheus_client import (
@@ -49,6 +48,7 @@ from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.kafka.lag import PartitionLag
+from tierflow.pipeline.lua import Redis
 from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
 
 log = logging.getLogger("tierflow.metrics")
@@ -291,7 +291,7 @@ class MeteredOutputs(Outputs):
     `Outputs._publish` returns once every lane's transaction has committed, and raises
     (counting nothing) otherwise."""
 
-    def __init__(self, metrics: Metrics, ctx: Context, client: redis.Redis, written: Written,
+    def __init__(self, metrics: Metrics, ctx: Context, client: Redis, written: Written,
                  on_published: OnPublished) -> None:
         super().__init__(ctx, client, written, on_published)
         self.metrics = metrics

@@ -57,7 +57,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from tierflow.agents.ingest import AppliedBatch
@@ -68,6 +67,7 @@ from tierflow.pipeline.kafka.errors import DeliveryError
 from tierflow.pipeline.kafka.publisher import Delivery
 from tierflow.pipeline.kafka.topics import admin
 from tierflow.pipeline.lanes import Lanes
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.pipeline.rewards.outbox import OutboxBatch
 from tierflow.pipeline.tiering.keys import Shards
@@ -118,7 +118,7 @@ class KnownLanes(Lanes):
     user costs one Redis reply per process instead of one per batch and per round.
     Forgets everything past `limit` users, which bounds the memory."""
 
-    def __init__(self, client: redis.Redis, count: int, limit: int) -> None:
+    def __init__(self, client: Redis, count: int, limit: int) -> None:
         super().__init__(client, count)
         self.limit = limit
         self._known: dict[str, int] = {}
@@ -206,7 +206,7 @@ class Outputs:
     stage of every ingest batch (it gives new users their lane), and the ingest
     consumer's rebalance listener."""
 
-    def __init__(self, ctx: Context, client: redis.Redis, written: Written, on_published: OnPublished) -> None:
+    def __init__(self, ctx: Context, client: Redis, written: Written, on_published: OnPublished) -> None:
         self.ctx = ctx
         self.client = client
         self.written = written

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
-
 from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import AppliedBatch, CustomerStage
 from tierflow.agents.tiers import Notify
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.schemas.tier_changes import TierChange
 
 
 class RewardStage(CustomerStage):
-    def __init__(self, ctx: Context, client: redis.Redis, clock: Clock, notify: Notify) -> None:
+    def __init__(self, ctx: Context, client: Redis, clock: Clock, notify: Notify) -> None:
         self.engine = RewardEngine(client, ctx.config.rewards)
         self.clock = clock
         self.notify = notify

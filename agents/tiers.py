@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import redis
-
 from tierflow.agents.clock import Clock, wall_ms
 from tierflow.agents.ingest import AppliedBatch, CustomerStage
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.tiering.store import TierStore
 
 Notify = Callable[[Iterable[str]], None]
@@ -24,7 +23,7 @@ Notify = Callable[[Iterable[str]], None]
 class TierStage(CustomerStage):
     """Runs over every applied batch (evaluate, commit) before the offsets are committed."""
 
-    def __init__(self, ctx: Context, client: redis.Redis, clock: Clock, notify: Notify) -> None:
+    def __init__(self, ctx: Context, client: Redis, clock: Clock, notify: Notify) -> None:
         self.tiers = TierStore(client, ctx.config)
         self.clock = clock
         self.notify = notify

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis
 
 from tierflow.pipeline.config.domain import Config
 from tierflow.pipeline.lanes import Lanes
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards.ledger import EXPIRY_INDEX, OUTBOX_INDEX, USERS, CampaignKeys
 from tierflow.pipeline.state.store import USERS_KEY
 from tierflow.pipeline.state.summary import user_tag
@@ -87,7 +87,7 @@ class Erased:
 
 
 class ErasureStore:
-    def __init__(self, client: redis.Redis, config: Config, lanes: int) -> None:
+    def __init__(self, client: Redis, config: Config, lanes: int) -> None:
         """`client` from `state.store.connect`; `lanes`: the output lanes (input partitions)."""
         self.client = client
         self.config = config

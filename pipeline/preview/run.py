@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import redis
-
 from tierflow.pipeline.config.domain import Config
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.preview.moves import Budget, Moves, change_of
 from tierflow.pipeline.rewards.ledger import RewardKeys
 from tierflow.pipeline.state.store import StateStore
@@ -52,7 +51,7 @@ class Preview:
     budget: Budget = field(default_factory=Budget)
 
 
-def load(client: redis.Redis, users: list[str], retention_days: int) -> dict[str, Customer]:
+def load(client: Redis, users: list[str], retention_days: int) -> dict[str, Customer]:
     """The customers with state among `users`, in two round trips."""
     states = StateStore(client, retention_days).read_many(users)
     pipe = client.pipeline(transaction=False)
@@ -96,7 +95,7 @@ def quantile_dimensions(config: Config) -> list[str]:
 
 
 class Previewer:
-    def __init__(self, client: redis.Redis, config: Config) -> None:
+    def __init__(self, client: Redis, config: Config) -> None:
         """`config`: the new configuration. Raises ConfigError when it does not hold together."""
         check_against(config.state.windows_days, config.tiering)
         self.client = client

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 import msgspec
-import redis
 
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards import account, claims, granting, outbox, points, views
 from tierflow.pipeline.rewards.claims import ClaimResult
 from tierflow.pipeline.rewards.config import RewardsConfig
@@ -35,7 +35,7 @@ from tierflow.schemas.tier_changes import TierChange
 
 
 class RewardEngine:
-    def __init__(self, client: redis.Redis, config: RewardsConfig) -> None:
+    def __init__(self, client: Redis, config: RewardsConfig) -> None:
         self.config = config
         self.ledger = Ledger(client)
         self.event_rules = EventRules.of(config)

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
-import redis
 
+from tierflow.pipeline.lua import Pipeline, Redis
 from tierflow.pipeline.rewards import catalogue, granting
 from tierflow.pipeline.rewards.config import RewardsConfig
 from tierflow.pipeline.rewards.ledger import (
@@ -220,7 +220,7 @@ def _redeemed(record: RewardRecord) -> tuple[str, str]:
     return event_id, record.record_id.removeprefix(f"redemption:{event_id}:")
 
 
-def write(client: redis.Redis, fold: LedgerFold, users: Iterable[str]) -> None:
+def write(client: Redis, fold: LedgerFold, users: Iterable[str]) -> None:
     """These users' reward keys, into a Redis that holds none (one round trip)."""
     pipe = client.pipeline(transaction=False)
     for user_id in users:
@@ -248,7 +248,7 @@ def write(client: redis.Redis, fold: LedgerFold, users: Iterable[str]) -> None:
     pipe.execute()
 
 
-def write_campaigns(client: redis.Redis, fold: LedgerFold) -> None:
+def write_campaigns(client: Redis, fold: LedgerFold) -> None:
     pipe = client.pipeline(transaction=False)
     for campaign_id, c in fold.campaigns.items():
         keys = CampaignKeys.of(campaign_id)
@@ -267,6 +267,6 @@ def write_campaigns(client: redis.Redis, fold: LedgerFold) -> None:
     pipe.execute()
 
 
-def _hset(pipe: redis.client.Pipeline, key: str, mapping: dict[str, str]) -> None:
+def _hset(pipe: Pipeline, key: str, mapping: dict[str, str]) -> None:
     if mapping:
         pipe.hset(key, mapping=mapping)

@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
-import redis
-from redis.client import Pipeline
 
 from tierflow.pipeline import lua
+from tierflow.pipeline.lua import Pipeline, Redis
 from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.keys import Shards, TierKeys
 from tierflow.schemas.tier_changes import TierChange
@@ -31,7 +30,7 @@ def decode_changes(rows: Iterable[str]) -> list[TierChange]:
 
 
 class ChangeOutbox:
-    def __init__(self, client: redis.Redis, shards: Shards) -> None:
+    def __init__(self, client: Redis, shards: Shards) -> None:
         self.client = client
         self.shards = shards
         self._script = lua.register(client, __file__, "outbox")

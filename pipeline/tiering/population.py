@@ -32,9 +32,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
-import redis
 
 from tierflow.pipeline import lua
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.tiering.config import TieringConfig
 from tierflow.pipeline.tiering.keys import SNAPSHOT_KEY, Shards
 from tierflow.pipeline.tiering.rfm import (
@@ -163,7 +163,7 @@ def population_report(
 
 
 class PopulationStats:
-    def __init__(self, client: redis.Redis, shards: Shards, tiering: TieringConfig) -> None:
+    def __init__(self, client: Redis, shards: Shards, tiering: TieringConfig) -> None:
         self.client = client
         self.shards = shards
         self.tiering = tiering

@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-import redis
 
 from tierflow.pipeline.ingest.validate import parse_ts
+from tierflow.pipeline.lua import Pipeline, Redis
 from tierflow.pipeline.state.summary import UserKeys, iso
 from tierflow.pipeline.tiering.evaluate import TRACKED, Evaluation
 from tierflow.pipeline.tiering.keys import Shards, TierKeys
@@ -102,7 +102,7 @@ def evaluate_everyone(store: TierStore, users: Sequence[str], now_ms: int, caden
 class TierRebase:
     """Step 2, for users in chunks (one round trip to read, one to write)."""
 
-    def __init__(self, client: redis.Redis, shards: Shards) -> None:
+    def __init__(self, client: Redis, shards: Shards) -> None:
         self.client = client
         self.shards = shards
 
@@ -125,7 +125,7 @@ class TierRebase:
         pipe.execute()
         return pending
 
-    def _write(self, pipe: redis.client.Pipeline, user: str, prior: Published, records: list[TierChange]) -> None:
+    def _write(self, pipe: Pipeline, user: str, prior: Published, records: list[TierChange]) -> None:
         keys = TierKeys.of(user)
         versions = {dim: prior.versions.get(dim, 0) for dim in TRACKED} | {r.dimension: r.version for r in records}
         seq = records[-1].seq if records else prior.seq

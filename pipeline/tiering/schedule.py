@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
-
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.summary import UserKeys
 from tierflow.pipeline.tiering.keys import Shards
 
 
 class DecaySchedule:
-    def __init__(self, client: redis.Redis, shards: Shards) -> None:
+    def __init__(self, client: Redis, shards: Shards) -> None:
         self.client = client
         self.shards = shards
 

@@ -54,13 +54,12 @@ from dataclasses import dataclass, field
 
 import msgspec
 import orjson
-import redis
-from redis.client import Pipeline
 
 from tierflow.pipeline import lua
 from tierflow.pipeline.config.domain import Config
 from tierflow.pipeline.errors import TierflowError
 from tierflow.pipeline.ingest.validate import ValidEvent
+from tierflow.pipeline.lua import Pipeline, Redis
 from tierflow.pipeline.state.summary import AsOfOutOfRange, RawState, UserKeys, iso, summarize
 from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.config import check_against
@@ -160,7 +159,7 @@ def chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 class TierStore:
     """Evaluates and commits users' tiers; the one entry point of tiering's Redis side."""
 
-    def __init__(self, client: redis.Redis, config: Config) -> None:
+    def __init__(self, client: Redis, config: Config) -> None:
         check_against(config.state.windows_days, config.tiering)
         self.client = client
         self.config = config

@@ -35,6 +35,7 @@ from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.erasure import archive as archive_rows
 from tierflow.pipeline.erasure import topic
 from tierflow.pipeline.erasure.store import ErasureStore
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.store import connect
 
 
@@ -57,7 +58,7 @@ def _forget(args: argparse.Namespace) -> int:
             archive.close()
 
 
-def forget(ctx: Context, client: redis.Redis, archive: Archive | None, user_id: str, *,
+def forget(ctx: Context, client: Redis, archive: Archive | None, user_id: str, *,
            assume_yes: bool, as_json: bool) -> int:
     again = f"tierflow forget {shlex.quote(user_id)}"
     refuse_if_running(ctx, again)

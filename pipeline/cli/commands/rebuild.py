@@ -50,6 +50,7 @@ from tierflow.pipeline.ingest.validate import Limits, ValidEvent, parse_record
 from tierflow.pipeline.kafka import groups
 from tierflow.pipeline.kafka.reader import read_topic
 from tierflow.pipeline.lanes import Lanes
+from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.rewards import restore as ledger_restore
 from tierflow.pipeline.rewards.restore import LedgerFold
 from tierflow.pipeline.state.store import StateStore, connect
@@ -171,7 +172,7 @@ def read_outputs(ctx: Context, erased: dict[str, Erasure]) -> OutputTopics:
     return out
 
 
-def restore_lanes(ctx: Context, client: redis.Redis, lanes: dict[str, int]) -> None:
+def restore_lanes(ctx: Context, client: Redis, lanes: dict[str, int]) -> None:
     """Each user keeps the lane their records are on; every lane's mark is the end of its
     partitions, as read (no record there waits in an outbox)."""
     topics = ctx.settings.topics
@@ -187,7 +188,7 @@ def restore_lanes(ctx: Context, client: redis.Redis, lanes: dict[str, int]) -> N
 # --- 2. wipe and write the ledger ---------------------------------------------------------------
 
 
-def wipe(client: redis.Redis) -> int:
+def wipe(client: Redis) -> int:
     removed = 0
     with progress("wiping tierflow's keys") as show:
         for pattern in KEY_PATTERNS:
@@ -204,7 +205,7 @@ def wipe(client: redis.Redis) -> int:
     return removed
 
 
-def write_ledger(client: redis.Redis, fold: LedgerFold) -> None:
+def write_ledger(client: Redis, fold: LedgerFold) -> None:
     users = list(fold.users)
     with progress("restoring reward ledgers", len(users)) as show:
         for start in range(0, len(users), USER_CHUNK):
@@ -301,7 +302,7 @@ def _groups(batch: Sequence[_Pending]) -> dict[tuple[str, str], list[list[object
 # --- 4. the tiers ----------------------------------------------------------------------------------
 
 
-def rebuild_tiers(ctx: Context, client: redis.Redis, store: StateStore, published: dict[str, Published],
+def rebuild_tiers(ctx: Context, client: Redis, store: StateStore, published: dict[str, Published],
                   replay: Replay, now_ms: int) -> list[TierChange]:
     tiers = TierStore(client, ctx.config)
     evaluated = list(store.users())
@@ -359,7 +360,7 @@ def _rebuild(args: argparse.Namespace) -> int:
         client.close()
 
 
-def rebuild(ctx: Context, client: redis.Redis, assume_yes: bool) -> int:
+def rebuild(ctx: Context, client: Redis, assume_yes: bool) -> int:
     refuse_if_running(ctx)
     confirm(ctx, assume_yes)
     started = time.monotonic()
