@@ -35,9 +35,15 @@ class Applied:
 
 def connect(url: str) -> Redis:
     """A client for the server at `url`, or for the whole Redis Cluster when that server
-    is one of its nodes (REDIS_URL naming any node is enough)."""
+    is one of its nodes (REDIS_URL naming any node is enough). A Redis that does not
+    answer yet is taken for one server, whose client connects when first used (a worker
+    starts without Redis and its stages retry): a cluster must answer when its worker starts."""
     client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=HEALTH_CHECK_S)
-    if not _cluster_enabled(client):
+    try:
+        cluster = _cluster_enabled(client)
+    except redis.ConnectionError:
+        return client
+    if not cluster:
         return client
     client.close()
     return RedisCluster.from_url(url, decode_responses=True, health_check_interval=HEALTH_CHECK_S)
