@@ -49,6 +49,7 @@ from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.kafka.lag import PartitionLag
 from tierflow.pipeline.lua import Redis
+from tierflow.schemas.events import TOPIC_OF
 from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
 
 log = logging.getLogger("tierflow.metrics")
@@ -79,7 +80,10 @@ _campaign_of = msgspec.json.Decoder(_Campaign)
 def events_by_topic(batch: AppliedBatch, topics: Topics) -> Tally[str]:
     """Events per input topic (the topic of the event's type, where producers send it)."""
     kinds = Tally(type(item.event) for item in batch.events)  # the tag per kind, not per event: the hot path
-    return Tally({topics.input(kind.__struct_config__.tag): count for kind, count in kinds.items()})
+    by_topic: Tally[str] = Tally()
+    for kind, count in kinds.items():  # a refund travels on its order's topic
+        by_topic[topics.input(TOPIC_OF[kind.__struct_config__.tag])] += count
+    return by_topic
 
 
 def changes_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:

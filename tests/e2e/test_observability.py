@@ -34,6 +34,8 @@ from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.kafka.sender import EventSender
 from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.schemas.events import TOPIC_OF
+from tierflow.schemas.tier_changes import EVENT_REASONS
 
 pytestmark = pytest.mark.service
 
@@ -123,7 +125,7 @@ def test_metrics_count_what_was_sent_and_published(settings: Settings, tmp_path:
         assert orjson.loads(body) == {"status": "ok", "checks": {
             "ingest": "ok", "kafka": "ok", "redis": "ok", "archive": "ok"}}
 
-        sent = Counter(topics.input(str(event["type"])) for event in events)
+        sent = Counter(topics.input(TOPIC_OF[str(event["type"])]) for event in events)
         samples = scrape(worker, token)
         assert by_label(samples, "tierflow_events_processed_total", "topic") == sent
         assert by_label(samples, "tierflow_dead_letters_total", "reason") == bad
@@ -141,7 +143,7 @@ def test_metrics_count_what_was_sent_and_published(settings: Settings, tmp_path:
                 and by_label(now, "tierflow_reward_records_total", "campaign", "kind")
                 == Counter((g["campaign"] or "none", g["kind"]) for g in grants)
                 and now[("tierflow_event_to_tier_change_seconds_count", ())]
-                == sum(1 for c in changes if c["reason"] == "event")
+                == sum(1 for c in changes if c["reason"] in EVENT_REASONS)
             )
             return now if same and changes and grants else None
 

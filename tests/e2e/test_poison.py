@@ -20,6 +20,7 @@ from tests.fixtures.worker import population_events, read_all, running_worker, w
 from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.state.store import StateStore, connect
 from tierflow.pipeline.state.summary import DAY_MS, UserKeys
+from tierflow.schemas.events import TOPIC_OF
 
 CONFIG = """
 [ingest]
@@ -183,7 +184,7 @@ def test_poison_corpus_is_dead_lettered_and_the_worker_goes_on(settings: Setting
                orjson.dumps(purchase("damaged", "damaged-1", now_ms)), key=b"damaged")
     assert len(corpus.kinds) >= 40
 
-    stream = [(str(e["type"]), e["user_id"].encode(), orjson.dumps(e)) for e in events] + corpus.records
+    stream = [(TOPIC_OF[str(e["type"])], e["user_id"].encode(), orjson.dumps(e)) for e in events] + corpus.records
     random.Random(41).shuffle(stream)
     stream.append(("purchase", original["user_id"].encode(), orjson.dumps(conflict)))
     producer = Producer(settings.kafka.confluent(**{"linger.ms": 20, "enable.idempotence": True}))
