@@ -101,15 +101,23 @@ def deltas(current: Sales, before: Sales) -> dict[str, float | None]:
     }
 
 
-# One row per (domain, day) of orders in [prev_start, end]: each order once.
+# One row per (domain, day) of orders in [prev_start, end]: each order once, net of its
+# refunds (counted in the order's day, as the state counts them); an order refunded in
+# full is no order.
 _SALES_SQL = f"""
-    SELECT {domain_of("order_channel")} AS domain, order_day, count(), sum(amount)
+    SELECT {domain_of("order_channel")} AS domain, order_day, countIf(NOT refunded), sum(net)
     FROM (
-        SELECT user_id, order_id, any(amount_cents) AS amount, min(day) AS order_day,
-               any(channel) AS order_channel
-        FROM touch_events
-        WHERE type = 'purchase' AND day BETWEEN {{prev_start:Date}} AND {{end:Date}}
-        GROUP BY user_id, order_id
+        SELECT p.order_day AS order_day, p.order_channel AS order_channel,
+               p.amount - if(r.order_id = '', 0, r.refunded_cents) AS net,
+               r.order_id != '' AND r.full_refund AS refunded
+        FROM (
+            SELECT user_id, order_id, any(amount_cents) AS amount, min(day) AS order_day,
+                   any(channel) AS order_channel
+            FROM touch_events
+            WHERE type = 'purchase' AND day BETWEEN {{prev_start:Date}} AND {{end:Date}}
+            GROUP BY user_id, order_id
+        ) AS p
+        LEFT JOIN order_refunds_v AS r ON r.user_id = p.user_id AND r.order_id = p.order_id
     )
     GROUP BY domain, order_day
 """

@@ -103,21 +103,34 @@ def shop(start: date, today: date) -> list[dict]:
                 amount = round(sum(line["qty"] * line["price"] for line in lines) - rng.choice((0, 3)), 2)
                 events.append({**base, "type": "purchase", "order_id": f"{user}-o{n}", "amount": amount,
                                "currency": "CNY", "items": lines})
+                if rng.random() < 0.2:  # returned in full or in part, an hour later
+                    back = amount if rng.random() < 0.5 else round(amount / 2, 2)
+                    later = (when + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+                    events.append({**base, "event_id": f"{user}-{n}-r", "ts": later, "type": "refund",
+                                   "order_id": f"{user}-o{n}", "amount": back, "currency": "CNY"})
             if rng.random() < 0.1:
                 events.append(dict(events[-1]))  # delivered twice
     return events
 
 
 def sales_truth(events: list[dict], start: date, end: date, domain_of: dict[str, str]) -> dict:
+    """Orders placed in [start, end], each once, net of their refunds whenever those came;
+    an order refunded in full is no order."""
     orders: dict[str, dict] = {}
+    returned: dict[str, int] = defaultdict(int)
+    refunds = {e["event_id"]: e for e in events if e["type"] == "refund"}
+    for e in refunds.values():
+        returned[e["order_id"]] += round(e["amount"] * 100)
     for e in events:
         if e["type"] == "purchase" and start <= event_day(e) <= end:
             orders[e["order_id"]] = e
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for e in orders.values():
+    for order_id, e in orders.items():
+        cents = round(e["amount"] * 100)
+        net = cents - min(returned[order_id], cents)
         for key in ("total", domain_of.get(e["channel"], "other")):
-            out[key][0] += 1
-            out[key][1] += round(e["amount"] * 100)
+            out[key][0] += net > 0
+            out[key][1] += net
     return out
 
 
