@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -179,15 +178,7 @@ def test_redis_killed_mid_stream_and_restarted_on_its_append_only_file(
 
 def _broker_ports(brokers: int = 1) -> int:
     """A free port followed by the 2 * brokers - 1 free ports of the other listeners."""
-    while True:
-        port = free_port()
-        try:
-            for taken in range(port + 1, port + 2 * brokers):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", taken))
-            return port
-        except OSError:
-            continue
+    return free_port(span=2 * brokers)
 
 
 def _private_home(tmp_path: Path) -> Path:
