@@ -43,14 +43,14 @@ from typing import Any
 import orjson
 import redis
 
-from bench.ingest import Dataset, delete_run_topics, log, produce, quix_available
+from bench.ingest import Dataset, log, produce, quix_available
 from bench.stats import cdf, latency_summary, percentile, ratio
 from bench.traffic import Traffic, customer_id
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import Config, load_config
 from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.kafka import clients
-from tierflow.pipeline.kafka.topics import ensure_topics
+from tierflow.pipeline.kafka.topics import delete_topics, ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_QUIX_PYTHON = str(ROOT / ".venv" / "quix" / "bin" / "python")  # made by `make bench`
@@ -699,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.flushdb()
         client.close()
         if not args.keep_topics:
-            delete_run_topics(settings, tag)
+            delete_topics(settings, tag)
     results["wall_s"] = round(time.monotonic() - started, 1)
     (out / "bench.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     written = charts(results, out)

@@ -380,17 +380,6 @@ def table(rows: list[Summary], datasets: Sequence[Dataset]) -> str:
     return "\n".join(lines)
 
 
-def delete_run_topics(settings: Settings, run_tag: str) -> None:
-    """Every topic whose name holds the run's tag: its own, and those Faust and Quix
-    Streams create (named after the consumer group, which holds the tag too)."""
-    from tierflow.pipeline.kafka.topics import admin
-
-    client = admin(settings)
-    names = [t for t in client.list_topics(timeout=10).topics if run_tag in t]
-    for future in client.delete_topics(names, operation_timeout=30).values() if names else []:
-        future.result()
-
-
 def quix_available(quix_python: str) -> str | None:
     """None if the interpreter can import quixstreams, else why not."""
     if not Path(quix_python).exists():
@@ -498,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         client.flushdb()
         client.close()
         if not args.keep_topics:
-            delete_run_topics(settings, run_prefix)
+            from tierflow.pipeline.kafka.topics import delete_topics
+
+            delete_topics(settings, run_prefix)
 
     rows = summarize(runs, datasets, contenders)
     print(table(rows, datasets))

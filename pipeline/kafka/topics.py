@@ -42,3 +42,14 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
                 raise
     return created
+
+
+def delete_topics(settings: Settings, holding: str, timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name holds `holding` (a run's tag: its own topics, and those
+    Faust or Quix Streams create, named after a consumer group that holds the tag too);
+    returns their names."""
+    client = admin(settings)
+    names = [name for name in client.list_topics(timeout=timeout).topics if holding in name]
+    for future in client.delete_topics(names, operation_timeout=timeout).values() if names else []:
+        future.result()
+    return names
