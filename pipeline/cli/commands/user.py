@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 from datetime import datetime
 
 import orjson
@@ -13,7 +14,10 @@ from tierflow.pipeline.config.context import Context, from_args
 from tierflow.pipeline.ingest.validate import parse_ts
 from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.state.store import StateStore, connect
-from tierflow.pipeline.state.summary import AsOfOutOfRange, summarize
+from tierflow.pipeline.state.summary import DAY_MS, AsOfOutOfRange, iso, summarize
+from tierflow.pipeline.tiering.config import DowngradeConfig
+from tierflow.pipeline.tiering.grace import HELD, decode_holds
+from tierflow.pipeline.tiering.keys import TierKeys
 from tierflow.pipeline.tiering.store import TierStore
 
 
@@ -51,10 +55,30 @@ def render_text(doc: dict) -> str:
                      f"paid tier offer {membership['offer_price']}"
                      + (f", paid until {membership['paid_until']}" if membership["paid_until"] else "") + ")")
         lines.append("  tags            " + ", ".join(doc["tags"]))
+    for dim, hold in doc.get("held", {}).items():
+        lines.append(f"  held            {dim} {hold['published']} until {hold['downgrade_at']}, then "
+                     f"{hold['downgrade_to'] or '-'} (due since {hold['due_since']}"
+                     + (", notice sent)" if hold["noticed"] else ")"))
     if doc["channels"]:
         lines.append("  channels        " + ", ".join(f"{c} {n}" for c, n in
                                                      sorted(doc["channels"].items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
+
+
+def held_downgrades(stored: Mapping[str, str | None], current: Mapping[str, str | None],
+                    rules: DowngradeConfig) -> dict[str, dict[str, object]]:
+    """The downgrades held back by grace: `stored` the user's tier fields (`holds`, and
+    `v:<dimension>` the value published), `current` what an evaluation finds now."""
+    held: dict[str, dict[str, object]] = {}
+    for dim, hold in decode_holds(stored.get("holds")).items():
+        if dim not in HELD:
+            continue
+        held[dim] = {
+            "published": stored.get(f"v:{dim}"), "downgrade_to": current.get(dim),
+            "due_since": iso(hold.since_ms), "downgrade_at": iso(hold.since_ms + rules.grace_days(dim) * DAY_MS),
+            "noticed": hold.noticed,
+        }
+    return held
 
 
 def user_document(ctx: Context, user_id: str, as_of_ms: int, client: Redis | None = None) -> dict:
@@ -75,6 +99,11 @@ def user_document(ctx: Context, user_id: str, as_of_ms: int, client: Redis | Non
     doc = summary.to_json()
     if evaluation is not None:
         doc.update(evaluation.to_json())
+        # The preview is the evaluation before grace: a held downgrade is not published yet.
+        fields = ("holds", *(f"v:{dim}" for dim in HELD))
+        stored = dict(zip(fields, client.hmget(TierKeys.of(user_id).tier, fields), strict=True))
+        doc["held"] = held_downgrades(stored, {dim: evaluation.value(dim) for dim in HELD},
+                                      ctx.config.tiering.downgrade)
     return doc
 
 

@@ -217,15 +217,20 @@ def history(w: World) -> list[list]:
     return days
 
 
-def run(url: str, rules: DowngradeConfig, replay: bool) -> list[TierChange]:
-    redis.Redis.from_url(url).flushdb()
+def graced_config(rules: DowngradeConfig) -> Config:
+    """The default config with these grace rules and a 15-day paid membership (the vip lapses on day 15)."""
     base = config_with()
     paid = msgspec.structs.replace(base.tiering.membership.paid, term_days=15)
     membership = msgspec.structs.replace(base.tiering.membership, paid=paid)
-    config = msgspec.structs.replace(base, tiering=msgspec.structs.replace(
+    return msgspec.structs.replace(base, tiering=msgspec.structs.replace(
         base.tiering, downgrade=rules, membership=membership))
-    w = World(url, config)
-    for day, batch in enumerate(history(w)):
+
+
+def play(url: str, rules: DowngradeConfig, replay: bool, days: int = DAYS) -> World:
+    """The history's first `days` days through a fresh Redis db; the caller closes the world's client."""
+    redis.Redis.from_url(url).flushdb()
+    w = World(url, graced_config(rules))
+    for day, batch in enumerate(history(w)[:days]):
         noon = T0 + day * DAY_MS
         if batch:
             w.ingest(batch, max(noon, max(e.ts_ms for e in batch)))
@@ -235,6 +240,11 @@ def run(url: str, rules: DowngradeConfig, replay: bool) -> list[TierChange]:
             w.tiers.tick(noon)
         if replay and day % 7 == 3:
             w.tiers.evaluate_users(["vip", "steady", "old"], noon, "time_decay")  # a re-sent schedule entry
+    return w
+
+
+def run(url: str, rules: DowngradeConfig, replay: bool) -> list[TierChange]:
+    w = play(url, rules, replay)
     records = [r for user in ("vip", "steady", "old") for r in w.records(user)]
     w.client.close()
     return records
