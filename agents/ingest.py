@@ -194,13 +194,21 @@ class IngestLoop:
                  self.ctx.settings.group_id)
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(cfg.batch_max_records, cfg.batch_max_ms / 1000)
+                messages = self._take(cfg.batch_max_records, cfg.batch_max_ms / 1000)
                 if messages:
                     self.process(messages)
                 elif owner is not None:
                     owner.idle()
         finally:
             self.consumer.close()
+
+    def _take(self, most: int, wait_s: float) -> list[Message]:
+        """The next batch: every record already fetched, up to `most`, waiting up to `wait_s`
+        for the first one only. A batch that takes T to process lets what arrives meanwhile
+        gather for the next, so batches grow with the load on their own, and at a low rate a
+        record is processed as soon as it arrives instead of after a fixed window."""
+        first = self.consumer.consume(1, wait_s)
+        return first + self.consumer.consume(most - 1, 0) if first and most > 1 else first
 
     def process(self, messages: list[Message]) -> AppliedBatch:
         now_ms = wall_ms()
