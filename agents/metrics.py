@@ -57,9 +57,9 @@ log = logging.getLogger("tierflow.metrics")
 METRICS_PATH = "/metrics"
 
 MS_PER_S = 1000
-# Event time to tier change: a live pipeline answers in seconds; a backfill of old
-# events lands in the top buckets.
-CHANGE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
+# Event time to tier change: a live pipeline answers within tens of milliseconds to a
+# second; a backfill of old events lands in the top buckets.
+CHANGE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0)
 # One stage over one consumer batch (up to `ingest.batch_max_records` records).
 STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # The campaign label of records that belong to none (manual points adjustments).
