@@ -47,6 +47,9 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A batch's customers are evaluated in slices of this many, two slices at a time, so
     # one is evaluated while Redis reads or commits the other.
     tier_slice_users: Annotated[int, msgspec.Meta(ge=1)]
+    # Users whose applied population deltas the tier stage remembers until their next
+    # commit clears them (about 100 bytes a user); past this many the oldest cost a call.
+    tier_clears_users: Annotated[int, msgspec.Meta(ge=0)]
     # Users whose points lots are expired per timer tick.
     points_expiry_users: Annotated[int, msgspec.Meta(ge=1)]
     # A worker that stops answering the group (killed, hung) loses its input partitions

@@ -18,20 +18,21 @@ Exactly once, across crashes and replays:
 2. `apply` (shard tag) applies a user's deltas in seq order, only those above the
    user's last applied seq (kept in `:applied`), so a delta re-sent after a crash
    is skipped and the counts stay exact. Deltas of one user are applied in order
-   because `commit` returns every pending delta and `clear` only removes applied
-   ones. (A per-user high-water mark instead of a set of applied delta ids keeps
-   this bounded by the number of users, not of changes.)
-3. `clear` (user tag) drops the applied deltas. It rides on this store's next
-   read (`_load`) instead of costing a round trip of its own; a delta left behind
-   (a crash before that read) is at or below the applied mark, so it is skipped
-   by the apply and by erasure, and cleared after the user's next evaluation.
+   because `commit` returns every pending delta and only applied ones are cleared.
+   (A per-user high-water mark instead of a set of applied delta ids keeps this
+   bounded by the number of users, not of changes.)
+3. The applied deltas are dropped from the user's pending hash by the user's next
+   `commit` (the store remembers each user's applied mark until then), so clearing
+   costs no call of its own. Past `worker.tier_clears_users` remembered users the
+   oldest are cleared by a `clear` call riding on the next read. A delta left
+   behind (a crash, a restart) is at or below the applied mark, so it is skipped by
+   the apply and by erasure, and cleared after the user's next evaluation.
 A crash between 1 and 2 leaves the delta pending; whatever re-triggers the
 evaluation (the ingest replay, the still-due schedule entry, the unfinished
 sweep, re-running `reevaluate_all`) commits again, finds nothing new, and
-flushes it. A batch therefore costs three round trips: read (with the previous
-call's clears), commit, apply. A large batch reads and commits in slices
-(`worker.tier_slice_users`), two at a time, so Redis works on one while Python
-evaluates the other.
+flushes it. A batch therefore costs three round trips: read, commit, apply. A
+large batch reads and commits in slices (`worker.tier_slice_users`), two at a
+time, so Redis works on one while Python evaluates the other.
 
 The state store does not keep when a SKU was bought, so `on_batch` records the
 paid-membership orders from the batch's events (`load` stores them).
@@ -46,6 +47,7 @@ Clocks: every entry point takes `now_ms` from the caller.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -122,9 +124,9 @@ class Result:
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     # Change records appended by this call.
     appended: list[TierChange] = field(default_factory=list)
-    # Every unacknowledged change of the evaluated users with changes, oldest first:
-    # publish these, then `ack_changes`. Includes records a crashed run left unpublished.
-    outbox: dict[str, list[TierChange]] = field(default_factory=dict)
+    # The evaluated users with unacknowledged changes, and how many each has (records a
+    # crashed run left unpublished included): the publisher reads them from the outbox.
+    outbox: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: Result) -> None:
         self.evaluated += other.evaluated
@@ -170,10 +172,13 @@ class TierStore:
         self.outbox = ChangeOutbox(client, self.shards)
         self._script = lua.register(client, __file__, "tiers")
         self._scripts = [self._script]
-        # Users whose deltas the population applied, with the highest seq: cleared from
-        # their pending hashes on the next read (ingest and timer threads share this store).
+        # Users whose deltas the population applied, with the highest seq, oldest first:
+        # cleared from their pending hashes by their next commit (ingest and timer threads
+        # share this store).
         self._clears: dict[str, int] = {}
         self._clears_lock = threading.Lock()
+        # Lives as long as the store: evaluates one slice while Redis works on the other.
+        self._slices = ThreadPoolExecutor(2, thread_name_prefix="tier-slice")
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -228,14 +233,14 @@ class TierStore:
         result = Result()
         deltas: list[Delta] = []
         todo = list(dict.fromkeys(user_ids))
-        clears = self._take_clears()
+        overflow = self._take_overflow()
         for _ in range(MAX_ATTEMPTS):
             if not todo:
                 break
             todo = self._rounds(
-                todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, clears, triggers or {}
+                todo, now_ms, reason, event_times or {}, paid or {}, result, deltas, overflow, triggers or {}
             )
-            clears = {}
+            overflow = {}
         if todo:
             raise ConcurrentEvaluation(f"state kept moving for {len(todo)} users, e.g. {todo[0]!r}")
         self._flush(deltas)
@@ -250,7 +255,7 @@ class TierStore:
         paid: Mapping[str, list[list[object]]],
         result: Result,
         deltas: list[Delta],
-        clears: Mapping[str, int],
+        overflow: Mapping[str, int],
         triggers: Mapping[str, tuple[str, str]],
     ) -> list[str]:
         """One round over the users; more than `worker.tier_slice_users` go in slices, two
@@ -259,13 +264,12 @@ class TierStore:
         evaluate again (stale)."""
         slices = list(chunks(users, self.config.worker.tier_slice_users))
         if len(slices) == 1:
-            return self._round(users, now_ms, reason, event_times, paid, result, deltas, clears, triggers)
+            return self._round(users, now_ms, reason, event_times, paid, result, deltas, overflow, triggers)
         parts = [(Result(), list[Delta]()) for _ in slices]
-        with ThreadPoolExecutor(2, thread_name_prefix="tier-slice") as pool:
-            rounds = [pool.submit(self._round, chunk, now_ms, reason, event_times, paid, part, part_deltas,
-                                  clears if n == 0 else {}, triggers)
-                      for n, (chunk, (part, part_deltas)) in enumerate(zip(slices, parts, strict=True))]
-            retry = [user for done in rounds for user in done.result()]
+        rounds = [self._slices.submit(self._round, chunk, now_ms, reason, event_times, paid, part, part_deltas,
+                                      overflow if n == 0 else {}, triggers)
+                  for n, (chunk, (part, part_deltas)) in enumerate(zip(slices, parts, strict=True))]
+        retry = [user for done in rounds for user in done.result()]
         for part, part_deltas in parts:
             result.merge(part)
             result.evaluations.update(part.evaluations)
@@ -281,10 +285,10 @@ class TierStore:
         paid: Mapping[str, list[list[object]]],
         result: Result,
         deltas: list[Delta],
-        clears: Mapping[str, int] | None = None,
+        overflow: Mapping[str, int] | None = None,
         triggers: Mapping[str, tuple[str, str]] | None = None,
     ) -> list[str]:
-        loaded, snapshot = self._load(users, paid, clears or {})
+        loaded, snapshot = self._load(users, paid, overflow or {})
         evaluated: list[tuple[str, Loaded, Graced, int]] = []
         for user in users:
             state = loaded.get(user)
@@ -302,13 +306,16 @@ class TierStore:
             event_time = self._event_time(reason, state, evaluation, event_times.get(user))
             evaluated.append((user, state, apply_grace(evaluation, state.tier, event_time, self.tiering), event_time))
 
+        marks = self._take_clears(user for user, *_ in evaluated)
+
         def commit_all(pipe: Pipeline) -> None:
             for user, state, graced, event_time in evaluated:
-                self._commit(pipe, user, state, graced, snapshot, reason, event_time, (triggers or {}).get(user))
+                self._commit(pipe, user, state, graced, snapshot, reason, event_time, (triggers or {}).get(user),
+                             marks.get(user, 0))
 
         retry: list[str] = []
         replies = calls.run(self.client, self._scripts, commit_all)
-        for (user, _state, graced, _time), (status, appended, pending, outbox) in zip(
+        for (user, _state, graced, _time), (status, appended, pending, waiting) in zip(
             evaluated, replies, strict=True
         ):
             if status == "stale":
@@ -317,18 +324,17 @@ class TierStore:
             result.evaluated += 1
             result.evaluations[user] = graced.evaluation
             deltas += ((user, int(seq), text) for seq, text in zip(pending[::2], pending[1::2], strict=True))
-            if outbox:
-                records = decode_changes(outbox)
-                if appended:
-                    result.appended += records[-appended:]
-                result.outbox[user] = records
+            if appended:
+                result.appended += decode_changes(appended)
+            if waiting:
+                result.outbox[user] = waiting
         return retry
 
     def _load(
         self, users: list[str], paid: Mapping[str, list[list[object]]], clears: Mapping[str, int] | None = None
     ) -> tuple[dict[str, Loaded], Snapshot]:
         """The users' state, stored tiers and paid orders, and the population snapshot, in
-        one round trip that also clears deltas an earlier call applied (`clears`)."""
+        one round trip that also clears the applied deltas of other users (`clears`)."""
         clears = clears or {}
 
         def build(pipe: Pipeline) -> None:
@@ -379,9 +385,11 @@ class TierStore:
     def _commit(
         self, pipe: Pipeline, user: str, state: Loaded, graced: Graced,
         snapshot: Snapshot, reason: Reason, event_time_ms: int, trigger: tuple[str, str] | None,
+        applied_seq: int = 0,
     ) -> None:
         """Commit the evaluation as graced (held downgrades kept), with the explanations of
-        what changes and the will_downgrade notices due."""
+        what changes and the will_downgrade notices due, clearing the user's deltas up to
+        `applied_seq` (applied by the population)."""
         keys = TierKeys.of(user)
         e = graced.evaluation
         why, notices = explain_graced(graced, state.tier, snapshot.population, self.tiering, trigger)
@@ -397,15 +405,15 @@ class TierStore:
                 msgspec.json.encode({"points": e.membership.points, "repurchases": e.lifecycle.repurchases,
                                      "why": why}),
                 snapshot.taken_ms, state.tier.get("holds", ""), encode_holds(graced.holds),
-                msgspec.json.encode(notices),
+                msgspec.json.encode(notices), applied_seq,
             ],
         )
 
     def _flush(self, deltas: Iterable[Delta]) -> None:
         """Apply pending deltas to the population (once each) in one round trip. Clearing
-        them from the users' pending hashes rides on this store's next read (`_load`): a
-        delta left there is at or below the shard's applied mark, which every reader of it
-        (the apply, erasure) skips."""
+        them from the users' pending hashes rides on the users' next commits: a delta left
+        there is at or below the shard's applied mark, which every reader of it (the apply,
+        erasure) skips."""
         by_shard: dict[ShardKeys, dict[tuple[str, int], str]] = defaultdict(dict)
         for user, seq, text in deltas:
             by_shard[self.shards.holding(user)][(user, seq)] = text
@@ -421,12 +429,22 @@ class TierStore:
                    for user, seq in _pairs(flat).items()}
         with self._clears_lock:
             for user, seq in applied.items():
-                self._clears[user] = max(seq, self._clears.get(user, 0))
+                # Re-inserted, so that the dict stays oldest first.
+                self._clears[user] = max(seq, self._clears.pop(user, 0))
 
-    def _take_clears(self) -> dict[str, int]:
+    def _take_clears(self, users: Iterable[str]) -> dict[str, int]:
+        """The applied marks of these users, for their commits to clear."""
         with self._clears_lock:
-            clears, self._clears = self._clears, {}
-        return clears
+            return {user: seq for user in users if (seq := self._clears.pop(user, 0))}
+
+    def _take_overflow(self) -> dict[str, int]:
+        """The oldest applied marks past `worker.tier_clears_users`, cleared by calls of their own."""
+        with self._clears_lock:
+            excess = len(self._clears) - self.config.worker.tier_clears_users
+            if excess <= 0:
+                return {}
+            oldest = list(itertools.islice(self._clears, excess))
+            return {user: self._clears.pop(user) for user in oldest}
 
     def preview(self, user_id: str, as_of_ms: int) -> Evaluation | None:
         """Evaluate as of any instant without committing (e.g. `tierflow user --as-of`).

@@ -22,6 +22,17 @@ local function event_count(profile)
   return total
 end
 
+-- Drops a user's pending deltas the population has applied (seq at or below `applied`).
+local function clear_applied(pending, applied)
+  if applied <= 0 then return 0 end
+  local done = {}
+  for _, field in ipairs(redis.call('HKEYS', pending)) do
+    if tonumber(field) <= applied then done[#done + 1] = field end
+  end
+  if #done > 0 then redis.call('HDEL', pending, unpack(done)) end
+  return #done
+end
+
 if op == 'load' then
   -- KEYS: profile, days, categories, skus, channels, tier, paid
   -- Returns the five state hashes, {asof, nb} of the stored tiers, and the paid orders.
@@ -51,28 +62,31 @@ elseif op == 'commit' then
   --   6 event time (RFC 3339), 7 JSON {segment, lifecycle, membership, aipl} (null = none),
   --   8 JSON {r, f, m} scores or null, 9 JSON {r, f, m} raw values as strings or null,
   --   10 next boundary ms ('' = none), 11 evaluation document, 12 JSON {points, repurchases,
---   why: {dimension: explanation} of the dimensions expected to change},
+  --   why: {dimension: explanation} of the dimensions expected to change},
   --   13 when the population snapshot evaluated against was taken, 14 the downgrade holds read
---   with the state ('' = none), 15 the holds to store, 16 JSON [{dimension, held, at, why}]
---   will_downgrade notices to append
-  -- Returns {status, how many records it appended, pending deltas {seq, JSON, ...}, the
-  -- user's unacknowledged records (JSON, oldest first)}.
+  --   with the state ('' = none), 15 the holds to store, 16 JSON [{dimension, held, at, why}]
+  --   will_downgrade notices to append, 17 the highest delta seq the population has applied
+  --   for this user as far as the caller knows (0: none): those deltas are cleared first
+  -- Returns {status, the records it appended (JSON), pending deltas {seq, JSON, ...}, how many
+  -- unacknowledged records the user has}.
   local tier, outbox, pending, profile = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   local user, basis, as_of = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  -- Clearing applied deltas is safe whatever the outcome below (the apply skips them anyway).
+  clear_applied(pending, tonumber(ARGV[17]))
   -- Evaluated from a state that has moved on, or from an instant before the stored one:
   -- the caller re-reads and re-evaluates.
-  if event_count(profile) ~= basis then return {'stale', 0, {}, {}} end
+  if event_count(profile) ~= basis then return {'stale', {}, {}, 0} end
   -- Everything compared below, read in one call (all reads precede this call's writes).
   local stored = redis.call('HMGET', tier, 'asof', 'pop', 'raw', 'nb',
     'v:segment', 'v:lifecycle', 'v:membership', 'v:aipl', 's:r', 's:f', 's:m', 'holds')
   local stored_as_of = tonumber(stored[1] or '-1')
-  if as_of < stored_as_of then return {'stale', 0, {}, {}} end
+  if as_of < stored_as_of then return {'stale', {}, {}, 0} end
   -- Nor against an older population snapshot than the last commit (a sweep may have
   -- re-evaluated this user against the newer one meanwhile).
   local snapshot = tonumber(ARGV[13])
-  if snapshot < tonumber(stored[2] or '-1') then return {'stale', 0, {}, {}} end
+  if snapshot < tonumber(stored[2] or '-1') then return {'stale', {}, {}, 0} end
   -- Nor from holds another commit has changed since they were read.
-  if (stored[12] or '') ~= ARGV[14] then return {'stale', 0, {}, {}} end
+  if (stored[12] or '') ~= ARGV[14] then return {'stale', {}, {}, 0} end
 
   local values, scores = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
   local raw, nb = cjson.decode(ARGV[9]), ARGV[10]
@@ -81,7 +95,7 @@ elseif op == 'commit' then
   if scores ~= NULL then record_scores = scores end
   local delta = {user = user, dims = {}, scores = {}}
   local dirty = stored_as_of < 0
-  local appended = 0
+  local appended = {}
   -- The caller's explanation of a dimension (nil if it did not expect that one to change),
   -- with the scores before for a segment.
   local function explanation(dim)
@@ -100,14 +114,12 @@ elseif op == 'commit' then
       local version = redis.call('HINCRBY', tier, 'n:' .. dim, 1)
       local seq = redis.call('HINCRBY', tier, 'seq', 1)
       if new then redis.call('HSET', tier, 'v:' .. dim, new) else redis.call('HDEL', tier, 'v:' .. dim) end
-      local record = cjson.encode({
+      appended[#appended + 1] = cjson.encode({
         user_id = user, dimension = dim, old = json_or_null(old), new = json_or_null(new),
         version = version, seq = seq, reason = ARGV[5], scores = record_scores,
         points = extra.points, repurchases = extra.repurchases, event_time = ARGV[6],
         why = explanation(dim),
       })
-      redis.call('RPUSH', outbox, record)
-      appended = appended + 1
       delta.dims[dim] = {json_or_null(old), json_or_null(new)}
       delta.outbox = seq
     end
@@ -116,13 +128,12 @@ elseif op == 'commit' then
   for _, notice in ipairs(cjson.decode(ARGV[16])) do
     dirty = true
     local seq = redis.call('HINCRBY', tier, 'seq', 1)
-    redis.call('RPUSH', outbox, cjson.encode({
+    appended[#appended + 1] = cjson.encode({
       user_id = user, dimension = notice.dimension, old = notice.held, new = notice.held,
       version = tonumber(redis.call('HGET', tier, 'n:' .. notice.dimension)), seq = seq,
       reason = 'will_downgrade', scores = record_scores, points = extra.points,
       repurchases = extra.repurchases, event_time = notice.at, why = notice.why,
-    }))
-    appended = appended + 1
+    })
     delta.outbox = seq
   end
   if ARGV[15] == '' then redis.call('HDEL', tier, 'holds') else redis.call('HSET', tier, 'holds', ARGV[15]) end
@@ -155,17 +166,14 @@ elseif op == 'commit' then
     redis.call('HSET', pending, int(dseq), cjson.encode(delta))
   end
   redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11], 'pop', int(snapshot))
-  return {'ok', appended, redis.call('HGETALL', pending), redis.call('LRANGE', outbox, 0, -1)}
+  local waiting
+  if #appended > 0 then waiting = redis.call('RPUSH', outbox, unpack(appended))
+  else waiting = redis.call('LLEN', outbox) end
+  return {'ok', appended, redis.call('HGETALL', pending), waiting}
 
 elseif op == 'clear' then
   -- KEYS: pending; ARGV[2]: highest delta seq the population has applied for this user.
-  local applied = tonumber(ARGV[2])
-  local done = {}
-  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if tonumber(field) <= applied then done[#done + 1] = field end
-  end
-  if #done > 0 then redis.call('HDEL', KEYS[1], unpack(done)) end
-  return #done
+  return clear_applied(KEYS[1], tonumber(ARGV[2]))
 
 elseif op == 'apply' then
   -- KEYS: 1 counts, 2 applied (user -> last delta seq), 3 due, 4 outbox index,

@@ -152,8 +152,8 @@ def test_replaying_the_same_evaluation_emits_nothing(world: World) -> None:
     assert world.client.hgetall(TierKeys.of("u1").tier) == tier_before
     assert world.tiers.stats.counts() == counts_before
     assert len(world.records("u1")) == 4
-    # Unacknowledged records come back with every evaluation, for the publisher.
-    assert [r.seq for r in again.outbox["u1"]] == [1, 2, 3, 4]
+    # Users with unacknowledged records come back with every evaluation, for the publisher.
+    assert again.outbox == {"u1": 4}
 
 
 def test_versions_increase_by_one_per_dimension_with_no_gaps(world: World) -> None:
@@ -278,7 +278,7 @@ def test_an_evaluation_of_a_state_that_moved_on_is_refused_and_redone(world: Wor
     world.tiers._commit(pipe, "u1", loaded["u1"], apply_grace(stale, {}, T0, world.config.tiering), snapshot, "event",
                         T0, None)
     [(status, appended, _pending, _outbox)] = pipe.execute()
-    assert (status, appended) == ("stale", 0)
+    assert (status, appended) == ("stale", [])
     assert world.records("u1") == []
     result = world.tiers.evaluate_users(["u1"], T0 + 2, "event")
     assert result.evaluations["u1"].lifecycle.repurchases == 2
@@ -547,11 +547,24 @@ def test_a_new_snapshot_mid_sweep_starts_the_merged_sweep_from_the_beginning(red
         w.client.hget(SNAPSHOT_KEY, "taken_ms")}
 
 
-def test_applied_deltas_are_cleared_by_the_next_read(world: World) -> None:
-    world.ingest([world.purchase("u1", T0)], T0)
+def test_applied_deltas_are_cleared_by_the_users_next_commit(world: World) -> None:
+    world.ingest([world.purchase("u1", T0), world.purchase("u2", T0)], T0)
     assert world.client.hlen(TierKeys.of("u1").pending) == 1  # applied, not yet cleared
-    world.tiers.evaluate_users(["u2"], T0, "event")  # any later call clears it
+    world.tiers.evaluate_users(["u2"], T0, "event")
+    assert world.client.hlen(TierKeys.of("u1").pending) == 1  # only u1's own commit clears it
+    world.tiers.evaluate_users(["u1"], T0, "event")
     assert world.client.hlen(TierKeys.of("u1").pending) == 0
+
+
+def test_applied_deltas_past_the_remembered_users_are_cleared_by_the_next_read(redis_url: str) -> None:
+    config = config_with()
+    w = World(redis_url, msgspec.structs.replace(
+        config, worker=msgspec.structs.replace(config.worker, tier_clears_users=1)))
+    w.ingest([w.purchase("u1", T0), w.purchase("u2", T0)], T0)
+    w.tiers.evaluate_users(["u3"], T0, "event")  # u1 applied first: the oldest of two, one remembered
+    assert w.client.hlen(TierKeys.of("u1").pending) == 0
+    assert w.client.hlen(TierKeys.of("u2").pending) == 1
+    w.client.close()
 
 
 # --- outbox ---------------------------------------------------------------------------------------
