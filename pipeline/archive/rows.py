@@ -9,7 +9,6 @@ the archive (reward records are also kept verbatim in the `payload` column).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,8 +18,6 @@ from tierflow.pipeline.state.summary import cents
 from tierflow.schemas.events import Browse, Cart, Interaction, Purchase, Refund
 from tierflow.schemas.reward_grants import RewardRecord
 from tierflow.schemas.tier_changes import TierChange
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TOUCH_COLUMNS = (
     "event_id", "user_id", "type", "ts", "channel", "categories", "action", "sku", "page",
@@ -42,14 +39,13 @@ GRANT_COLUMNS = (
 Row = tuple[Any, ...]
 Source = tuple[str, int, int]  # topic, partition, offset
 
+# Every time column is DateTime64(3, 'UTC') (infra/clickhouse/*.sql): rows carry epoch
+# milliseconds, which the client writes as the column's ticks as they are, exact and
+# without a datetime per value.
+
 
 class RecordError(ValueError):
     """A tier-change or reward record the archive cannot store."""
-
-
-def utc(ts_ms: int) -> datetime:
-    """Exact millisecond datetime (float division would round some values)."""
-    return EPOCH + timedelta(milliseconds=ts_ms)
 
 
 def touch_row(item: ValidEvent, source: Source) -> Row:
@@ -84,7 +80,7 @@ def touch_row(item: ValidEvent, source: Source) -> Row:
         action, target = event.kind, event.target or ""
     kind = type(event).__name__.lower()
     return (
-        event.event_id, event.user_id, kind, utc(item.ts_ms), event.channel, categories, action,
+        event.event_id, event.user_id, kind, item.ts_ms, event.channel, categories, action,
         sku, page, origin, target, qty, price, order_id, amount, currency, list(coupons),
         *lines, *source,
     )
@@ -92,17 +88,20 @@ def touch_row(item: ValidEvent, source: Source) -> Row:
 
 T = TypeVar("T")
 
+_TIER_CHANGE = msgspec.json.Decoder(TierChange)
+_REWARD_RECORD = msgspec.json.Decoder(RewardRecord)
 
-def _decode(value: bytes, kind: type[T]) -> T:
+
+def _decode(value: bytes, decoder: msgspec.json.Decoder[T]) -> T:
     try:
-        return msgspec.json.decode(value, type=kind)
+        return decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise RecordError(str(exc)) from exc
 
 
-def _time(value: str) -> datetime:
+def _time(value: str) -> int:
     try:
-        return utc(parse_ts(value))
+        return parse_ts(value)
     except (ValueError, OverflowError) as exc:
         raise RecordError(f"unparseable event_time {value!r}") from exc
 
@@ -110,7 +109,7 @@ def _time(value: str) -> datetime:
 def tier_row(value: bytes | None, source: Source) -> Row:
     if value is None:
         raise RecordError("record has no value")
-    rec = _decode(value, TierChange)
+    rec = _decode(value, _TIER_CHANGE)
     return (
         rec.user_id, rec.dimension, rec.old, rec.new, rec.reason, rec.version, rec.seq,
         _time(rec.event_time), msgspec.json.encode(rec.scores).decode(), rec.points, rec.repurchases,
@@ -131,9 +130,9 @@ def points_moved(rec: RewardRecord) -> int:
 def grant_row(value: bytes | None, source: Source) -> Row:
     if value is None:
         raise RecordError("record has no value")
-    rec = _decode(value, RewardRecord)
+    rec = _decode(value, _REWARD_RECORD)
     return (
-        rec.record_id, rec.kind, rec.user_id, utc(rec.at_ms), utc(rec.recorded_ms),
+        rec.record_id, rec.kind, rec.user_id, rec.at_ms, rec.recorded_ms,
         rec.campaign or "", rec.rule or "", rec.prize or "", rec.prize_type or "",
         rec.trigger or "", rec.cost_cents, points_moved(rec), rec.amount_cents or 0,
         rec.order_id or "", rec.order_cents or 0, rec.discount_cents or 0,
