@@ -114,7 +114,7 @@ def assert_population_consistent(w: World) -> None:
             held = {s for s in range(1, 6) if user in holders[(dim, s)]}
             assert held == ({int(tier[f"s:{dim}"])} if f"s:{dim}" in tier else set())
         assert due.get(user) == (int(tier["nb"]) if "nb" in tier else None)
-        # Deltas still listed are ones the shard applied (cleared on the store's next read).
+        # Deltas still listed are ones the shard applied (cleared by the user's next commit).
         applied = int(w.client.hget(w.tiers.shards.holding(user).applied, user) or 0)
         assert all(int(seq) <= applied for seq in w.client.hkeys(TierKeys.of(user).pending))
 
