@@ -136,7 +136,8 @@ elseif op == 'commit' then
     })
     delta.outbox = seq
   end
-  if ARGV[15] == '' then redis.call('HDEL', tier, 'holds') else redis.call('HSET', tier, 'holds', ARGV[15]) end
+  if ARGV[15] ~= '' then redis.call('HSET', tier, 'holds', ARGV[15])
+  elseif stored[12] then redis.call('HDEL', tier, 'holds') end
   for i, dim in ipairs(SCORE_DIMS) do
     local old = tonumber(stored[8 + i] or '')
     local new = nil
@@ -147,22 +148,29 @@ elseif op == 'commit' then
       if new then redis.call('HSET', tier, 's:' .. dim, int(new)) else redis.call('HDEL', tier, 's:' .. dim) end
     end
   end
-  -- Compared as the caller's canonical JSON text (cjson's key order is not stable).
+  -- Compared as the caller's canonical JSON text (cjson's key order is not stable). The
+  -- delta carries the raw values and the next boundary only when they change: the shard's
+  -- indexes already hold them otherwise (a user's deltas are applied in order).
   if (stored[3] or 'null') ~= ARGV[9] then
     dirty = true
+    delta.raw = raw
     redis.call('HSET', tier, 'raw', ARGV[9])
   end
   if (stored[4] or '') ~= nb then
     dirty = true
-    if nb == '' then redis.call('HDEL', tier, 'nb') else redis.call('HSET', tier, 'nb', nb) end
+    if nb == '' then
+      delta.nb = NULL
+      redis.call('HDEL', tier, 'nb')
+    else
+      delta.nb = nb
+      redis.call('HSET', tier, 'nb', nb)
+    end
   end
   if dirty then
     -- The population side of this change, applied once by 'apply' (keyed by user and dseq).
     local dseq = redis.call('HINCRBY', tier, 'dseq', 1)
     delta.seq = dseq
     delta.new_user = stored_as_of < 0
-    delta.raw = raw
-    if nb == '' then delta.nb = NULL else delta.nb = nb end
     redis.call('HSET', pending, int(dseq), cjson.encode(delta))
   end
   redis.call('HSET', tier, 'asof', int(as_of), 'basis', int(basis), 'doc', ARGV[11], 'pop', int(snapshot))
@@ -205,13 +213,14 @@ elseif op == 'apply' then
             redis.call('SADD', KEYS[4 + (i - 1) * 5 + new], d.user)
           end
         end
-        if d.raw ~= NULL then
-          redis.call('ZADD', KEYS[19 + i], d.raw[dim], d.user)
-        else
+        -- Absent: unchanged (deltas of earlier versions always carry them).
+        if d.raw == NULL then
           redis.call('ZREM', KEYS[19 + i], d.user)
+        elseif d.raw then
+          redis.call('ZADD', KEYS[19 + i], d.raw[dim], d.user)
         end
       end
-      if d.nb ~= NULL then redis.call('ZADD', due, d.nb, d.user) else redis.call('ZREM', due, d.user) end
+      if d.nb == NULL then redis.call('ZREM', due, d.user) elseif d.nb then redis.call('ZADD', due, d.nb, d.user) end
       if d.outbox then redis.call('ZADD', listed, d.outbox, d.user) end
       redis.call('HSET', applied, d.user, int(last))
     end

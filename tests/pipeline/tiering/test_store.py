@@ -114,6 +114,10 @@ def assert_population_consistent(w: World) -> None:
             held = {s for s in range(1, 6) if user in holders[(dim, s)]}
             assert held == ({int(tier[f"s:{dim}"])} if f"s:{dim}" in tier else set())
         assert due.get(user) == (int(tier["nb"]) if "nb" in tier else None)
+        raw = json.loads(tier.get("raw", "null"))
+        shard = w.tiers.shards.holding(user)
+        for dim in DIMENSIONS:
+            assert w.client.zscore(shard.raw_values(dim), user) == (None if raw is None else float(raw[dim]))
         # Deltas still listed are ones the shard applied (cleared by the user's next commit).
         applied = int(w.client.hget(w.tiers.shards.holding(user).applied, user) or 0)
         assert all(int(seq) <= applied for seq in w.client.hkeys(TierKeys.of(user).pending))
