@@ -49,6 +49,7 @@ from tierflow.pipeline.config.settings import Settings, Topics
 from tierflow.pipeline.kafka import lag
 from tierflow.pipeline.kafka.lag import PartitionLag
 from tierflow.pipeline.lua import Redis
+from tierflow.pipeline.outboxes import Read
 from tierflow.schemas.events import TOPIC_OF
 from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
 
@@ -300,10 +301,9 @@ class MeteredOutputs(Outputs):
         super().__init__(ctx, client, written, on_published)
         self.metrics = metrics
 
-    def _publish(self, by_lane: Mapping[int, list[str]], changes: Mapping[str, list[TierChange]],
-                 grants: Mapping[str, list[str]]) -> dict[int, dict[str, int]]:
-        ends = super()._publish(by_lane, changes, grants)
-        users = [user for lane_users in by_lane.values() for user in lane_users]
-        self.metrics.published((change for user in users for change in changes.get(user, [])),
-                               (raw for user in users for raw in grants.get(user, [])))
+    def _publish(self, by_lane: Mapping[int, list[str]], read: Read) -> dict[int, dict[str, int]]:
+        ends = super()._publish(by_lane, read)
+        sent = [read.users[user] for lane_users in by_lane.values() for user in lane_users if user in read.users]
+        self.metrics.published((change for outboxes in sent for change in outboxes.changes),
+                               (raw for outboxes in sent for raw in outboxes.rewards))
         return ends

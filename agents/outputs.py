@@ -68,6 +68,7 @@ from tierflow.pipeline.kafka.publisher import Delivery
 from tierflow.pipeline.kafka.topics import admin
 from tierflow.pipeline.lanes import Lanes
 from tierflow.pipeline.lua import Redis
+from tierflow.pipeline.outboxes import Outboxes, Read
 from tierflow.pipeline.rewards.engine import RewardEngine
 from tierflow.pipeline.rewards.outbox import OutboxBatch
 from tierflow.pipeline.tiering.keys import Shards
@@ -75,6 +76,8 @@ from tierflow.pipeline.tiering.outbox import ChangeOutbox
 from tierflow.schemas.tier_changes import TierChange
 
 log = logging.getLogger("tierflow.outputs")
+
+_encode = msgspec.json.Encoder().encode
 
 # How long one poll of a read-back waits; the whole read-back is bounded by the delivery timeout.
 _POLL_S = 1.0
@@ -217,6 +220,7 @@ class Outputs:
         self.tier_topic, self.grant_topic = topics.tier_changes, topics.reward_grants
         self.changes = ChangeOutbox(client, Shards.of(ctx.config.tiering.population.shards))
         self.engine = RewardEngine(client, ctx.config.rewards)
+        self.outboxes = Outboxes(client, self.changes, self.engine.ledger)
         self.lanes: KnownLanes | None = None
         self.producers: dict[int, LaneProducer] = {}  # the lanes owned
         self.parked: dict[int, LaneProducer] = {}  # revoked, kept in case they come straight back
@@ -317,7 +321,7 @@ class Outputs:
         users = self.written.take()
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.worker.outbox_sweep_ms / 1000
-            users += self.changes.tidy(self.changes.scan(self._tier_cursors, self.worker.outbox_batch))
+            users += self.changes.tidy(list(self.changes.scan(self._tier_cursors, self.worker.outbox_batch)))
             self._grant_cursor, swept = self.engine.scan_outbox(self._grant_cursor, self.worker.outbox_batch)
             users += self.engine.tidy_outbox(swept)
         if users:
@@ -430,36 +434,53 @@ class Outputs:
             waiting = self.lanes.waiting(list(self.producers), page)
             if not waiting:
                 return
-            # Pointers are hints: a user's records go to the user's own lane, nowhere else.
-            lane_of = self.lanes.of([user for users in waiting.values() for user in users])
-            mine = {lane: [user for user in users if lane_of[user] == lane] for lane, users in waiting.items()}
-            users = [user for lane_users in mine.values() for user in lane_users]
-            changes = self.changes.pending(users)
-            grants = self.engine.outbox_of(users)
-            ends = self._publish(mine, changes, grants.raw)
-            # Granted before the changes leave their outboxes: a crash in between is finished
-            # by the read-back. The grants are in these users' lanes, so they go out next.
-            published = [change for records in changes.values() for change in records]
-            granted = self.lanes.route(self.on_published(published)) if published else {}
-            self.changes.ack(last_seqs(published))
-            self.engine.ack(grants)
-            for lane, lane_ends in ends.items():
-                self.lanes.advance(lane, lane_ends)
-            self._release(waiting, lane_of)
+            # The pointers go before the outboxes are read: a writer points again after it
+            # wrote, so each record is either read below or pointed at anew.
+            self.lanes.release(waiting)
+            try:
+                granted = self._round(waiting)
+            except Exception:
+                self.lanes.add(waiting)  # what this round did not finish
+                raise
             if not granted and all(len(lane_users) < page for lane_users in waiting.values()):
                 return
 
-    def _publish(self, by_lane: Mapping[int, list[str]], changes: Mapping[str, list[TierChange]],
-                 grants: Mapping[str, list[str]]) -> dict[int, dict[str, int]]:
+    def _round(self, waiting: Mapping[int, list[str]]) -> dict[int, list[str]]:
+        """Publish, then acknowledge, the records of these users (pointed at in these
+        lanes); point again at those with records left. Returns the users granted."""
+        assert self.lanes is not None
+        # Pointers are hints: a user's records go to the user's own lane, nowhere else.
+        lane_of = self.lanes.of([user for users in waiting.values() for user in users])
+        mine = {lane: [user for user in users if lane_of[user] == lane] for lane, users in waiting.items()}
+        users = [user for lane_users in mine.values() for user in lane_users]
+        read = self.outboxes.read(users)
+        ends = self._publish(mine, read)
+        # Granted before the changes leave their outboxes: a crash in between is finished
+        # by the read-back. The grants are in these users' lanes, so they go out next.
+        published = read.changes()
+        granted = self.lanes.route(self.on_published(published)) if published else {}
+        left = self.outboxes.ack(read, users)
+        for lane, lane_ends in ends.items():
+            self.lanes.advance(lane, lane_ends)
+        strays = [user for lane, lane_users in waiting.items() for user in lane_users if lane_of[user] != lane]
+        again: dict[int, list[str]] = defaultdict(list)
+        for user in left.union(strays):
+            again[lane_of[user]].append(user)
+        self.lanes.add(again)
+        return granted
+
+    def _publish(self, by_lane: Mapping[int, list[str]], read: Read) -> dict[int, dict[str, int]]:
         """One transaction per lane; the sends of all lanes overlap, and so do the commits.
         If one fails, the lanes not committed are aborted and the round raises; what the
         others committed is acknowledged by the read-back of the next owner."""
         begun: list[LaneProducer] = []
         try:
             for lane, users in by_lane.items():
-                records = [(self.tier_topic, user, msgspec.json.encode(change))
-                           for user in users for change in changes.get(user, [])]
-                records += [(self.grant_topic, user, raw.encode()) for user in users for raw in grants.get(user, [])]
+                waiting = [(user, read.users[user]) for user in users if user in read.users]
+                records = [(self.tier_topic, user, _encode(change)) for user, outboxes in waiting
+                           for change in outboxes.changes]
+                records += [(self.grant_topic, user, raw.encode()) for user, outboxes in waiting
+                            for raw in outboxes.rewards]
                 if records:
                     self.producers[lane].begin(records)
                     begun.append(self.producers[lane])
@@ -479,15 +500,3 @@ class Outputs:
             for producer in begun:
                 producer.abort()
             raise
-
-    def _release(self, waiting: Mapping[int, list[str]], lane_of: Mapping[str, int]) -> None:
-        """Drop the pointers to these users, then point again at those with records left
-        (written meanwhile), each in their own lane."""
-        assert self.lanes is not None
-        self.lanes.release(waiting)
-        users: Collection[str] = list(lane_of)
-        left = set(self.changes.pending(users)) | set(self.engine.outbox_of(users).raw)
-        again: dict[int, list[str]] = defaultdict(list)
-        for user in left:
-            again[lane_of[user]].append(user)
-        self.lanes.add(again)

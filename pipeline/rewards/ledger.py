@@ -497,7 +497,7 @@ class Ledger:
                 found[user_id] = records
                 total += len(records)
             else:
-                self._unindex_outbox([user_id])
+                self.unindex_outbox([user_id])
             if total >= max_records:
                 break
         return found
@@ -512,8 +512,8 @@ class Ledger:
     def tidy_outbox(self, users: Collection[str]) -> set[str]:
         """Those of these users with undelivered records; the others leave the index
         (a write only indexes its user before and after itself, whether it wrote a record or not)."""
-        holding = set(self.outbox_of(users))
-        self._unindex_outbox([user for user in users if user not in holding])
+        holding = self._holding(users)
+        self.unindex_outbox([user for user in users if user not in holding])
         return holding
 
     def scan_outbox(self, cursor: int, count: int) -> tuple[int, list[str]]:
@@ -530,15 +530,24 @@ class Ledger:
             for user_id in users:
                 lua.call(pipe, self._ack, [RewardKeys.of(user_id).outbox], list(delivered[user_id]))
 
-        self._unindex_outbox([u for u, left in zip(users, self._scripted(queue), strict=True) if int(left) == 0])
+        self.unindex_outbox([u for u, left in zip(users, self._scripted(queue), strict=True) if int(left) == 0])
 
-    def _unindex_outbox(self, users: Sequence[str]) -> None:
+    def unindex_outbox(self, users: Sequence[str]) -> None:
+        """Take these users, whose outboxes were seen empty, off the outbox index; those
+        written meanwhile (the check comes after the removal) are indexed again."""
         if not users:
             return
         self.client.srem(OUTBOX_INDEX, *users)
-        written = list(self.outbox_of(users))  # written meanwhile: keep those indexed
+        written = self._holding(users)
         if written:
             self.client.sadd(OUTBOX_INDEX, *written)
+
+    def _holding(self, users: Collection[str]) -> set[str]:
+        """Those of these users with undelivered records."""
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.llen(RewardKeys.of(user).outbox)
+        return {user for user, waiting in zip(users, pipe.execute(), strict=True) if waiting}
 
     # --- points expiry index -------------------------------------------------
 

@@ -16,10 +16,14 @@ if op == 'ack' then
   return dropped
 
 elseif op == 'unlist' then
-  -- KEYS: outbox index of the user's shard; ARGV: 2 user, 3 acknowledged seq. The user
-  -- stays listed when a later change was appended (its delta set a higher score).
-  local listed = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[2]) or '0')
-  if listed <= tonumber(ARGV[3]) then return redis.call('ZREM', KEYS[1], ARGV[2]) end
-  return 0
+  -- KEYS: outbox index of one shard; ARGV: 2.. pairs of a user of the shard and their
+  -- acknowledged seq. A user stays listed when a later change was appended (its delta set
+  -- a higher score). Returns how many left the index.
+  local removed = 0
+  for i = 2, #ARGV, 2 do
+    local listed = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '0')
+    if listed <= tonumber(ARGV[i + 1]) then removed = removed + redis.call('ZREM', KEYS[1], ARGV[i]) end
+  end
+  return removed
 end
 return redis.error_reply('outbox.lua: unknown operation ' .. tostring(op))

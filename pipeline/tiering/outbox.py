@@ -14,6 +14,7 @@ to the process that wrote them; `scan` walks it page by page.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 
 import msgspec
@@ -24,9 +25,11 @@ from tierflow.pipeline.tiering import calls
 from tierflow.pipeline.tiering.keys import Shards, TierKeys
 from tierflow.schemas.tier_changes import TierChange
 
+_change = msgspec.json.Decoder(TierChange)
+
 
 def decode_changes(rows: Iterable[str]) -> list[TierChange]:
-    return [msgspec.json.decode(row, type=TierChange) for row in rows]
+    return [_change.decode(row) for row in rows]
 
 
 class ChangeOutbox:
@@ -54,10 +57,8 @@ class ChangeOutbox:
             pipe.llen(TierKeys.of(user).outbox)
         replies = pipe.execute()
         holding = {user for user, waiting in zip(users, replies[1::2], strict=True) if waiting}
-        idle = [(user, seq) for user, seq, waiting in zip(users, replies[::2], replies[1::2], strict=True)
-                if not waiting]
-        if idle:
-            calls.run(self.client, [self._script], lambda pipe: self._unlist(pipe, idle))
+        self.unlist({user: int(seq or 0) for user, seq, waiting in zip(users, replies[::2], replies[1::2], strict=True)
+                     if not waiting})
         return holding
 
     def ack(self, published: Mapping[str, int]) -> int:
@@ -72,12 +73,23 @@ class ChangeOutbox:
                 calls.call(pipe, self._script, [TierKeys.of(user).outbox], ["ack", seq])
 
         dropped = sum(calls.run(self.client, [self._script], drop))
-        calls.run(self.client, [self._script], lambda pipe: self._unlist(pipe, published.items()))
+        self.unlist(published)
         return dropped
 
-    def _unlist(self, pipe: Pipeline, acknowledged: Iterable[tuple[str, object]]) -> None:
-        for user, seq in acknowledged:
-            calls.call(pipe, self._script, [self.shards.holding(user).outbox], ["unlist", user, seq or 0])
+    def unlist(self, acknowledged: Mapping[str, int]) -> None:
+        """Take these users, acknowledged up to the given seqs, off their shards' indexes
+        (unless a later change was listed): one call per shard."""
+        by_shard: dict[str, list[object]] = defaultdict(list)
+        for user, seq in acknowledged.items():
+            by_shard[self.shards.holding(user).outbox] += [user, seq]
+        if not by_shard:
+            return
+
+        def queue(pipe: Pipeline) -> None:
+            for index, pairs in by_shard.items():
+                calls.call(pipe, self._script, [index], ["unlist", *pairs])
+
+        calls.run(self.client, [self._script], queue)
 
     def users(self, limit: int) -> list[str]:
         """Users who may hold unpublished changes, up to limit."""
@@ -87,15 +99,16 @@ class ChangeOutbox:
         users = [u for rows in pipe.execute() for u in rows]
         return users[:limit]
 
-    def scan(self, cursors: list[int], count: int) -> list[str]:
-        """One step of a walk over every user who may hold unpublished changes: about
-        `count` users of each shard from its cursor. `cursors` (one per shard, all 0 to
-        start) is advanced in place; all 0 again means the walk is complete."""
+    def scan(self, cursors: list[int], count: int) -> dict[str, int]:
+        """One step of a walk over every user who may hold unpublished changes: up to
+        `count` users of each shard from its cursor, each with the seq of the last change
+        listed. `cursors` (one per shard, all 0 to start) is advanced in place; all 0 again
+        means the walk is complete (users past `count` in a step wait for the next walk)."""
         pipe = self.client.pipeline(transaction=False)
         for shard, cursor in zip(self.shards.all, cursors, strict=True):
             pipe.zscan(shard.outbox, cursor, count=count)
-        found: list[str] = []
+        found: dict[str, int] = {}
         for n, (cursor, rows) in enumerate(pipe.execute()):
             cursors[n] = int(cursor)
-            found += [user for user, _score in rows]
+            found.update((user, int(seq)) for user, seq in rows[:count])
         return found

@@ -209,7 +209,7 @@ def test_a_repeated_line_is_shown_once_per_window_then_says_how_many_were_held()
 def test_the_publisher_hook_metered_outputs_overrides_is_still_there() -> None:
     """MeteredOutputs counts by overriding Outputs._publish: a rename there would
     silently stop the tier-change and reward-record counters."""
-    assert list(inspect.signature(Outputs._publish).parameters) == ["self", "by_lane", "changes", "grants"]
+    assert list(inspect.signature(Outputs._publish).parameters) == ["self", "by_lane", "read"]
     assert MeteredOutputs._publish is not Outputs._publish
 
 
