@@ -152,6 +152,32 @@ class KnownLanes(Lanes):
         return {user: fetched[user] if user in fetched else known[user] for user in users}
 
 
+class Recent:
+    """What this publisher handled since the last sweep and the one before: users pointed
+    at or published here (the sweep leaves them alone: they are being handled), and the
+    seq each user's change outbox was emptied at (an index entry at or below it is stale)."""
+
+    def __init__(self) -> None:
+        self._now: tuple[set[str], dict[str, int]] = (set(), {})
+        self._before: tuple[set[str], dict[str, int]] = (set(), {})
+
+    def handled(self, users: Iterable[str]) -> None:
+        self._now[0].update(users)
+
+    def emptied(self, seqs: Mapping[str, int]) -> None:
+        self._now[1].update(seqs)
+
+    def is_handled(self, user: str) -> bool:
+        return user in self._now[0] or user in self._before[0]
+
+    def emptied_at(self, user: str) -> int:
+        return max(self._now[1].get(user, -1), self._before[1].get(user, -1))
+
+    def turn(self) -> None:
+        """At each sweep: the oldest generation goes."""
+        self._now, self._before = (set(), {}), self._now
+
+
 class LaneProducer:
     """The transactional producer of one lane in this process."""
 
@@ -227,6 +253,7 @@ class Outputs:
         self._tier_cursors = [0] * len(self.changes.shards.all)
         self._grant_cursor = 0
         self._next_sweep = 0.0
+        self._recent = Recent()
         self._next_publish = 0.0
         # Commits wait on the broker with the GIL released: one thread per lane overlaps them.
         self._committers = ThreadPoolExecutor(thread_name_prefix="lane-commit")
@@ -319,15 +346,28 @@ class Outputs:
     def _cycle(self) -> None:
         assert self.lanes is not None
         users = self.written.take()
+        self._recent.handled(users)
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.worker.outbox_sweep_ms / 1000
-            users += self.changes.tidy(list(self.changes.scan(self._tier_cursors, self.worker.outbox_batch)))
-            self._grant_cursor, swept = self.engine.scan_outbox(self._grant_cursor, self.worker.outbox_batch)
-            users += self.engine.tidy_outbox(swept)
+            users += self._sweep()
         if users:
             self.lanes.route(users)
         if self.producers:
             self._drain()
+
+    def _sweep(self) -> list[str]:
+        """One step of the walks over the outbox indexes, which find records nobody pointed
+        at (a writer that died, a lane that changed hands): about `outbox_batch` users in
+        all. Returns those with records waiting, unless handled here since the last sweep."""
+        recent, budget = self._recent, self.worker.outbox_batch
+        listed = self.changes.scan(self._tier_cursors, max(1, budget // len(self._tier_cursors)))
+        stale = {user: seq for user, seq in listed.items() if recent.emptied_at(user) >= seq}
+        self.changes.unlist(stale)
+        found = list(self.changes.tidy([user for user in listed if user not in stale and not recent.is_handled(user)]))
+        self._grant_cursor, swept = self.engine.scan_outbox(self._grant_cursor, budget)
+        found += self.engine.tidy_outbox([user for user in swept if not recent.is_handled(user)][:budget])
+        recent.turn()
+        return found
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
@@ -345,6 +385,7 @@ class Outputs:
         # Walk every waiting record from the start: an earlier owner may have died mid-round.
         self._tier_cursors = [0] * len(self._tier_cursors)
         self._grant_cursor, self._next_sweep = 0, 0.0
+        self._recent = Recent()
         log.info("publishing output lanes %s", lanes)
 
     def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -460,6 +501,9 @@ class Outputs:
         published = read.changes()
         granted = self.lanes.route(self.on_published(published)) if published else {}
         left = self.outboxes.ack(read, users)
+        self._recent.handled(lane_of)
+        self._recent.emptied({user: read.users[user].changes[-1].seq for user in users
+                              if user not in left and user in read.users and read.users[user].changes})
         for lane, lane_ends in ends.items():
             self.lanes.advance(lane, lane_ends)
         strays = [user for lane, lane_users in waiting.items() for user in lane_users if lane_of[user] != lane]

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from tests.fixtures.worker import read_committed
 from tierflow.agents.clock import Clock
 from tierflow.agents.ingest import AppliedBatch
-from tierflow.agents.outputs import KnownLanes, Outputs, Written
+from tierflow.agents.outputs import KnownLanes, Outputs, Recent, Written
 from tierflow.agents.rewards import RewardStage
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
@@ -230,3 +230,13 @@ def test_a_users_lane_is_the_partition_of_their_first_batch_and_is_remembered(wo
     world.lanes.assign({"k3": 1})  # another worker placed k3
     assert lanes.of(["k3", "k1"]) == {"k3": 1, "k1": 1}  # past the limit it starts over, from Redis
     assert world.lanes.of(["k1", "k2", "k3"]) == {"k1": 1, "k2": 0, "k3": 1}
+
+
+def test_the_sweep_passes_over_customers_handled_since_the_sweep_before_last_only() -> None:
+    recent = Recent()
+    recent.handled(["a"])
+    recent.emptied({"a": 7})
+    recent.turn()
+    assert recent.is_handled("a") and recent.emptied_at("a") == 7  # handled since the sweep before
+    recent.turn()
+    assert not recent.is_handled("a") and recent.emptied_at("a") == -1  # the sweep checks it again
