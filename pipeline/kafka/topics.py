@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -9,6 +11,7 @@ from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.errors import ConfigError
 
 KEEP_FOREVER = "-1"
+VISIBLE_POLL_S = 0.1  # how often to look for created topics in the metadata
 
 
 def admin(settings: Settings) -> AdminClient:
@@ -41,7 +44,21 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won
                 raise
+    _await_visible(client, created, settings.partitions, timeout)
     return created
+
+
+def _await_visible(client: AdminClient, names: list[str], partitions: int, timeout: float) -> None:
+    """A created topic reaches the metadata a moment later (longer on a busy broker): wait
+    for it, so that whoever starts next finds every topic with all its partitions."""
+    deadline = time.monotonic() + timeout
+    while names:
+        topics = client.list_topics(timeout=timeout).topics
+        names = [n for n in names if n not in topics or len(topics[n].partitions) < partitions]
+        if names and time.monotonic() > deadline:
+            raise ConfigError(f"created topics not visible after {timeout:.0f} s: {', '.join(names)}")
+        if names:
+            time.sleep(VISIBLE_POLL_S)
 
 
 def delete_topics(settings: Settings, holding: str, timeout: float = 30.0) -> list[str]:
