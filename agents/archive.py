@@ -137,7 +137,7 @@ class ArchiveWriter:
                     self.archive.release()
         finally:
             self.status.state = "stopped"
-            self.consumer.close()
+            clients.close_subscribed(self.consumer, self.ctx.config.worker.leave_wait_s)
 
     def own(self, stop: threading.Event) -> bool:
         """Wait until this process owns the archive (at once with a server); False

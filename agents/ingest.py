@@ -200,7 +200,7 @@ class IngestLoop:
                 elif owner is not None:
                     owner.idle()
         finally:
-            self.consumer.close()
+            clients.close_subscribed(self.consumer, self.ctx.config.worker.leave_wait_s)
 
     def _take(self, most: int, wait_s: float) -> list[Message]:
         """The next batch: every record already fetched, up to `most`, waiting up to `wait_s`

@@ -13,14 +13,19 @@ each finishes or abandons its batch, and a batch's offsets are committed only
 once its effects are durable. Faust's own Kafka clients can wait minutes for a
 broker that is gone, so once the app starts stopping, the process exits after
 `[worker] stop_timeout_s` whatever is still waiting. That loses nothing: what
-was not committed is replayed by the next start.
+was not committed is replayed by the next start. A library call that hangs
+while holding the GIL would stop that deadline's thread too, so a watchdog in C
+(faulthandler) ends the process shortly after, with every thread's stack in the
+log.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +44,9 @@ log = logging.getLogger("tierflow.worker")
 WATCH_EVERY_S = 0.25
 # The exit status when the deadline, not the app, ended the process.
 EXIT_AFTER_DEADLINE = 1
+# How long after the deadline the GIL-free watchdog ends a process whose Python threads
+# cannot run at all.
+HARD_DEADLINE_AFTER_S = 0.5
 # What a secret looks like in the log; shorter "secrets" would mask ordinary words.
 MASK = "***"
 MIN_SECRET_CHARS = 4
@@ -142,6 +150,8 @@ def bound_shutdown(app: faust.App, stop_timeout_s: float) -> None:
     def watch() -> None:
         while not app.should_stop:
             time.sleep(WATCH_EVERY_S)
+        # To the process's own stderr: Faust replaces sys.stderr with a logger, which has no file.
+        faulthandler.dump_traceback_later(stop_timeout_s + HARD_DEADLINE_AFTER_S, exit=True, file=sys.__stderr__)
         time.sleep(stop_timeout_s)  # a daemon thread: a process that stops in time never wakes it
         log.warning("the worker did not stop within %ss (stop_timeout_s); exiting now:"
                     " whatever was not committed is replayed on the next start", stop_timeout_s)

@@ -59,6 +59,8 @@ class WorkerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     delivery_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
     # How long a stopping worker waits for its ingest loop and archive writer to finish a batch.
     stop_timeout_s: Annotated[float, msgspec.Meta(gt=0)]
+    # How long a stopping consumer serves a rebalance under way before it closes.
+    leave_wait_s: Annotated[float, msgspec.Meta(ge=0)]
     # How often the worker measures its group's consumer lag for /metrics.
     lag_interval_s: Annotated[float, msgspec.Meta(gt=0)]
     # How long /healthz waits for each service (Kafka, Redis, the archive) to answer.

@@ -11,8 +11,11 @@ import orjson
 from confluent_kafka import Consumer
 
 from tierflow.pipeline.config.settings import Settings
+from tierflow.pipeline.kafka import clients
 
 LINES_PER_SECOND = 2
+# How long the feed's consumer, when the demo ends, serves a rebalance under way before it closes.
+LEAVE_WAIT_S = 1.0
 
 
 def describe(topic_kind: str, record: dict) -> str:
@@ -52,7 +55,7 @@ class LiveFeed(threading.Thread):
                         shown_at = now
                         print("  " + describe(kind, orjson.loads(msg.value())), flush=True)
         finally:
-            self.consumer.close()
+            clients.close_subscribed(self.consumer, LEAVE_WAIT_S)
 
     def stop(self) -> None:
         self.stop_event.set()

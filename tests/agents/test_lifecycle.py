@@ -1,13 +1,18 @@
-"""The worker's log masks the secrets of its settings, whoever logs them."""
+"""The worker's log masks the secrets of its settings, whoever logs them; a stopping worker
+ends after its deadline, even when no Python thread can run."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 from mode.utils.logging import ExtensionFormatter
 
+from tests.fixtures.paths import ROOT
 from tierflow.agents.lifecycle import MASK, mask_secrets
 from tierflow.pipeline.config.settings import KafkaSettings, Settings
 
@@ -62,3 +67,25 @@ def test_every_record_has_the_secrets_masked(kept: Kept) -> None:
     assert kept.records[1].args == (5,)  # the rest stays for formatters to render
     assert "RuntimeError: refused http://default:***@127.0.0.1:8123/tierflow (***)" in text
     assert not [secret for secret in SECRETS if secret in text]
+
+
+# A stopping worker whose Python threads cannot run: the main thread holds the GIL in a C
+# call (a ctypes.PyDLL call never releases it), as librdkafka's close can in a rebalance.
+HUNG_WHILE_STOPPING = """
+import ctypes, types
+from tierflow.agents.lifecycle import bound_shutdown
+bound_shutdown(types.SimpleNamespace(should_stop=True), {stop_timeout_s})
+import time; time.sleep(0.5)  # the deadline's thread has seen the stop
+ctypes.PyDLL(None).sleep(60)
+"""
+
+
+def test_a_worker_that_hangs_holding_the_gil_still_ends_after_its_deadline() -> None:
+    stop_timeout_s = 1.0
+    started = time.monotonic()
+    ended = subprocess.run([sys.executable, "-c", HUNG_WHILE_STOPPING.format(stop_timeout_s=stop_timeout_s)],
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+    took = time.monotonic() - started
+    assert ended.returncode != 0
+    assert took < 10, f"still running {took:.1f} s after the stop"
+    assert "Timeout" in ended.stderr and "most recent call first" in ended.stderr  # every stack, for the operator
