@@ -53,6 +53,9 @@ from tierflow.pipeline.outboxes import Read
 from tierflow.schemas.events import TOPIC_OF
 from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
 
+# The reason of a record that announces a held downgrade instead of making a change.
+NOTICE = "will_downgrade"
+
 log = logging.getLogger("tierflow.metrics")
 
 METRICS_PATH = "/metrics"
@@ -88,7 +91,12 @@ def events_by_topic(batch: AppliedBatch, topics: Topics) -> Tally[str]:
 
 
 def changes_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:
-    return Tally(change.dimension for change in changes)
+    """Changes per dimension; a will_downgrade notice changes nothing and is not one."""
+    return Tally(change.dimension for change in changes if change.reason != NOTICE)
+
+
+def notices_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:
+    return Tally(change.dimension for change in changes if change.reason == NOTICE)
 
 
 def change_delays_s(changes: Iterable[TierChange], now_ms: int) -> list[float]:
@@ -255,6 +263,8 @@ class Metrics:
                               ["topic"], registry=registry)
         self.tier_changes = Counter("tierflow_tier_changes", "Tier changes committed to tier.changes, by"
                                     " dimension.", ["dimension"], registry=registry)
+        self.notices = Counter("tierflow_downgrade_notices", "will_downgrade notices committed to tier.changes,"
+                               " by dimension.", ["dimension"], registry=registry)
         self.reward_records = Counter("tierflow_reward_records", "Reward records committed to reward.grants, by"
                                       " campaign and kind.", ["campaign", "kind"], registry=registry)
         self.change_delay = Histogram("tierflow_event_to_tier_change_seconds", "From an event's time to the tier"
@@ -285,6 +295,8 @@ class Metrics:
         changes = list(changes)
         for dimension, count in changes_by_dimension(changes).items():
             self.tier_changes.labels(dimension).inc(count)
+        for dimension, count in notices_by_dimension(changes).items():
+            self.notices.labels(dimension).inc(count)
         for delay in change_delays_s(changes, wall_ms()):
             self.change_delay.observe(delay)
         for (campaign, kind), count in records_by_campaign(grants).items():

@@ -32,6 +32,7 @@ from tierflow.agents.metrics import (
     change_delays_s,
     changes_by_dimension,
     events_by_topic,
+    notices_by_dimension,
     records_by_campaign,
 )
 from tierflow.agents.outputs import Outputs
@@ -63,8 +64,10 @@ def test_events_are_counted_under_the_topic_of_their_type() -> None:
 
 
 def test_tier_changes_per_dimension_and_the_delay_of_those_an_event_caused() -> None:
-    changes = [change("segment"), change("aipl"), change("segment", reason="time_decay")]
-    assert changes_by_dimension(changes) == {"segment": 2, "aipl": 1}
+    changes = [change("segment"), change("aipl"), change("segment", reason="time_decay"),
+               change("membership", reason="will_downgrade")]
+    assert changes_by_dimension(changes) == {"segment": 2, "aipl": 1}  # a notice changes nothing
+    assert notices_by_dimension(changes) == {"membership": 1}
     event_ms = 1_796_119_200_000  # 2026-12-01T10:00:00Z
     assert change_delays_s(changes, event_ms + 1_500) == [1.5, 1.5]
     # A clock behind the event's time is no negative delay.
