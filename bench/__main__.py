@@ -64,6 +64,13 @@ LATENCY_TICK_S = 0.01  # the paced producer sends what is due every tick
 LATENCY_TAIL_S = 1.0  # once the worker has settled, the reader's last fetch
 LATENCY_SHARE = 0.5  # of the measured end-to-end throughput
 DAILY_PREFIXES = {90: "d90-", 180: "d180-"}
+DUE_PAGE = 10_000  # due-set members rewritten per call
+DUE_WARM_CAPS = 4  # the due-set warm-up is untimed: it may take this many sweep caps
+SOAK_OVERLOAD = 1.5  # the soak offers this many times the measured events/s
+SOAK_TICK_S = 0.05  # the soak producer sends what is due every tick
+SOAK_RSS_EVERY_S = 5.0
+SOAK_SETTLE_S = 60.0  # the RSS the soak compares against: the highest in its first minute
+MIB = 1024 * 1024
 WORKER_LOGLEVEL = os.environ.get("BENCH_WORKER_LOGLEVEL", "warning")
 
 
@@ -83,13 +90,17 @@ class Plan:
     latency_s: float
     daily_users: int  # customers active every day, per history length
     sample: int  # backlog customers whose keys are measured
+    due_customers: int  # the due-set run: customers, and events in each of its two steps
+    due_events: int
+    soak_s: float  # the memory soak at full load (0: none)
 
 
 FULL = Plan(events=300_000, customers=30_000, days=30, cap_s=90, sweep_cap_s=45, batch_sizes=(1, 5, 20),
             populations=(10_000, 30_000, 100_000), workers=(1, 2, 4), scaling_partitions=8,
-            latency_s=40, daily_users=30, sample=1000)
+            latency_s=40, daily_users=30, sample=1000, due_customers=30_000, due_events=100_000, soak_s=600)
 QUICK = Plan(events=60_000, customers=30_000, days=30, cap_s=30, sweep_cap_s=30, batch_sizes=(1, 20),
-             populations=(30_000,), workers=(), scaling_partitions=8, latency_s=10, daily_users=10, sample=300)
+             populations=(30_000,), workers=(), scaling_partitions=8, latency_s=10, daily_users=10, sample=300,
+             due_customers=10_000, due_events=30_000, soak_s=60)
 
 
 @dataclass
@@ -618,6 +629,161 @@ def scaling(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, w
     return {"partitions": plan.scaling_partitions, "workers": rows}
 
 
+# -------------------------------------------------------- time and memory --
+
+
+def due_shards(client: redis.Redis, ctx: Context) -> list[str]:
+    from tierflow.pipeline.tiering.store import TierStore
+
+    return [shard.due for shard in TierStore(client, ctx.config).shards.all]
+
+
+def make_all_due(client: redis.Redis, ctx: Context, due_ms: int) -> int:
+    """Every member of the decay schedule due at `due_ms`, as if a boundary passed for
+    the whole population at once; returns how many there are."""
+    moved = 0
+    for key in due_shards(client, ctx):
+        cursor = 0
+        while True:
+            cursor, page = client.zscan(key, cursor, count=DUE_PAGE)
+            if page:
+                client.zadd(key, {member: due_ms for member, _ in page})
+                moved += len(page)
+            if cursor == 0:
+                break
+    return moved
+
+
+def due_now(client: redis.Redis, ctx: Context) -> int:
+    now_ms = int(time.time() * 1000)
+    return sum(int(client.zcount(key, "-inf", now_ms)) for key in due_shards(client, ctx))
+
+
+def due_set(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, workdir: Path, run_prefix: str,
+            seed: int) -> dict[str, Any]:
+    """Does time-based work stall ingest? A worker processes a warm-up data set (its
+    customers get decay boundaries); then, for `all_due`, every entry of the decay
+    schedule is made due at once, and a second worker ingests more events of the same
+    customers (the state is shared: same db, same namespace) while its timer works
+    through that due set in slices. `baseline` is the same without the rewrite."""
+    traffic = Traffic(plan.due_customers, plan.days, int(time.time() * 1000), seed, run=f"{run_prefix}due")
+    warm = produce_set(settings, f"{run_prefix}dw.", "due-set warm-up", encoded(traffic.backlog(plan.due_events)), 1)
+    ingest = produce_set(settings, f"{run_prefix}dm.", "due-set ingest", encoded(traffic.backlog(plan.due_events)), 1)
+    rows: dict[str, Any] = {}
+    for name, rewrite in (("baseline", False), ("all_due", True)):
+        client.flushdb()
+        first = replace(settings, topics=Topics(prefix=warm.prefix), group_id=f"{warm.prefix}{name}")
+        workers = Workers(first, workdir, f"due-{name}-warm")
+        workers.start(1)
+        try:
+            wait_drained(first, ctx, client, workers, end_offsets(first),
+                         time.monotonic() + SETTLE_TIMEOUT_S + DUE_WARM_CAPS * plan.sweep_cap_s)
+        except (RuntimeError, TimeoutError) as exc:
+            rows[name] = {"error": f"warm-up: {str(exc)[-300:]}"}
+            log(f"due set {name}: warm-up: {exc}")
+            continue
+        finally:
+            workers.stop()
+        scheduled = sum(int(client.zcard(key)) for key in due_shards(client, ctx))
+        made_due = make_all_due(client, ctx, int(time.time() * 1000) - 1) if rewrite else 0
+        second = replace(settings, topics=Topics(prefix=ingest.prefix), group_id=f"{ingest.prefix}{name}")
+        workers = Workers(second, workdir, f"due-{name}")
+        workers.start(1)
+        try:
+            row = drain(second, ctx, client, workers, ingest, plan.sweep_cap_s, name)
+        except (RuntimeError, TimeoutError) as exc:
+            row = Throughput(name, error=str(exc)[-300:])
+        finally:
+            workers.stop()
+        left = due_now(client, ctx)
+        rows[name] = asdict(row) | {"events_per_s": row.events_per_s, "scheduled": scheduled, "made_due": made_due,
+                                    "due_left": left}
+        log(f"due set {name}: {row.events_per_s:,.0f} events/s {row.error or ''}; {made_due:,} of {scheduled:,} "
+            f"scheduled customers made due, {left:,} still due at the end")
+    rates = [rows[n].get("events_per_s") for n in ("baseline", "all_due")]
+    return {"customers": plan.due_customers, "events": plan.due_events, "rows": rows,
+            "all_due/baseline": ratio(rates[1], rates[0]) if all(rates) else None}
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def soak(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, workdir: Path, run_prefix: str,
+         traffic: Traffic, measured: float) -> dict[str, Any]:
+    """Is memory flat at full load? For `plan.soak_s`, a producer sends live events at
+    SOAK_OVERLOAD times the measured throughput, so the worker never runs dry, and the
+    worker's resident memory is sampled every SOAK_RSS_EVERY_S."""
+    group = replace(settings, topics=Topics(prefix=f"{run_prefix}soak."), group_id=f"{run_prefix}soak")
+    ensure_topics(group)
+    client.flushdb()
+    workers = Workers(group, workdir, "soak")
+    workers.start(1)
+    pid = workers.procs[0].pid
+    rate = measured * SOAK_OVERLOAD
+    producer = clients.producer(group.kafka, bulk=True)
+    samples: list[tuple[float, int]] = []
+    sent = 0
+    start = next_sample = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - start) < plan.soak_s:
+            for _ in range(int(elapsed * rate) - sent):
+                event = traffic.live(int(time.time() * 1000))
+                try:
+                    producer.produce(group.topics.input(str(event["type"])), key=str(event["user_id"]).encode(),
+                                     value=orjson.dumps(event))
+                    sent += 1
+                except BufferError:  # local queue full: let librdkafka drain it
+                    break
+            producer.poll(0)
+            if time.monotonic() >= next_sample:
+                workers.check()
+                if (rss := rss_bytes(pid)) is not None:
+                    samples.append((round(time.monotonic() - start, 1), rss))
+                next_sample += SOAK_RSS_EVERY_S
+            time.sleep(SOAK_TICK_S)
+        producer.flush(30)
+        total, left = _progress(group)
+        done = total - left
+    except RuntimeError as exc:
+        return {"error": str(exc)[-300:], "rss_samples": samples}
+    finally:
+        workers.stop()
+    half = [rss for t, rss in samples if t >= plan.soak_s / 2]
+    first_min = [rss for t, rss in samples if t <= SOAK_SETTLE_S]
+    out = {"seconds": plan.soak_s, "rate": round(rate), "sent": sent, "processed_records": done,
+           "rss_samples": samples, "rss_mib_after_settle": round(max(first_min) / MIB, 1) if first_min else None,
+           "rss_mib_end": round(samples[-1][1] / MIB, 1) if samples else None,
+           "rss_mib_max": round(max(r for _, r in samples) / MIB, 1) if samples else None,
+           "rss_mib_per_min_second_half": round(slope_per_min(
+               [(t, r) for t, r in samples if t >= plan.soak_s / 2]) / MIB, 2) if len(half) > 1 else None}
+    log(f"soak {plan.soak_s:.0f} s at {rate:,.0f}/s offered, {done:,} records processed: RSS "
+        f"{out['rss_mib_after_settle']} MiB after {SOAK_SETTLE_S:.0f} s, {out['rss_mib_end']} MiB at the end, "
+        f"{out['rss_mib_per_min_second_half']} MiB/min over the second half")
+    return out
+
+
+def _progress(settings: Settings) -> tuple[int, int]:
+    from tierflow.pipeline.kafka import lag
+
+    rows = lag.measure(settings)
+    return sum(r.end for r in rows), sum(r.lag for r in rows)
+
+
+def slope_per_min(points: Sequence[tuple[float, int]]) -> float:
+    """Least-squares slope of (seconds, bytes), in bytes per minute."""
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_b = sum(b for _, b in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return 60 * sum((t - mean_t) * (b - mean_b) for t, b in points) / var if var else 0.0
+
+
 def machine() -> dict[str, Any]:
     import confluent_kafka
 
@@ -636,7 +802,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", help="batch sizes for the throughput sweep (1 = single)")
     parser.add_argument("--populations", type=int, nargs="+", help="populations for the throughput sweep")
     parser.add_argument("--workers", type=int, nargs="*", help="worker counts for the scaling run (none: skip)")
-    parser.add_argument("--skip", default="", help="comma-separated phases to leave out: sweep, scaling")
+    parser.add_argument("--skip", default="", help="comma-separated phases to leave out: sweep, scaling, due, soak")
+    parser.add_argument("--soak", type=float, help="seconds of the memory soak at full load (0: none)")
     parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", "7")),
                         help="Redis db the run uses; it is FLUSHED (default 7, or BENCH_REDIS_DB)")
     parser.add_argument("--quix-python", default=os.environ.get("BENCH_QUIX_PYTHON", DEFAULT_QUIX_PYTHON))
@@ -653,13 +820,17 @@ def plan_of(args: argparse.Namespace) -> Plan:
     overrides = {"events": args.events, "customers": args.customers, "cap_s": args.cap, "sweep_cap_s": args.cap,
                  "batch_sizes": tuple(args.batch) if args.batch else None,
                  "populations": tuple(args.populations) if args.populations else None,
-                 "workers": tuple(args.workers) if args.workers is not None else None}
+                 "workers": tuple(args.workers) if args.workers is not None else None, "soak_s": args.soak}
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if "sweep" in skip:
         plan = replace(plan, batch_sizes=(1,), populations=(plan.customers,))
     if "scaling" in skip:
         plan = replace(plan, workers=())
+    if "due" in skip:
+        plan = replace(plan, due_events=0)
+    if "soak" in skip:
+        plan = replace(plan, soak_s=0)
     return plan
 
 
@@ -695,6 +866,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  if k != "events_per_s"})
             results["sweep"] = sweep(plan, args, settings, ctx, client, workdir, run_prefix, events, tier)
             results["scaling"] = scaling(plan, settings, ctx, client, workdir, run_prefix, events)
+            del events
+            if plan.due_events:
+                results["due_set"] = due_set(plan, settings, ctx, client, workdir, run_prefix, args.seed)
+            if plan.soak_s and tier.events_per_s:
+                results["soak"] = soak(plan, settings, ctx, client, workdir, run_prefix, traffic, tier.events_per_s)
     finally:
         client.flushdb()
         client.close()

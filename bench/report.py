@@ -72,6 +72,29 @@ def table(results: dict[str, Any]) -> str:
     if scale.get("workers"):
         lines += ["", f"| workers ({scale['partitions']} partitions) | events/s |", "| ---: | ---: |"]
         lines += [f"| {k} | {_rate(row)} |" for k, row in scale["workers"].items()]
+    due = results.get("due_set")
+    if due:
+        lines += ["", f"| due set ({due['customers']:,} customers, {due['events']:,} events) | events/s "
+                  "| customers due at the start | still due at the end |", "| --- | ---: | ---: | ---: |"]
+        for name, label in (("baseline", "none made due"), ("all_due", "the whole schedule due at once")):
+            row = due["rows"].get(name, {})
+            if row.get("error"):
+                lines.append(f"| {label} | failed: {row['error'][:90]} | - | - |")
+            elif row:
+                lines.append(f"| {label} | {_rate(row)} | {row['made_due']:,} of {row['scheduled']:,} "
+                             f"| {row['due_left']:,} |")
+        lines.append(f"| all due / baseline | {_ratio(due.get('all_due/baseline'))} | | |")
+    soak = results.get("soak")
+    if soak:
+        lines += ["", "| soak at full load | |", "| --- | ---: |"]
+        if soak.get("error"):
+            lines.append(f"| failed | {soak['error'][:90]} |")
+        else:
+            lines += [f"| seconds, events/s offered | {soak['seconds']:.0f} s, {soak['rate']:,} |",
+                      f"| records processed | {soak['processed_records']:,} |",
+                      f"| worker RSS after the first minute (MiB) | {soak['rss_mib_after_settle']} |",
+                      f"| worker RSS at the end / max (MiB) | {soak['rss_mib_end']} / {soak['rss_mib_max']} |",
+                      f"| RSS slope over the second half (MiB/min) | {soak['rss_mib_per_min_second_half']} |"]
     return "\n".join(lines)
 
 
@@ -82,13 +105,14 @@ def readme_section(results: dict[str, Any], out: Path) -> str:
         f"Measured {results['date']} by `make bench` in {results['wall_s']:.0f} s: {m['cpus']} CPUs ({m['cpu']}), "
         f"load {m['load_1m']} at the start, Python {m['python']}, confluent-kafka {m['confluent_kafka']}. "
         f"{plan['events']:,} events of {plan['customers']:,} customers over {plan['days']} days, "
-        f"{results['mix']}, one event per record. Charts: `{out.name}/throughput.svg`, `{out.name}/latency_cdf.svg`; "
+        f"{results['mix']}, one event per record. Charts: `{out.name}/throughput.svg`, "
+        f"`{out.name}/latency_cdf.svg`, `{out.name}/soak_rss.svg`; "
         f"every figure in `{out.name}/bench.json`.\n\n{table(results)}"
     )
 
 
 def charts(results: dict[str, Any], out: Path) -> list[Path]:
-    """throughput.svg (side by side, batch size, population) and latency_cdf.svg."""
+    """throughput.svg (side by side, batch size, population), latency_cdf.svg and soak_rss.svg."""
     try:
         import matplotlib
 
@@ -136,6 +160,19 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         written.append(out / "latency_cdf.svg")
+        fig.savefig(written[-1])
+        plt.close(fig)
+    samples = (results.get("soak") or {}).get("rss_samples")
+    if samples:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.plot([t / 60 for t, _ in samples], [rss / 2**20 for _, rss in samples])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("minutes at full load")
+        ax.set_ylabel("worker RSS (MiB)")
+        ax.set_title(f"worker memory, {results['soak']['rate']:,} events/s offered")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        written.append(out / "soak_rss.svg")
         fig.savefig(written[-1])
         plt.close(fig)
     return written
