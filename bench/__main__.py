@@ -763,7 +763,8 @@ def soak(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, work
            "rss_mib_per_min_second_half": round(slope_per_min(
                [(t, r) for t, r in samples if t >= plan.soak_s / 2]) / MIB, 2) if len(half) > 1 else None}
     log(f"soak {plan.soak_s:.0f} s at {rate:,.0f}/s offered, {done:,} records processed: RSS "
-        f"{out['rss_mib_after_settle']} MiB after {SOAK_SETTLE_S:.0f} s, {out['rss_mib_end']} MiB at the end, "
+        f"{out['rss_mib_after_settle']} MiB at most in the first {SOAK_SETTLE_S:.0f} s, "
+        f"{out['rss_mib_end']} MiB at the end, "
         f"{out['rss_mib_per_min_second_half']} MiB/min over the second half")
     return out
 

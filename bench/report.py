@@ -92,7 +92,7 @@ def table(results: dict[str, Any]) -> str:
         else:
             lines += [f"| seconds, events/s offered | {soak['seconds']:.0f} s, {soak['rate']:,} |",
                       f"| records processed | {soak['processed_records']:,} |",
-                      f"| worker RSS after the first minute (MiB) | {soak['rss_mib_after_settle']} |",
+                      f"| worker RSS, highest in the first minute (MiB) | {soak['rss_mib_after_settle']} |",
                       f"| worker RSS at the end / max (MiB) | {soak['rss_mib_end']} / {soak['rss_mib_max']} |",
                       f"| RSS slope over the second half (MiB/min) | {soak['rss_mib_per_min_second_half']} |"]
     return "\n".join(lines)
