@@ -183,6 +183,10 @@ class PopulationStats:
     def snapshot(self) -> Snapshot:
         return Snapshot.of(self.client.hgetall(SNAPSHOT_KEY))
 
+    def taken_ms(self) -> int:
+        """When the current snapshot was taken; -1 before the first."""
+        return int(self.client.hget(SNAPSHOT_KEY, "taken_ms") or -1)
+
     def snapshot_due(self, cadence_ms: int) -> bool:
         """Whether the snapshot interval has passed on the cadence clock."""
         taken = self.client.hget(SNAPSHOT_KEY, "cadence_ms")

@@ -127,11 +127,19 @@ class Result:
     # The evaluated users with unacknowledged changes, and how many each has (records a
     # crashed run left unpublished included): the publisher reads them from the outbox.
     outbox: dict[str, int] = field(default_factory=dict)
+    # When the oldest population snapshot a committed evaluation used was taken (None: none).
+    oldest_snapshot_ms: int | None = None
 
     def merge(self, other: Result) -> None:
         self.evaluated += other.evaluated
         self.appended += other.appended
         self.outbox.update(other.outbox)
+        self.saw_snapshot(other.oldest_snapshot_ms)
+
+    def saw_snapshot(self, taken_ms: int | None) -> None:
+        if taken_ms is not None:
+            oldest = self.oldest_snapshot_ms
+            self.oldest_snapshot_ms = taken_ms if oldest is None else min(oldest, taken_ms)
 
 
 @dataclass
@@ -244,6 +252,14 @@ class TierStore:
         if todo:
             raise ConcurrentEvaluation(f"state kept moving for {len(todo)} users, e.g. {todo[0]!r}")
         self._flush(deltas)
+        # A snapshot taken after this call read its own may have run its sweep before the
+        # flush above put these users in their new score sets, and so missed them: they are
+        # evaluated again against it, as a means shift. Rare: snapshots come seconds apart.
+        if result.oldest_snapshot_ms is not None and self.stats.taken_ms() > result.oldest_snapshot_ms:
+            again = self.evaluate_users(list(result.evaluations), now_ms, "means_shift")
+            result.merge(again)
+            result.evaluations.update(again.evaluations)
+            result.oldest_snapshot_ms = again.oldest_snapshot_ms
         return result
 
     def _rounds(
@@ -323,6 +339,7 @@ class TierStore:
                 continue
             result.evaluated += 1
             result.evaluations[user] = graced.evaluation
+            result.saw_snapshot(snapshot.taken_ms)
             deltas += ((user, int(seq), text) for seq, text in zip(pending[::2], pending[1::2], strict=True))
             if appended:
                 result.appended += decode_changes(appended)
