@@ -641,3 +641,36 @@ def test_a_clock_far_behind_a_users_history_evaluates_as_of_their_newest_event(w
     result = world.tiers.evaluate_users(["u1"], T0 - DAY_MS, "event")
     assert result.evaluations["u1"].as_of_ms == late
     assert result.evaluations["u1"].scores.r == 5
+
+
+def test_a_snapshot_taken_between_an_evaluation_and_its_flush_does_not_leave_a_stale_segment(world: World) -> None:
+    # M scores: a at 5, c and d at 1: the first snapshot's M mean is 7/3.
+    for user, yuan in (("a", 2000.0), ("c", 10.0), ("d", 10.0)):
+        world.ingest([world.purchase(user, T0, yuan)], T0)
+    assert world.tiers.tick(T0).shift.population.mean("m") == pytest.approx(7 / 3)  # type: ignore[union-attr]
+    later = T0 + 1000
+    for user in ("e", "f"):  # two more big spenders: the next snapshot's mean is 3.4, so M=3 turns low
+        world.ingest([world.purchase(user, later, 2000.0)], later)
+    when = T0 + world.config.tiering.population.snapshot_interval_ms
+    flush = world.tiers._flush
+    swept: list[str] = []
+
+    def timer_first(deltas: list[Delta]) -> None:
+        # The timer's snapshot and sweep land after b was evaluated (M=3, high against 7/3) and
+        # committed, and before b's new score reaches the M=3 set the sweep walks.
+        world.tiers._flush = flush  # type: ignore[method-assign]
+        shift = world.tiers.tick(when)
+        assert shift.shift is not None and 3 in shift.shift.flips["m"]
+        swept.extend(shift.swept.evaluations)
+        flush(deltas)
+
+    world.tiers._flush = timer_first  # type: ignore[method-assign]
+    world.ingest([world.purchase("b", when, 500.0)], when)
+    assert "b" not in swept  # the sweep missed b
+    current = world.tiers.preview("b", when)
+    assert current is not None and current.high is not None and not current.high.m
+    # b's stored segment is the one the current snapshot gives, changed as a means shift.
+    assert world.client.hget(TierKeys.of("b").tier, "v:segment") == current.segment
+    last = [r for r in world.records("b") if r.dimension == "segment"][-1]
+    assert (last.new, last.reason) == (current.segment, "means_shift")
+    assert_population_consistent(world)
