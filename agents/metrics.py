@@ -51,10 +51,7 @@ from tierflow.pipeline.kafka.lag import PartitionLag
 from tierflow.pipeline.lua import Redis
 from tierflow.pipeline.outboxes import Read
 from tierflow.schemas.events import TOPIC_OF
-from tierflow.schemas.tier_changes import EVENT_REASONS, TierChange
-
-# The reason of a record that announces a held downgrade instead of making a change.
-NOTICE = "will_downgrade"
+from tierflow.schemas.tier_changes import EVENT_REASONS, NOTICE_REASON, TierChange
 
 log = logging.getLogger("tierflow.metrics")
 
@@ -92,11 +89,11 @@ def events_by_topic(batch: AppliedBatch, topics: Topics) -> Tally[str]:
 
 def changes_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:
     """Changes per dimension; a will_downgrade notice changes nothing and is not one."""
-    return Tally(change.dimension for change in changes if change.reason != NOTICE)
+    return Tally(change.dimension for change in changes if change.reason != NOTICE_REASON)
 
 
 def notices_by_dimension(changes: Iterable[TierChange]) -> Tally[str]:
-    return Tally(change.dimension for change in changes if change.reason == NOTICE)
+    return Tally(change.dimension for change in changes if change.reason == NOTICE_REASON)
 
 
 def change_delays_s(changes: Iterable[TierChange], now_ms: int) -> list[float]:

@@ -24,6 +24,8 @@ Reason = Literal["event", "refund", "time_decay", "means_shift", "config_change"
 REASONS: tuple[Reason, ...] = get_args(Reason)
 # The reasons an input event caused: event_time is that event's time.
 EVENT_REASONS: tuple[Reason, ...] = ("event", "refund")
+# The reason of a record that announces a held downgrade instead of making a change.
+NOTICE_REASON: Reason = "will_downgrade"
 Score = Annotated[int, msgspec.Meta(ge=1, le=5)] | None
 Value = Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None
 Counter = Annotated[int, msgspec.Meta(ge=1)]

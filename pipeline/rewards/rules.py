@@ -28,7 +28,7 @@ from tierflow.pipeline.rewards.config import (
 )
 from tierflow.pipeline.state.summary import cents
 from tierflow.schemas.events import EVENT_TYPES, Event, Interaction, Purchase
-from tierflow.schemas.tier_changes import TierChange
+from tierflow.schemas.tier_changes import NOTICE_REASON, TierChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def _intents(config: RewardsConfig, rules: Mapping[str, Rule], user_id: str, tri
 
 def match_tier_change(config: RewardsConfig, change: TierChange) -> list[GrantIntent]:
     """Rules on the tier entered. Raises ValueError if `event_time` is not a real time."""
-    if change.reason == "will_downgrade":  # a notice: nothing was entered
+    if change.reason == NOTICE_REASON:  # a notice: nothing was entered
         return []
     fired = {
         rid: rule for rid, rule in config.active_rules().items()

@@ -15,7 +15,7 @@ from tierflow.pipeline.erasure import topic as erasure_topic
 from tierflow.pipeline.kafka.reader import read_topic
 from tierflow.pipeline.lanes import Lanes
 from tierflow.pipeline.state.store import StateStore, connect
-from tierflow.schemas.tier_changes import Factor, TierChange, Why
+from tierflow.schemas.tier_changes import NOTICE_REASON, Factor, TierChange, Why
 
 EXIT_UNKNOWN = 4
 
@@ -66,7 +66,7 @@ def render_text(user_id: str, changes: list[TierChange], total: int) -> str:
     shown = f"last {len(changes)} of {total}" if len(changes) < total else f"{total}"
     lines = [f"{user_id}: {shown} tier changes, oldest first"]
     for c in changes:
-        move = f"{c.old} (held)" if c.reason == "will_downgrade" else f"{c.old or '-'} -> {c.new or '-'}"
+        move = f"{c.old} (held)" if c.reason == NOTICE_REASON else f"{c.old or '-'} -> {c.new or '-'}"
         lines.append(f"{c.event_time}  {c.dimension:<10} {move}  [{c.reason}]")
         lines.append(f"    {describe(c.why)}")
     return "\n".join(lines)
