@@ -255,7 +255,8 @@ class TierStore:
         # A snapshot taken after this call read its own may have run its sweep before the
         # flush above put these users in their new score sets, and so missed them: they are
         # evaluated again against it, as a means shift. Rare: snapshots come seconds apart.
-        if result.oldest_snapshot_ms is not None and self.stats.taken_ms() > result.oldest_snapshot_ms:
+        # With nothing flushed, no score set changed, so the sweep found them where they were.
+        if deltas and result.oldest_snapshot_ms is not None and self.stats.taken_ms() > result.oldest_snapshot_ms:
             again = self.evaluate_users(list(result.evaluations), now_ms, "means_shift")
             result.merge(again)
             result.evaluations.update(again.evaluations)
