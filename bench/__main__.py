@@ -754,14 +754,14 @@ def soak(plan: Plan, settings: Settings, ctx: Context, client: redis.Redis, work
         return {"error": str(exc)[-300:], "rss_samples": samples}
     finally:
         workers.stop()
-    half = [rss for t, rss in samples if t >= plan.soak_s / 2]
+    second_half = [(t, rss) for t, rss in samples if t >= plan.soak_s / 2]
     first_min = [rss for t, rss in samples if t <= SOAK_SETTLE_S]
     out = {"seconds": plan.soak_s, "rate": round(rate), "sent": sent, "processed_records": done,
            "rss_samples": samples, "rss_mib_after_settle": round(max(first_min) / MIB, 1) if first_min else None,
            "rss_mib_end": round(samples[-1][1] / MIB, 1) if samples else None,
            "rss_mib_max": round(max(r for _, r in samples) / MIB, 1) if samples else None,
-           "rss_mib_per_min_second_half": round(slope_per_min(
-               [(t, r) for t, r in samples if t >= plan.soak_s / 2]) / MIB, 2) if len(half) > 1 else None}
+           "rss_mib_per_min_second_half": round(slope_per_min(second_half) / MIB, 2)
+           if len(second_half) > 1 else None}
     log(f"soak {plan.soak_s:.0f} s at {rate:,.0f}/s offered, {done:,} records processed: RSS "
         f"{out['rss_mib_after_settle']} MiB at most in the first {SOAK_SETTLE_S:.0f} s, "
         f"{out['rss_mib_end']} MiB at the end, "
