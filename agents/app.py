@@ -108,12 +108,12 @@ def create_app(ctx: Context) -> faust.App:
         publisher.close()
 
     supervisor = Supervisor("ingest", ingest, worker.restart_backoff_s)
-    app.service(hosted(supervisor, worker.stop_timeout_s, stopped))
+    app.service(hosted(app, supervisor, worker.stop_timeout_s, stopped))
     lag_watch = Supervisor("lag", partial(metrics.lag.watch, interval_s=worker.lag_interval_s),
                            worker.restart_backoff_s)
     # Nothing to finish there: a stop never waits for a measurement (up to a minute
     # while the broker is slow) under way.
-    app.service(hosted(lag_watch, 0, lambda: None))
+    app.service(hosted(app, lag_watch, 0, lambda: None))
 
     @app.timer(ctx.config.tiering.decay.timer_interval_ms / 1000)
     async def decay_timer() -> None:

@@ -325,7 +325,7 @@ def install_archive(app: faust.App, ctx: Context) -> Archive:
     archive.serve_reads(ctx.settings.web_host, ctx.settings.web_port)
     add_sql_route(app.web.web_app.router, archive)
 
-    app.service(hosted(writer.supervisor if writer else None, ctx.config.worker.stop_timeout_s, archive.close))
+    app.service(hosted(app, writer.supervisor if writer else None, ctx.config.worker.stop_timeout_s, archive.close))
     add_routes(
         app.web.web_app.router, archive, ctx.config, host=ctx.settings.web_host,
         token=ctx.settings.dashboard_token, status=writer.status if writer else None,

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+import faust
 from mode import Service
 
 from tierflow.agents.ingest import is_outage
@@ -66,9 +67,17 @@ class Supervisor:
             self.thread.join(timeout_s)
 
 
-def hosted(supervisor: Supervisor | None, stop_timeout_s: float, on_stopped: Callable[[], None]) -> type[Service]:
+def hosted(app: faust.App, supervisor: Supervisor | None, stop_timeout_s: float,
+           on_stopped: Callable[[], None]) -> type[Service]:
     """A service for the Faust app: the supervised work starts and stops with the
-    worker, then `on_stopped` releases what the work shared (a producer, the archive)."""
+    worker, then `on_stopped` releases what the work shared (a producer, the archive).
+
+    The app stops its services one after the other, and one may take seconds (the
+    archive finishing an insert). So every supervised work is told to stop as soon as
+    the app starts stopping, not when its own turn comes: the ingest loop ends its
+    batch then, instead of taking more batches while the services before it stop."""
+    if supervisor is not None:
+        app.on_before_shutdown.connect(lambda _app, **_: supervisor.stop_event.set())
 
     class Hosted(Service):
         async def on_start(self) -> None:

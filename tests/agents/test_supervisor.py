@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 
+import faust
 import pytest
 import redis
 
-from tierflow.agents.supervisor import Supervisor
+from tierflow.agents.supervisor import Supervisor, hosted
 
 
 def wait_for(condition, timeout_s: float = 5.0) -> None:
@@ -85,3 +87,26 @@ def test_a_service_outage_is_one_line_and_a_bug_keeps_its_traceback(caplog: pyte
     assert outage.getMessage() == ("test failed; restarting in 0.01s: a service is unavailable"
                                    " (ConnectionError: Error 111 connecting to 127.0.0.1:6399)")
     assert bug.levelname == "ERROR" and bug.exc_info is not None
+
+
+def test_every_hosted_work_is_told_to_stop_when_the_app_starts_stopping() -> None:
+    """The app stops its services in turn; work waiting for its own turn would go on
+    taking batches while an earlier service (the archive) finishes its insert."""
+    app = faust.App("tierflow-test-supervisor", broker="kafka://127.0.0.1:1")
+    ended: set[str] = set()
+
+    def work_named(name: str):
+        def work(stop: threading.Event) -> None:
+            stop.wait()
+            ended.add(name)
+        return work
+
+    supervisors = [Supervisor(name, work_named(name), backoff_s=[0.01]) for name in ("ingest", "archive")]
+    services = [hosted(app, supervisor, 5, lambda: None) for supervisor in supervisors]
+    for supervisor in supervisors:
+        supervisor.start()
+    asyncio.run(app.on_stop())
+    wait_for(lambda: ended == {"ingest", "archive"})  # before any service's own stop
+    for service in services:
+        asyncio.run(service().on_stop())
+    assert all(s.thread is not None and not s.thread.is_alive() for s in supervisors)
