@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 from functools import partial
+from pathlib import Path
 
 import faust
 
@@ -34,11 +35,20 @@ from tierflow.agents.rewards import RewardStage
 from tierflow.agents.supervisor import Supervisor, hosted
 from tierflow.agents.tiers import TierStage
 from tierflow.pipeline.config.context import Context
+from tierflow.pipeline.config.settings import Settings
 from tierflow.pipeline.dashboard.server import HEALTH_PATH, protect
 from tierflow.pipeline.kafka.publisher import Publisher
 from tierflow.pipeline.state.store import StateStore, connect
 
 log = logging.getLogger("tierflow.worker")
+
+
+def faust_datadir(settings: Settings) -> Path:
+    """Where Faust keeps its per-app directory: under the home, not wherever the
+    process was started. Faust creates the last level only."""
+    parent = settings.home / "faust"
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent / "{conf.id}"
 
 
 def faust_broker_credentials(ctx: Context) -> faust.SASLCredentials | None:
@@ -74,6 +84,7 @@ def create_app(ctx: Context) -> faust.App:
         broker_heartbeat_interval=worker.heartbeat_ms / 1000,
         topic_replication_factor=settings.replication,
         store="memory://",
+        datadir=str(faust_datadir(settings)),
         value_serializer="raw",
     )
     # Every route of the web server behind the dashboard token, Faust's "/" included;

@@ -162,7 +162,7 @@ def child_faust(spec: dict[str, Any]) -> dict[str, object]:
     """A real Faust worker with one agent that only counts what it iterates."""
     import faust
 
-    from tierflow.agents.app import faust_broker_credentials
+    from tierflow.agents.app import faust_broker_credentials, faust_datadir
     from tierflow.pipeline.config.context import Context
     from tierflow.pipeline.config.domain import load_config
 
@@ -173,6 +173,7 @@ def child_faust(spec: dict[str, Any]) -> dict[str, object]:
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(ctx),
         value_serializer="raw", store="memory://", web_enabled=False,
+        datadir=str(faust_datadir(settings)),
         topic_partitions=settings.partitions, topic_replication_factor=1,
     )
     clock = Meter(spec["records"], cap_s=math.inf)  # the ingest-only runs go to the end

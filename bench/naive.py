@@ -21,7 +21,7 @@ import redis
 
 from bench.meter import Meter
 from bench.tierwork import PopulationCounts, apply_event, changes, new_state
-from tierflow.agents.app import faust_broker_credentials
+from tierflow.agents.app import faust_broker_credentials, faust_datadir
 from tierflow.pipeline.config.context import Context
 from tierflow.pipeline.config.domain import load_config
 from tierflow.pipeline.config.settings import Settings, Topics
@@ -44,6 +44,7 @@ def main(spec: dict[str, Any]) -> int:
         broker=[f"kafka://{host}" for host in settings.kafka.bootstrap.split(",")],
         broker_credentials=faust_broker_credentials(ctx),
         value_serializer="raw", store="memory://", web_enabled=False,
+        datadir=str(faust_datadir(settings)),
         topic_partitions=settings.partitions, topic_replication_factor=1,
     )
     out = app.topic(spec["out_topic"], key_type=str, value_serializer="json")  # created by the parent
